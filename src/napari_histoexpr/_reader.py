@@ -1,0 +1,94 @@
+"""npe2 reader: slides, Space Ranger folders, .h5ad, legacy ST spot files and section manifests.
+
+Every reader returns LayerData tuples in the µm world, so slide, spots and predictions overlay.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .io.slides import is_slide_path, open_slide
+from .io.spots import is_visium_folder, read_spots, spots_layer_data, top_genes, visium_image
+
+_GAP_UM = 500.0  # space between sections of a manifest laid out side by side
+
+
+def _is_manifest(path: str) -> bool:
+    if not path.lower().endswith(".csv"):
+        return False
+    try:
+        with open(path) as f:
+            head = f.readline().lower()
+    except OSError:
+        return False
+    cols = {c.strip() for c in head.split(",")}
+    return {"section", "image", "spots"} <= cols
+
+
+def get_reader(path):
+    """Return a reader function for ``path``, or ``None`` if this plugin does not read it."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return read_visium_layers if is_visium_folder(path) else None
+    low = path.lower()
+    if low.endswith(".h5ad") or low.endswith("_selection.tsv"):
+        return read_spot_layers
+    if _is_manifest(path):
+        return read_manifest_layers
+    if low.endswith(".csv"):
+        return None
+    if is_slide_path(path):
+        return read_slide_layers
+    return None
+
+
+def _one(path):
+    return os.fspath(path[0] if isinstance(path, list) else path)
+
+
+def read_slide_layers(path):
+    pyr = open_slide(_one(path))
+    return [pyr.layer_data()]
+
+
+def _spot_layers(adata, mpp=None, gene=None, translate=None):
+    gene = gene or top_genes(adata, 1)[0]
+    data, kwargs, kind = spots_layer_data(adata, gene, "log1p", mpp=mpp)
+    if translate is not None:
+        data = data + translate
+    return (data, kwargs, kind)
+
+
+def read_visium_layers(path):
+    adata = read_spots(_one(path))
+    pyr = visium_image(adata)
+    return [pyr.layer_data(name=Path(_one(path)).name), _spot_layers(adata, pyr.mpp)]
+
+
+def read_spot_layers(path):
+    adata = read_spots(_one(path))
+    return [_spot_layers(adata)]
+
+
+def read_manifest_layers(path):
+    """Every section of a manifest, side by side (left to right) in one world."""
+    from .io.manifest import load_section, read_manifest
+
+    out = []
+    offset_um = 0.0
+    for sec in read_manifest(_one(path)):
+        pyr, adata = load_section(sec)
+        data, kwargs, kind = pyr.layer_data(name=sec.section)
+        t = kwargs.get("translate", (0.0, 0.0))
+        kwargs["translate"] = (t[0], t[1] + offset_um)
+        out.append((data, kwargs, kind))
+        sd, skw, sk = _spot_layers(adata, pyr.mpp, translate=(0.0, offset_um))
+        skw["name"] = f"{sec.section} {skw['name']}"
+        out.append((sd, skw, sk))
+        offset_um += pyr.level0_shape[1] * pyr.world_mpp + _GAP_UM
+    return out

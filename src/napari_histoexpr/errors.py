@@ -1,0 +1,50 @@
+"""Named errors raised by the headless core.
+
+Every error a user can cause with bad input derives from :class:`HistoExprError`, so the GUI can
+turn it into a napari notification and the CLI into a one-line message with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+
+class HistoExprError(Exception):
+    """Base class of all user-facing errors of napari-histoexpr."""
+
+
+class SlideOpenError(HistoExprError, OSError):
+    """A slide file is missing, unsupported, corrupt or cannot be decoded."""
+
+
+class SpotDataError(HistoExprError, ValueError):
+    """Spot data is malformed or inconsistent."""
+
+
+class MissingScalefactorsError(SpotDataError):
+    """A Space Ranger folder lacks ``spatial/scalefactors_json.json`` (or a needed key in it)."""
+
+
+class BarcodeJoinError(SpotDataError):
+    """Spot positions and counts do not share enough spot identifiers to be joined."""
+
+
+class SpotsOutsideImageError(SpotDataError):
+    """Spot coordinates lie outside the slide they are meant to be drawn on."""
+
+
+class UnknownGeneError(HistoExprError, KeyError):
+    """A gene name is not in the data. ``suggestions`` holds the closest names."""
+
+    def __init__(self, gene: str, suggestions: list[str] | None = None):
+        self.gene = gene
+        self.suggestions = list(suggestions or [])
+        msg = f"unknown gene {gene!r}"
+        if self.suggestions:
+            msg += f"; did you mean {', '.join(self.suggestions)}?"
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class ManifestError(HistoExprError, ValueError):
+    """A section manifest CSV is malformed or names files that do not exist."""

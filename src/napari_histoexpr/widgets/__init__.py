@@ -1,0 +1,1 @@
+"""Dock panels. Each module holds one panel; ``layers`` builds/updates napari layers."""

@@ -1,0 +1,183 @@
+"""The "Slide & spots" dock panel: open a slide and its measured spots, colour spots by a gene."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+)
+
+from ..errors import HistoExprError, UnknownGeneError
+from ..io.session import N_OPEN_STEPS, open_steps
+from ..io.spots import VALUE_MODES, spots_layer_data
+from .layers import find_layer, upsert_layer
+
+SLIDE_KEY = "slide"
+SPOTS_KEY = "spots"
+COLORMAPS = ("viridis", "magma", "inferno", "plasma", "turbo", "cividis", "gray")
+
+
+def _notify_error(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(message)
+
+
+class SlideSpotsWidget(Container):
+    """Open a slide + spots off the GUI thread; pick a gene with completion; set value mode/contrast."""
+
+    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
+        self._viewer = viewer
+        self.slide = None
+        self.adata = None
+        self._worker = None
+        self._slide_edit = FileEdit(label="slide", mode="r", filter="*.svs *.tif *.tiff *.ndpi *.mrxs "
+                                    "*.scn *.bif *.vms *.svslide *.dcm *.jpg *.jpeg *.png")
+        self._spots_edit = FileEdit(label="spots", mode="r",
+                                    filter="*.h5 *.h5ad *.tsv *.tsv.gz *.csv *.json")
+        self._spots_edit.tooltip = ("Space Ranger: pick filtered_feature_bc_matrix.h5 or "
+                                    "scalefactors_json.json in outs/; legacy ST: *_selection.tsv; "
+                                    "or an .h5ad with obsm['spatial']")
+        self._counts_edit = FileEdit(label="ST counts", mode="r", filter="*.tsv *.tsv.gz")
+        self._counts_edit.tooltip = "Legacy ST only: spots x genes counts TSV (found automatically in a HER2ST layout)"
+        self._mpp = FloatSpinBox(label="µm/px (0 = auto)", value=0.0, min=0.0, max=100.0, step=0.01)
+        self._open_btn = PushButton(text="Open")
+        self._gene = LineEdit(label="gene")
+        self._gene.tooltip = "Type a gene name (completion over all genes), Enter to apply"
+        self._mode = ComboBox(label="values", choices=list(VALUE_MODES), value="log1p")
+        self._lo = FloatSpinBox(label="low %", value=1.0, min=0.0, max=100.0, step=0.5)
+        self._hi = FloatSpinBox(label="high %", value=99.0, min=0.0, max=100.0, step=0.5)
+        self._cmap = ComboBox(label="colormap", choices=list(COLORMAPS), value="viridis")
+        self._status = Label(value="Open a slide and/or its spots.")
+        super().__init__(widgets=[
+            self._slide_edit, self._spots_edit, self._counts_edit, self._mpp, self._open_btn,
+            self._gene, self._mode, self._lo, self._hi, self._cmap, self._status,
+        ])
+        for w in (self._slide_edit, self._spots_edit, self._counts_edit):
+            w.value = ""
+        self._completer = None
+        self._open_btn.changed.connect(self.open)
+        self._gene.native.returnPressed.connect(self.apply_gene)
+        self._mode.changed.connect(self.apply_gene)
+        self._lo.changed.connect(self.apply_gene)
+        self._hi.changed.connect(self.apply_gene)
+        self._cmap.changed.connect(self.apply_gene)
+
+    # -- opening -----------------------------------------------------------------------------------
+    @staticmethod
+    def _path(edit: FileEdit) -> str | None:
+        v = str(edit.value or "").strip()
+        return v if v and v != "." and Path(v).exists() else (v if v and v != "." else None)
+
+    def open(self, slide: str | None = None, spots: str | None = None, counts: str | None = None,
+             mpp: float | None = None):
+        """Open in a worker thread; returns the worker (already started)."""
+        from napari.qt.threading import create_worker
+
+        if isinstance(slide, bool):  # called from the button's `changed(bool)` signal
+            slide = None
+        slide = slide or self._path(self._slide_edit)
+        spots = spots or self._path(self._spots_edit)
+        counts = counts or self._path(self._counts_edit)
+        mpp = mpp if mpp is not None else (self._mpp.value or None)
+        if not slide and not spots:
+            _notify_error("Slide & spots: choose a slide and/or spot data first")
+            return None
+        self._open_btn.enabled = False
+        self._status.value = "opening…"
+        worker = create_worker(
+            open_steps, slide, spots, counts, None, mpp,
+            _progress={"total": N_OPEN_STEPS, "desc": "Opening slide & spots"},
+            _ignore_errors=True,
+        )
+        worker.yielded.connect(self._on_step)
+        worker.returned.connect(self._on_opened)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(lambda: setattr(self._open_btn, "enabled", True))
+        self._worker = worker
+        worker.start()
+        return worker
+
+    def _on_step(self, msg: str) -> None:
+        self._status.value = msg
+
+    def _on_error(self, exc: Exception) -> None:
+        msg = str(exc) if isinstance(exc, HistoExprError) else f"{type(exc).__name__}: {exc}"
+        self._status.value = f"error: {msg}"
+        _notify_error(msg)
+
+    def _on_opened(self, result) -> None:
+        pyr, adata = result
+        self.slide, self.adata = pyr, adata
+        viewer = self._viewer
+        if pyr is not None:
+            upsert_layer(viewer, pyr.layer_data(), SLIDE_KEY)
+            viewer.scale_bar.visible = True
+            viewer.scale_bar.unit = "um" if pyr.mpp else None
+        if adata is not None:
+            self._set_completer(list(map(str, adata.var_names)))
+            if not self._gene.value or self._gene.value not in adata.var_names:
+                from ..io.spots import top_genes
+
+                self._gene.value = top_genes(adata, 1)[0]
+            self.apply_gene()
+            viewer.tooltip.visible = True
+        viewer.reset_view()
+        parts = []
+        if pyr is not None:
+            parts.append(f"{pyr.name}: {pyr.level0_shape[1]}x{pyr.level0_shape[0]} px, "
+                         f"{pyr.n_levels} levels, "
+                         + (f"{pyr.mpp:.3f} µm/px ({pyr.mpp_source})" if pyr.mpp else "µm/px unknown"))
+        if adata is not None:
+            parts.append(f"{adata.n_obs} spots x {adata.n_vars} genes")
+        self._status.value = "\n".join(parts)
+
+    def _set_completer(self, genes: list[str]) -> None:
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QCompleter
+
+        comp = QCompleter(sorted(genes), self._gene.native)
+        comp.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        comp.setFilterMode(Qt.MatchFlag.MatchContains)
+        comp.activated.connect(lambda _text: self.apply_gene())
+        self._gene.native.setCompleter(comp)
+        self._completer = comp
+
+    # -- colouring ---------------------------------------------------------------------------------
+    @property
+    def spots_layer(self):
+        return find_layer(self._viewer, SPOTS_KEY)
+
+    @property
+    def slide_layer(self):
+        return find_layer(self._viewer, SLIDE_KEY)
+
+    def apply_gene(self, *_):
+        """Colour the spots by the chosen gene/mode/contrast; unknown genes give a warning."""
+        if self.adata is None:
+            return None
+        gene = (self._gene.value or "").strip()
+        if not gene:
+            return None
+        lo, hi = float(self._lo.value), float(self._hi.value)
+        if hi <= lo:
+            hi = min(100.0, lo + 1.0)
+        try:
+            ld = spots_layer_data(self.adata, gene, self._mode.value, mpp=self.slide.mpp if self.slide else None,
+                                  percentiles=(lo, hi), colormap=self._cmap.value)
+        except UnknownGeneError as e:
+            from napari.utils.notifications import show_warning
+
+            self._status.value = str(e)
+            show_warning(str(e))
+            return None
+        layer = upsert_layer(self._viewer, ld, SPOTS_KEY)
+        layer.face_colorbar.visible = True
+        return layer

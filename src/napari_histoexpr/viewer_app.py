@@ -7,16 +7,22 @@ from typing import Callable
 
 
 def wait_for(worker, timeout_s: float = 600.0) -> None:
-    """Spin the Qt event loop until ``worker`` finishes (for scripts; the GUI never blocks)."""
-    from qtpy.QtCore import QEventLoop, QTimer
+    """Process Qt events until ``worker`` has finished (for scripts; the GUI never blocks)."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
 
     if worker is None:
         return
-    loop = QEventLoop()
-    worker.finished.connect(loop.quit)
-    QTimer.singleShot(int(timeout_s * 1000), loop.quit)
-    if worker.is_running or not getattr(worker, "_finished_emitted", False):
-        loop.exec()
+    done = []
+    worker.finished.connect(lambda: done.append(True))
+    t0 = time.monotonic()
+    while not done and time.monotonic() - t0 < timeout_s:
+        QApplication.processEvents()
+        if not done and not worker.is_running and time.monotonic() - t0 > 1.0:
+            QApplication.processEvents()
+            break
+        time.sleep(0.01)
 
 
 def show_demo(demo, screenshot: Path | None = None, gene: str = "ERBB2",

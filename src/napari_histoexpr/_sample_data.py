@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+#: side of the generated sample slide in pixels (0.5 µm/px)
+DEMO_SIZE = 4096
+
 
 def demo_layers(folder=None, gene: str = "ERBB2") -> list:
     """Slide, measured spots (coloured by ``gene``) and the planted class map (hidden)."""
@@ -12,7 +15,7 @@ def demo_layers(folder=None, gene: str = "ERBB2") -> list:
     from .io.slides import open_slide
     from .io.spots import read_spots, spots_layer_data
 
-    demo = make_demo(folder or default_demo_dir())
+    demo = make_demo(folder or default_demo_dir(), size=DEMO_SIZE)
     pyr = open_slide(demo.slide)
     adata = read_spots(demo.spots)
     harmonise_mpp(pyr, adata)

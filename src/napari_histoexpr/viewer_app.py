@@ -51,7 +51,8 @@ def show_demo(demo, screenshot: Path | None = None, gene: str = "ERBB2",
         ds = float(truth[0].stem.split("_ds")[1])
         mpp = panel.slide.world_mpp
         viewer.add_labels(np.load(truth[0]), name="planted classes", scale=(ds * mpp, ds * mpp),
-                          translate=((ds - 1) / 2 * mpp,) * 2, visible=False, opacity=0.4)
+                          translate=((ds - 1) / 2 * mpp,) * 2, visible=False, opacity=0.4,
+                          units="µm" if panel.slide.mpp else "pixel")
     viewer.reset_view()
     if screenshot is None:
         napari.run()

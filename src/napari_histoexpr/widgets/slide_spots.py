@@ -38,14 +38,14 @@ class SlideSpotsWidget(Container):
         self.slide = None
         self.adata = None
         self._worker = None
-        self._slide_edit = FileEdit(label="slide", mode="r", filter="*.svs *.tif *.tiff *.ndpi *.mrxs "
+        self._slide_edit = FileEdit(label="slide", mode="r", nullable=True, filter="*.svs *.tif *.tiff *.ndpi *.mrxs "
                                     "*.scn *.bif *.vms *.svslide *.dcm *.jpg *.jpeg *.png")
-        self._spots_edit = FileEdit(label="spots", mode="r",
+        self._spots_edit = FileEdit(label="spots", mode="r", nullable=True,
                                     filter="*.h5 *.h5ad *.tsv *.tsv.gz *.csv *.json")
         self._spots_edit.tooltip = ("Space Ranger: pick filtered_feature_bc_matrix.h5 or "
                                     "scalefactors_json.json in outs/; legacy ST: *_selection.tsv; "
                                     "or an .h5ad with obsm['spatial']")
-        self._counts_edit = FileEdit(label="ST counts", mode="r", filter="*.tsv *.tsv.gz")
+        self._counts_edit = FileEdit(label="ST counts", mode="r", nullable=True, filter="*.tsv *.tsv.gz")
         self._counts_edit.tooltip = "Legacy ST only: spots x genes counts TSV (found automatically in a HER2ST layout)"
         self._mpp = FloatSpinBox(label="µm/px (0 = auto)", value=0.0, min=0.0, max=100.0, step=0.01)
         self._open_btn = PushButton(text="Open")
@@ -60,8 +60,6 @@ class SlideSpotsWidget(Container):
             self._slide_edit, self._spots_edit, self._counts_edit, self._mpp, self._open_btn,
             self._gene, self._mode, self._lo, self._hi, self._cmap, self._status,
         ])
-        for w in (self._slide_edit, self._spots_edit, self._counts_edit):
-            w.value = ""
         self._completer = None
         self._open_btn.changed.connect(self.open)
         self._gene.native.returnPressed.connect(self.apply_gene)
@@ -74,7 +72,7 @@ class SlideSpotsWidget(Container):
     @staticmethod
     def _path(edit: FileEdit) -> str | None:
         v = str(edit.value or "").strip()
-        return v if v and v != "." and Path(v).exists() else (v if v and v != "." else None)
+        return v if v and v != "." else None
 
     def open(self, slide: str | None = None, spots: str | None = None, counts: str | None = None,
              mpp: float | None = None):
@@ -87,6 +85,10 @@ class SlideSpotsWidget(Container):
         spots = spots or self._path(self._spots_edit)
         counts = counts or self._path(self._counts_edit)
         mpp = mpp if mpp is not None else (self._mpp.value or None)
+        for edit, value in ((self._slide_edit, slide), (self._spots_edit, spots),
+                            (self._counts_edit, counts)):
+            if value and str(edit.value) != str(value):
+                edit.value = value
         if not slide and not spots:
             _notify_error("Slide & spots: choose a slide and/or spot data first")
             return None
@@ -119,8 +121,7 @@ class SlideSpotsWidget(Container):
         viewer = self._viewer
         if pyr is not None:
             upsert_layer(viewer, pyr.layer_data(), SLIDE_KEY)
-            viewer.scale_bar.visible = True
-            viewer.scale_bar.unit = "um" if pyr.mpp else None
+            viewer.canvas.overlays.scale_bar.visible = True
         if adata is not None:
             self._set_completer(list(map(str, adata.var_names)))
             if not self._gene.value or self._gene.value not in adata.var_names:

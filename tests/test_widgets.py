@@ -1,0 +1,151 @@
+"""The "Slide & spots" panel, the reader and the sample data in a real napari viewer (under Xvfb)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
+
+DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
+
+
+@pytest.fixture
+def notifications():
+    """Collect napari notifications (what the user sees as toasts)."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+
+    def grab(event):
+        seen.append(event)
+
+    notification_manager.notification_ready.connect(grab)
+    yield seen
+    notification_manager.notification_ready.disconnect(grab)
+
+
+def _open(qtbot, panel, **kw):
+    worker = panel.open(**kw)
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    return worker
+
+
+def test_panel_opens_demo_in_worker(make_napari_viewer, qtbot, demo):
+    viewer = make_napari_viewer()
+    panel = SlideSpotsWidget(viewer)
+    viewer.window.add_dock_widget(panel)
+    steps = []
+    worker = panel.open(slide=str(demo.slide), spots=str(demo.spots))
+    worker.yielded.connect(steps.append)
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    assert steps and steps[-1] == "done"  # progress came from the worker thread
+    slide, spots = panel.slide_layer, panel.spots_layer
+    assert slide is not None and slide.multiscale and slide.rgb
+    assert slide.scale[-1] == pytest.approx(0.5)  # µm world
+    assert str(slide.units[-1]) == "micrometer"
+    assert len(spots.data) == panel.adata.n_obs
+    # true spot size: 55 µm Visium spots
+    assert np.allclose(spots.size, 55.0, rtol=0.02)
+    assert {"spot", "value"} <= set(spots.features.columns)
+    assert spots.face_colorbar.visible
+    # spots lie where the counts say (y, x in µm = level-0 px * mpp)
+    xy = panel.adata.obsm["spatial"]
+    assert np.allclose(spots.data[:, 0], xy[:, 1] * 0.5, atol=0.5)
+    # hover: status shows spot id and value
+    status = spots.get_status(spots.data[0], world=True)
+    assert panel.adata.obs_names[0] in str(status) and "value" in str(status)
+    assert panel._slide_edit.value == Path(demo.slide)
+
+
+def test_gene_change_updates_layer_in_place(make_napari_viewer, qtbot, demo, notifications):
+    viewer = make_napari_viewer()
+    panel = SlideSpotsWidget(viewer)
+    _open(qtbot, panel, slide=str(demo.slide), spots=str(demo.spots))
+    layer = panel.spots_layer
+    # completion over all genes, case-insensitive "contains"
+    model = panel._completer.model()
+    genes = {model.index(i, 0).data() for i in range(model.rowCount())}
+    assert genes == set(panel.adata.var_names)
+    panel._completer.setCompletionPrefix("col1")
+    assert panel._completer.currentCompletion() in ("COL1A1", "COL1A2")
+
+    panel._gene.value = "ERBB2"
+    panel.apply_gene()
+    erbb2 = layer.features["value"].to_numpy().copy()
+    panel._gene.value = "COL1A1"
+    panel._mode.value = "raw"  # the combo's change re-applies
+    assert panel.spots_layer is layer and "COL1A1" in layer.name
+    col = layer.features["value"].to_numpy()
+    assert np.corrcoef(erbb2, col)[0, 1] < 0  # tumour vs stroma marker
+    assert np.allclose(col, np.asarray(panel.adata[:, "COL1A1"].X.todense()).ravel())
+    # percentile contrast
+    panel._hi.value = 50.0
+    assert layer.face_contrast_limits[1] == pytest.approx(np.percentile(col, 50))
+    # an unknown gene warns and keeps the layer
+    panel._gene.value = "NOTAGENE"
+    panel.apply_gene()
+    assert any("NOTAGENE" in str(n.message) for n in notifications)
+    assert panel.spots_layer is layer and len(viewer.layers) == 2
+
+
+def test_broken_slide_notifies_and_viewer_keeps_working(make_napari_viewer, qtbot, shared_data,
+                                                        notifications, demo):
+    viewer = make_napari_viewer()
+    panel = SlideSpotsWidget(viewer)
+    _open(qtbot, panel, slide=str(shared_data / "wsi" / "broken.svs"))
+    qtbot.waitUntil(lambda: any("broken.svs" in str(n.message) for n in notifications), timeout=5000)
+    assert panel._status.value.startswith("error:") and panel._open_btn.enabled
+    assert len(viewer.layers) == 0
+    panel._slide_edit.value = None  # the panel opens the next file fine
+    _open(qtbot, panel, slide=str(demo.slide), spots=str(demo.spots))
+    assert panel.slide_layer is not None
+
+
+def test_reader_and_sample_data(make_napari_viewer, demo, monkeypatch):
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(demo.slide), plugin="napari-histoexpr")
+    assert layers[0].multiscale and layers[0].scale[-1] == pytest.approx(0.5)
+    layers = viewer.open(str(demo.spots), plugin="napari-histoexpr")
+    assert [ly._type_string for ly in layers] == ["image", "points"]
+    monkeypatch.setenv("HISTOEXPR_CACHE", str(Path(demo.folder).parent / "cache"))
+    from napari_histoexpr import _sample_data
+
+    monkeypatch.setattr(_sample_data, "DEMO_SIZE", 1024)
+    viewer.layers.clear()
+    viewer.open_sample("napari-histoexpr", "demo_section")
+    names = [ly.name for ly in viewer.layers]
+    assert names[0] == "demo slide" and "planted classes" in names
+
+
+def test_screenshot_slide_spots_colorbar(make_napari_viewer, qtbot, demo):
+    """Render the real canvas and check the slide, spots and colorbar pixels; save for the docs."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1200, 900)
+    panel = SlideSpotsWidget(viewer)
+    viewer.window.add_dock_widget(panel, name="Slide & spots")
+    panel._gene.value = "ERBB2"
+    _open(qtbot, panel, slide=str(demo.slide), spots=str(demo.spots))
+    viewer.reset_view()
+    qtbot.wait(200)
+    img = viewer.screenshot(canvas_only=True, flash=False)
+    rgb = img[..., :3].astype(int)
+    # H&E pink tissue (red > blue > green) and whitish glass around it
+    pink = (rgb[..., 0] > 180) & (rgb[..., 1] < 170) & (rgb[..., 2] > 120) & (rgb[..., 0] > rgb[..., 1] + 30)
+    assert pink.mean() > 0.02
+    # viridis spots: yellow-green high values (g > 180, b < 100) and dark purple low values
+    yellow = (rgb[..., 1] > 180) & (rgb[..., 2] < 110) & (rgb[..., 0] > 150)
+    purple = (rgb[..., 0] > 50) & (rgb[..., 0] < 90) & (rgb[..., 1] < 30) & (rgb[..., 2] > 70)
+    assert yellow.sum() > 200 and purple.sum() > 200
+    # the colorbar is drawn in the top-right corner: a vertical viridis ramp
+    h, w = rgb.shape[:2]
+    corner = rgb[: h // 3, -w // 6:]
+    assert ((corner[..., 1] > 200) & (corner[..., 2] < 80)).sum() > 50
+    DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+    full = viewer.screenshot(canvas_only=False, flash=False)
+    from PIL import Image
+
+    Image.fromarray(full).save(DOCS_IMAGES / "slide_spots.png")

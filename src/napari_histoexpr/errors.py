@@ -48,3 +48,11 @@ class UnknownGeneError(HistoExprError, KeyError):
 
 class ManifestError(HistoExprError, ValueError):
     """A section manifest CSV is malformed or names files that do not exist."""
+
+
+class ModelFileError(HistoExprError, ValueError):
+    """A model file or folder is missing, corrupt, of another format version or incompatible."""
+
+
+class TrainingError(HistoExprError, RuntimeError):
+    """Training cannot run with the given data or settings (too few spots, no genes, …)."""

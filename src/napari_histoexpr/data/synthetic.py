@@ -30,6 +30,8 @@ PLANTED_GENES = {
 }
 HOUSEKEEPING = ["ACTB", "GAPDH", "RPLP0", "B2M", "MALAT1"]
 N_NOISE_GENES = 40
+#: bumped whenever generated data changes, so cached demo folders are regenerated
+DATA_VERSION = 2
 
 # texture parameters per class, in µm (cell pitch, nucleus radius, fraction of cells with a
 # nucleus, elongation) and colours (cytoplasm/matrix, nucleus)
@@ -281,7 +283,7 @@ def planted_profiles(seed: int = 0) -> pd.DataFrame:
     for g in HOUSEKEEPING:
         prof.loc["base", g] = rng.uniform(20, 60)
     for i in range(1, N_NOISE_GENES + 1):
-        prof.loc["base", f"NOISE{i:03d}"] = rng.uniform(0.5, 8)
+        prof.loc["base", f"NOISE{i:03d}"] = rng.uniform(0.2, 2.5)  # below the markers, as real low genes
     return prof
 
 
@@ -362,7 +364,8 @@ def make_demo(folder: str | os.PathLike, size: int = 4096, mpp: float = 0.5, see
     """
     folder = Path(folder)
     done = folder / "truth" / "done.json"
-    params = dict(size=size, mpp=mpp, seed=seed, layout=layout, library_ids=library_ids, aperio=aperio)
+    params = dict(size=size, mpp=mpp, seed=seed, layout=layout, library_ids=library_ids, aperio=aperio,
+                  version=DATA_VERSION)
     data = DemoData(folder, folder / "slide.tif", folder / "outs", folder / "truth")
     if done.exists() and not overwrite:
         try:

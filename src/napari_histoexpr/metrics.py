@@ -1,0 +1,42 @@
+"""Metrics shared by training, evaluation and the GUI (numpy only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pearson_columns(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Pearson r of each column of ``pred`` with the same column of ``true``; NaN where either is constant."""
+    pred = np.asarray(pred, np.float64)
+    true = np.asarray(true, np.float64)
+    p = pred - pred.mean(0)
+    t = true - true.mean(0)
+    den = np.sqrt((p * p).sum(0) * (t * t).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (p * t).sum(0) / den
+    r = np.where(den > 1e-12 * max(1.0, float(np.abs(den).max(initial=0))), r, np.nan)
+    return r
+
+
+def summarise_pearson(per_section: dict[str, dict[str, float]], genes: list[str],
+                      hvg50: list[str] | None = None) -> dict:
+    """The ``summary`` block of ``report.json`` (see ../shared/DESIGN.md).
+
+    Each gene's score is the median of its r over sections (sections where it is undefined are
+    skipped); genes never defined count as not > 0.
+    """
+    med = {}
+    for g in genes:
+        vals = [s[g] for s in per_section.values() if g in s and s[g] is not None and np.isfinite(s[g])]
+        med[g] = float(np.median(vals)) if vals else float("nan")
+    v = np.array([med[g] for g in genes], float)
+    fin = v[np.isfinite(v)]
+    hv = [med[g] for g in (hvg50 or []) if g in med and np.isfinite(med[g])]
+    return {
+        "genes": len(genes),
+        "genes_r_pos": int((fin > 0).sum()),
+        "genes_r_gt_0_5": int((fin > 0.5).sum()),
+        "mean_r": float(fin.mean()) if len(fin) else float("nan"),
+        "median_r": float(np.median(fin)) if len(fin) else float("nan"),
+        "mean_r_hvg50": float(np.mean(hv)) if hv else float("nan"),
+    }, med

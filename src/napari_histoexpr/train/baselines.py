@@ -1,0 +1,121 @@
+"""Baselines saved next to an expression model and reported with it.
+
+- ``mean``: predicts the training mean of every gene (its per-gene Pearson r is undefined: constant
+  prediction; reported as 0, with its error for scale).
+- ``ridge``: the HEST-benchmark recipe — a frozen encoder's features, PCA (≤ 256 components),
+  ridge regression (alpha chosen on the validation spots). The encoder is the same architecture
+  with random weights (nothing can be downloaded here) or the user's ``--init`` weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+FILE = "baselines.safetensors"
+META = "baselines.json"
+ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
+
+
+def _encoder(backbone: str, init: str | None, seed: int):
+    import torch
+
+    from ..models.backbones import build_backbone, load_init_weights
+
+    torch.manual_seed(seed + 7919)
+    enc = build_backbone(backbone)
+    if init:
+        load_init_weights(enc, init)
+    return enc.eval()
+
+
+def encode(enc, patches: np.ndarray, device, batch: int = 128) -> np.ndarray:
+    import torch
+
+    from ..models.expression import to_tensor
+
+    enc = enc.to(device)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(patches), batch):
+            x = (to_tensor(patches[i:i + batch], device) - 0.5) / 0.25
+            out.append(enc(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, getattr(enc, "num_features", 0)), np.float32)
+
+
+def _ridge(Z: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    zm, ym = Z.mean(0), Y.mean(0)
+    Zc, Yc = Z - zm, Y - ym
+    W = np.linalg.solve(Zc.T @ Zc + alpha * np.eye(Z.shape[1]), Zc.T @ Yc)
+    return W.astype(np.float32), (ym - zm @ W).astype(np.float32)
+
+
+def fit_baselines(out: Path, cfg, train_secs, val_secs, genes: list[str], device) -> dict:
+    import torch
+    from safetensors.torch import save_file
+
+    from ..metrics import pearson_columns
+    from .expression import _select
+
+    enc = _encoder(cfg.backbone, cfg.init, cfg.seed)
+    Xtr = np.concatenate([s.patches for s in train_secs])
+    Ytr = np.concatenate([_select(s, genes) for s in train_secs])
+    Xva = np.concatenate([s.patches for s in val_secs])
+    Yva = np.concatenate([_select(s, genes) for s in val_secs])
+    Ftr, Fva = encode(enc, Xtr, device), encode(enc, Xva, device)
+    fmean = Ftr.mean(0)
+    fstd = Ftr.std(0) + 1e-6
+    Ftr_s, Fva_s = (Ftr - fmean) / fstd, (Fva - fmean) / fstd
+    k = int(min(256, len(Ftr) - 1, Ftr.shape[1]))
+    _, _, vt = np.linalg.svd(Ftr_s, full_matrices=False)
+    comps = vt[:k].T.astype(np.float32)
+    Ztr, Zva = Ftr_s @ comps, Fva_s @ comps
+    scores = {}
+    for a in ALPHAS:
+        W, b = _ridge(Ztr, Ytr, a)
+        scores[a] = float(np.nan_to_num(pearson_columns(Zva @ W + b, Yva)).mean())
+    alpha = max(scores, key=scores.get)
+    W, b = _ridge(Ztr, Ytr, alpha)
+    tensors = {f"encoder.{k_}": v.detach().cpu().contiguous() for k_, v in enc.state_dict().items()}
+    tensors.update({"feat_mean": torch.from_numpy(fmean), "feat_std": torch.from_numpy(fstd),
+                    "pca": torch.from_numpy(np.ascontiguousarray(comps)), "ridge_w": torch.from_numpy(np.ascontiguousarray(W)),
+                    "ridge_b": torch.from_numpy(b), "train_mean": torch.from_numpy(Ytr.mean(0))})
+    tmp = out / f".{FILE}.part"
+    save_file(tensors, str(tmp))
+    tmp.replace(out / FILE)
+    meta = {"backbone": cfg.backbone, "encoder": (f"user weights {cfg.init}" if cfg.init else
+                                                  f"random init (seed {cfg.seed + 7919})"),
+            "pca_components": k, "alpha": alpha, "val_mean_r_by_alpha": scores}
+    (out / META).write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+class Baselines:
+    """The saved baselines of a model folder, for evaluation."""
+
+    def __init__(self, model_dir: str | Path, device="cpu"):
+        from safetensors.torch import load_file
+
+        from ..models.backbones import build_backbone
+
+        model_dir = Path(model_dir)
+        self.meta = json.loads((model_dir / META).read_text())
+        t = load_file(str(model_dir / FILE))
+        enc = build_backbone(self.meta["backbone"])
+        enc.load_state_dict({k[8:]: v for k, v in t.items() if k.startswith("encoder.")})
+        self.enc = enc.eval()
+        self.device = device
+        self.t = {k: v.numpy() for k, v in t.items() if not k.startswith("encoder.")}
+
+    @staticmethod
+    def available(model_dir: str | Path) -> bool:
+        return (Path(model_dir) / FILE).is_file() and (Path(model_dir) / META).is_file()
+
+    def predict(self, patches: np.ndarray) -> dict[str, np.ndarray]:
+        F = encode(self.enc, patches, self.device)
+        Z = ((F - self.t["feat_mean"]) / self.t["feat_std"]) @ self.t["pca"]
+        ridge = Z @ self.t["ridge_w"] + self.t["ridge_b"]
+        mean = np.broadcast_to(self.t["train_mean"], ridge.shape)
+        return {"mean": np.array(mean), "ridge": ridge}

@@ -23,3 +23,19 @@ def demo(tmp_path_factory):
 def shared_data_or_none():
     """../shared/data when present, else None (for tests that only add checks when it exists)."""
     return SHARED if SHARED.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory):
+    """Four generated sections (2048 px at 1 µm/px, ~290 spots each) and train/test manifests:
+    s0 trains, s1 validates (early stopping), s2 and s3 are unseen."""
+    from napari_histoexpr.data.synthetic import make_demo
+    from napari_histoexpr.io.manifest import Section, write_manifest
+
+    base = tmp_path_factory.mktemp("cohort")
+    demos = [make_demo(base / f"s{i}", size=2048, mpp=1.0, seed=11 + i) for i in range(4)]
+    secs = [Section(section=f"s{i}", patient=f"p{i}", image=d.slide, spots=d.spots) for i, d in enumerate(demos)]
+    return {"demos": demos, "sections": secs,
+            "train": write_manifest(base / "train.csv", secs[:2]),
+            "test": write_manifest(base / "test.csv", secs[2:3]),
+            "unseen": write_manifest(base / "unseen.csv", secs[3:]), "base": base}

@@ -75,6 +75,63 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _drain(gen, show=None):
+    """Run a step generator to completion, printing its events; return its value."""
+    show = show or _show_event
+    try:
+        while True:
+            show(next(gen))
+    except StopIteration as stop:
+        return stop.value
+
+
+def _show_event(ev: dict) -> None:
+    stage = ev.get("stage")
+    if stage == "step":
+        if ev["step"] == ev["steps"] or ev["step"] % 20 == 0:
+            print(f"\r[histoexpr] epoch {ev['epoch'] + 1} step {ev['step']}/{ev['steps']} "
+                  f"loss {ev['loss']:.4f}", end="", file=sys.stderr, flush=True)
+    elif stage == "epoch":
+        print(f"\r[histoexpr] epoch {ev['epoch'] + 1}/{ev['epochs']}: train loss {ev['train_loss']:.4f}, "
+              f"val loss {ev['val_loss']:.4f}, val mean r {ev['val_mean_r']:.3f}"
+              f"{' (best, saved)' if ev.get('best') else ''}; {ev['patches_per_s']:.0f} patches/s",
+              file=sys.stderr, flush=True)
+    elif stage == "section":
+        _progress(f"{ev['section']}: {ev['n_spots']} spots, mean r {ev['mean_r']:.3f}")
+    elif "msg" in ev:
+        _progress(ev["msg"])
+
+
+def cmd_train(args) -> int:
+    """Train an expression model on the sections of a manifest."""
+    from .evaluation import train_from_manifest_steps
+    from .train.expression import TrainConfig
+
+    genes = [g.strip() for g in args.gene_list.split(",") if g.strip()] if args.gene_list else None
+    cfg = TrainConfig(backbone=args.backbone, n_genes=args.genes, genes=genes, max_aux=args.aux_genes,
+                      aux_weight=args.aux_weight, window_um=args.window_um, px=args.px,
+                      epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+                      lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
+                      val_section=args.val_section, augment=not args.no_augment,
+                      stain_norm=args.stain_norm, init=args.init, device=args.device, seed=args.seed,
+                      baselines=not args.no_baselines)
+    summary = _drain(train_from_manifest_steps(args.manifest, args.out, cfg, resume=args.resume))
+    _progress(f"model written to {args.out} (best epoch {summary['best_epoch'] + 1}, "
+              f"validation mean r {summary['best_val_mean_r']:.3f})")
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """Per-gene Pearson of a model on held-out sections -> report.json/.md + plots."""
+    from .evaluation import evaluate_steps
+
+    report = _drain(evaluate_steps(args.model, args.manifest, args.out, device=args.device,
+                                   baselines=not args.no_baselines))
+    print(json.dumps(report["summary"], indent=2))
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="histoexpr", description=__doc__.splitlines()[0])
@@ -99,6 +156,41 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--gene", default=None)
     i.add_argument("--mode", default="log1p", choices=["raw", "log1p", "normalised"])
     i.set_defaults(func=cmd_info)
+
+    t = sub.add_parser("train", help="train an expression model (BrST-Net style) on a section manifest")
+    t.add_argument("--manifest", required=True, help="section manifest CSV (see docs/formats.md)")
+    t.add_argument("--out", required=True, help="model folder (model.safetensors + model.json)")
+    t.add_argument("--genes", type=int, default=250, help="number of target genes (top by mean; 250)")
+    t.add_argument("--gene-list", default=None, help="comma-separated target genes instead of the top N")
+    t.add_argument("--aux-genes", type=int, default=1000, help="max auxiliary genes (0 = no aux head)")
+    t.add_argument("--aux-weight", type=float, default=0.3)
+    t.add_argument("--backbone", default="resnet18",
+                   help="resnet18|resnet34|resnet50|densenet121|efficientnet_b0..b4")
+    t.add_argument("--init", default=None, help="backbone weights file (.safetensors or torch tensors)")
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--patience", type=int, default=5, help="early stopping patience (epochs)")
+    t.add_argument("--val-section", default=None, help="section for early stopping (default: last)")
+    t.add_argument("--window-um", type=float, default=150.0, help="patch side in µm (default 150)")
+    t.add_argument("--px", type=int, default=224, help="patch side in pixels (default 224)")
+    t.add_argument("--stain-norm", action="store_true", help="Macenko-normalise patches")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--no-baselines", action="store_true")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--device", default="auto", help="auto|cpu|cuda")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="per-gene Pearson of a model on held-out sections")
+    e.add_argument("--model", required=True)
+    e.add_argument("--manifest", required=True)
+    e.add_argument("--out", required=True, help="report folder (report.json, report.md, PNGs)")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--no-baselines", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
     return p
 
 

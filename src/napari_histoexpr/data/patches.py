@@ -32,18 +32,25 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(centres[int(np.argmax(between))])
 
 
-def tissue_mask_from_rgb(rgb: np.ndarray) -> np.ndarray:
-    """Tissue where the saturation exceeds Otsu's threshold (glass is grey-white, H&E is coloured)."""
+def tissue_mask_from_rgb(rgb: np.ndarray, smooth_px: int = 3) -> np.ndarray:
+    """Tissue where the local saturation exceeds Otsu's threshold (glass is grey-white, H&E is
+    coloured). Saturation is averaged over ``smooth_px`` so pale cytoplasm between nuclei counts as
+    tissue; small holes are filled."""
+    from scipy import ndimage as ndi
+
     x = rgb[..., :3].astype(np.float32)
     mx, mn = x.max(-1), x.min(-1)
     sat = (mx - mn) / np.maximum(mx, 1.0)
     dark = mx < 30  # black borders/pen are not tissue
+    if smooth_px > 1:
+        sat = ndi.uniform_filter(sat, size=smooth_px)
     t = otsu_threshold(sat[~dark]) if (~dark).any() else 1.0
-    t = max(t, 0.05)
-    return (sat > t) & ~dark
+    mask = (sat > max(t, 0.05)) & ~dark
+    mask = ndi.binary_closing(mask, iterations=2)
+    return ndi.binary_fill_holes(mask)
 
 
-def tissue_mask(pyr, max_side: int = 2048) -> tuple[np.ndarray, float]:
+def tissue_mask(pyr, max_side: int = 2048, smooth_um: float = 16.0) -> tuple[np.ndarray, float]:
     """Tissue mask of a slide at a coarse level; returns ``(mask, downsample)`` (level-0 px per cell)."""
     level = pyr.n_levels - 1
     for i, lv in enumerate(pyr.levels):
@@ -52,7 +59,9 @@ def tissue_mask(pyr, max_side: int = 2048) -> tuple[np.ndarray, float]:
             break
     img = np.asarray(pyr.levels[level])
     ds = pyr.level0_shape[1] / img.shape[1]
-    return tissue_mask_from_rgb(img), float(ds)
+    mpp = pyr.world_mpp * ds if pyr.mpp else None
+    smooth = int(round(smooth_um / mpp)) if mpp else 5
+    return tissue_mask_from_rgb(img, max(1, smooth)), float(ds)
 
 
 def tissue_fraction_at(mask: np.ndarray, mask_ds: float, xy: np.ndarray, radius_px: float) -> np.ndarray:
@@ -126,7 +135,7 @@ def extract_patches(pyr, xy: np.ndarray, window_um: float, px: int, block_tiles:
         y0 = int(np.floor((cy[idx] - half).min()))
         x1 = int(np.ceil((cx[idx] + half).max())) + 1
         y1 = int(np.ceil((cy[idx] + half).max())) + 1
-        region = pyr.read_region(y0, x0, y1 - y0, x1 - x0, level=level)
+        region = pyr.read_region(y0 * ds, x0 * ds, y1 - y0, x1 - x0, level=level)  # level-0 origin
         for k in idx:
             py = int(np.floor(cy[k] - half)) - y0
             px0 = int(np.floor(cx[k] - half)) - x0

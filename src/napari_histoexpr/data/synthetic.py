@@ -31,7 +31,7 @@ PLANTED_GENES = {
 HOUSEKEEPING = ["ACTB", "GAPDH", "RPLP0", "B2M", "MALAT1"]
 N_NOISE_GENES = 40
 #: bumped whenever generated data changes, so cached demo folders are regenerated
-DATA_VERSION = 2
+DATA_VERSION = 3
 
 # texture parameters per class, in µm (cell pitch, nucleus radius, fraction of cells with a
 # nucleus, elongation) and colours (cytoplasm/matrix, nucleus)
@@ -278,7 +278,7 @@ def planted_profiles(seed: int = 0) -> pd.DataFrame:
     prof = pd.DataFrame(0.0, index=["base"] + list(CLASSES[1:]), columns=genes)
     for c, gs in PLANTED_GENES.items():
         for j, g in enumerate(gs):
-            prof.loc[c, g] = 40.0 / (1 + 0.35 * j)  # first marker strongest
+            prof.loc[c, g] = 80.0 / (1 + 0.2 * j)  # first marker strongest
             prof.loc["base", g] = 0.6
     for g in HOUSEKEEPING:
         prof.loc["base", g] = rng.uniform(20, 60)
@@ -287,7 +287,7 @@ def planted_profiles(seed: int = 0) -> pd.DataFrame:
     return prof
 
 
-def simulate_counts(fractions: np.ndarray, seed: int = 0, dispersion: float = 0.08,
+def simulate_counts(fractions: np.ndarray, seed: int = 0, dispersion: float = 0.05,
                     library_sd: float = 0.2) -> tuple[np.ndarray, pd.DataFrame]:
     """Negative-binomial counts: mean = L_s * (base + sum_c frac_{s,c} * profile_c)."""
     rng = np.random.default_rng(seed + 202)

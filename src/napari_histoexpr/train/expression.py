@@ -301,7 +301,7 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
             seen += len(idx)
             tot_loss += float(loss.detach()) * len(idx)
             yield {"stage": "step", "epoch": epoch, "step": step + 1, "steps": steps_per_epoch,
-                   "loss": float(loss)}
+                   "loss": float(loss.detach())}
         dt = time.perf_counter() - t0
         # ---- validation ----------------------------------------------------------------------
         net.eval()

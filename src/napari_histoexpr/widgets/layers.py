@@ -82,3 +82,18 @@ def update_points(layer, data: np.ndarray, kwargs: dict) -> None:
     if "name" in kwargs:
         layer.name = kwargs["name"]
     layer.refresh()
+
+
+def current_section(viewer, name: str = "viewer"):
+    """The section (slide + spots) opened by the "Slide & spots" panel, as a manifest Section."""
+    from ..io.manifest import Section
+
+    layer = find_layer(viewer, "slide")
+    info = (layer.metadata.get("histoexpr", {}) if layer is not None else {}).get("section")
+    if not info or not info.get("image") or not info.get("spots"):
+        return None
+    from pathlib import Path
+
+    return Section(section=Path(info["image"]).stem or name, patient="", image=Path(info["image"]),
+                   spots=Path(info["spots"]), counts=Path(info["counts"]) if info.get("counts") else None,
+                   mpp=float(info["mpp"]) if info.get("mpp") else None)

@@ -94,6 +94,7 @@ class SlideSpotsWidget(Container):
             return None
         self._open_btn.enabled = False
         self._status.value = "opening…"
+        self._pending = {"image": slide, "spots": spots, "counts": counts, "mpp": mpp}
         worker = create_worker(
             open_steps, slide, spots, counts, None, mpp,
             _progress={"total": N_OPEN_STEPS, "desc": "Opening slide & spots"},
@@ -120,7 +121,11 @@ class SlideSpotsWidget(Container):
         self.slide, self.adata = pyr, adata
         viewer = self._viewer
         if pyr is not None:
-            upsert_layer(viewer, pyr.layer_data(), SLIDE_KEY)
+            layer = upsert_layer(viewer, pyr.layer_data(), SLIDE_KEY)
+            if getattr(self, "_pending", {}).get("spots"):
+                # the section open in the viewer, for the training panels
+                layer.metadata["histoexpr"]["section"] = {k: (str(v) if v is not None else None)
+                                                          for k, v in self._pending.items()}
             viewer.canvas.overlays.scale_bar.visible = True
         if adata is not None:
             self._set_completer(list(map(str, adata.var_names)))

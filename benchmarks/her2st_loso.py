@@ -1,0 +1,91 @@
+"""Leave-one-section-out expression benchmark on HER2ST patient C (C2–C5); prints JSON.
+
+For each held-out section, trains on the other three (the last of them is the validation section
+for early stopping) and evaluates on the held-out one with ``histoexpr evaluate`` (model and the
+two baselines). Writes every fold's model and report under ``--out``.
+
+    python benchmarks/her2st_loso.py [--data ../shared/data/her2st] [--device cuda] [--epochs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SECTIONS = ("C2", "C3", "C4", "C5")
+
+
+def write_manifests(data: Path, out: Path, held: str) -> tuple[Path, Path]:
+    from napari_histoexpr.io.manifest import Section, write_manifest
+
+    def sec(s):
+        return Section(section=s, patient="C", image=data / "images" / f"{s}.jpg",
+                       spots=data / "spots" / f"{s}_selection.tsv", counts=data / "counts" / f"{s}.tsv.gz",
+                       clusters=data / "clusters" / f"{s}-cluster-annotation.tsv.gz")
+
+    train = [sec(s) for s in SECTIONS if s != held]
+    return (write_manifest(out / f"train_{held}.csv", train), write_manifest(out / f"test_{held}.csv", [sec(held)]))
+
+
+def main(argv=None) -> int:
+    from napari_histoexpr.cli import _drain
+    from napari_histoexpr.evaluation import evaluate_steps, train_from_manifest_steps
+    from napari_histoexpr.train.expression import TrainConfig
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "her2st"))
+    ap.add_argument("--out", default="benchmark-output/her2st")
+    ap.add_argument("--backbone", default="resnet18")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--px", type=int, default=224)
+    ap.add_argument("--window-um", type=float, default=150.0)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--folds", default=",".join(SECTIONS))
+    args = ap.parse_args(argv)
+    data, out = Path(args.data), Path(args.out)
+    if not data.is_dir():
+        print(json.dumps({"error": f"{data} not found"}))
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    folds = {}
+    for held in args.folds.split(","):
+        tr, te = write_manifests(data, out, held)
+        cfg = TrainConfig(backbone=args.backbone, epochs=args.epochs, px=args.px, window_um=args.window_um,
+                          batch_size=args.batch_size, lr=args.lr, device=args.device, patience=6)
+        t0 = time.perf_counter()
+        log = lambda ev: ev.get("stage") == "epoch" and print(  # noqa: E731
+            f"[{held}] epoch {ev['epoch'] + 1}: val r {ev['val_mean_r']:.3f}, "
+            f"{ev['patches_per_s']:.0f} patches/s", file=sys.stderr, flush=True)
+        summary = _drain(train_from_manifest_steps(tr, out / f"model_{held}", cfg), log)
+        t_train = time.perf_counter() - t0
+        rep = _drain(evaluate_steps(out / f"model_{held}", te, out / f"report_{held}", device=args.device),
+                     lambda ev: None)
+        folds[held] = {"summary": rep["summary"], "baselines": {k: v["summary"] for k, v in rep["baselines"].items()},
+                       "n_spots": rep["sections"][held]["n_spots"], "train_s": round(t_train, 1),
+                       "best_epoch": summary["best_epoch"], "device": summary["device"],
+                       "train_patches_per_s": summary["train_patches_per_s"],
+                       "raw_fwd_bwd_patches_per_s": summary["raw_fwd_bwd_patches_per_s"]}
+        print(json.dumps({held: folds[held]}), file=sys.stderr, flush=True)
+
+    def avg(key, which=None):
+        vals = [(f["summary"] if which is None else f["baselines"][which])[key] for f in folds.values()]
+        return float(np.mean(vals))
+
+    keys = ("genes_r_pos", "genes_r_gt_0_5", "mean_r", "median_r", "mean_r_hvg50")
+    result = {"benchmark": "her2st_loso", "config": vars(args), "folds": folds,
+              "mean_over_folds": {"model": {k: avg(k) for k in keys},
+                                  **{b: {k: avg(k, b) for k in keys} for b in ("mean", "ridge")}}}
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The "Train expression model" dock panel: sections, genes, backbone, epochs, device -> a model folder.
+
+Training runs in a napari worker over :func:`napari_histoexpr.evaluation.train_from_manifest_steps`;
+the panel only shows its events (a live loss curve, progress in the activity dock) and can cancel
+it: the checkpoint of the last finished epoch and the best model so far stay on disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
+
+from ..errors import HistoExprError
+from ..models.backbones import BACKBONES
+from .layers import current_section
+
+SOURCES = ("section open in the viewer", "manifest CSV")
+
+
+class LossCurve:
+    """A small matplotlib canvas: step losses, and per-epoch train/validation loss and validation r."""
+
+    def __init__(self):
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.2, 2.2), dpi=90, tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(170)
+        self.ax = self.figure.add_subplot(111)
+        self.ax2 = self.ax.twinx()
+        self.reset()
+
+    def reset(self):
+        self.steps, self.epochs, self.train, self.val, self.val_r = [], [], [], [], []
+        self._n = 0
+        self.redraw()
+
+    def add_step(self, loss: float, steps_per_epoch: int):
+        self._n += 1
+        self.steps.append((self._n / max(1, steps_per_epoch), loss))
+
+    def add_epoch(self, ev: dict):
+        self.epochs.append(ev["epoch"] + 1)
+        self.train.append(ev["train_loss"])
+        self.val.append(ev["val_loss"])
+        self.val_r.append(ev["val_mean_r"])
+        self.redraw()
+
+    def redraw(self):
+        ax, ax2 = self.ax, self.ax2
+        ax.clear()
+        ax2.clear()
+        if self.steps:
+            x, y = zip(*self.steps)
+            ax.plot(x, y, color="0.75", lw=0.6, label="step")
+        if self.epochs:
+            ax.plot(self.epochs, self.train, "o-", ms=3, label="train")
+            ax.plot(self.epochs, self.val, "s-", ms=3, label="val")
+            ax2.plot(self.epochs, self.val_r, "^-", ms=3, color="tab:green", label="val r")
+            ax2.set_ylabel("val mean r", fontsize=7)
+        ax.set_xlabel("epoch", fontsize=7)
+        ax.set_ylabel("loss", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax2.tick_params(labelsize=6)
+        if self.epochs or self.steps:
+            ax.legend(fontsize=6, loc="upper right")
+        self.canvas.draw_idle()
+
+
+class TrainExpressionWidget(Container):
+    """Train a BrST-Net-style expression model without leaving napari."""
+
+    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
+        self._viewer = viewer
+        self._worker = None
+        self.summary = None
+        self._source = ComboBox(label="sections", choices=list(SOURCES), value=SOURCES[0])
+        self._manifest = FileEdit(label="manifest", mode="r", filter="*.csv", nullable=True)
+        self._manifest.tooltip = "Section manifest CSV: section,patient,image,spots,counts,clusters,mpp"
+        self._n_genes = SpinBox(label="top genes", value=250, min=1, max=20000)
+        self._genes = LineEdit(label="or genes")
+        self._genes.tooltip = "Comma-separated gene names to predict instead of the top genes"
+        self._backbone = ComboBox(label="backbone", choices=list(BACKBONES), value="resnet18")
+        self._epochs = SpinBox(label="epochs", value=20, min=1, max=1000)
+        self._batch = SpinBox(label="batch size", value=32, min=2, max=1024)
+        self._lr = FloatSpinBox(label="learning rate", value=3e-4, min=1e-6, max=1.0, step=1e-4)
+        self._window = FloatSpinBox(label="window µm", value=150.0, min=10.0, max=2000.0)
+        self._px = SpinBox(label="patch px", value=224, min=16, max=1024)
+        self._aux = CheckBox(label="auxiliary head", value=True)
+        self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self._out = FileEdit(label="save to", mode="d", nullable=True)
+        self._train_btn = PushButton(text="Train")
+        self._cancel_btn = PushButton(text="Cancel", enabled=False)
+        self._status = Label(value="Choose sections and a folder to save the model.")
+        super().__init__(widgets=[
+            self._source, self._manifest, self._n_genes, self._genes, self._backbone, self._epochs,
+            self._batch, self._lr, self._window, self._px, self._aux, self._device, self._out,
+            self._train_btn, self._cancel_btn, self._status,
+        ])
+        self.curve = LossCurve()
+        self.native.layout().addWidget(self.curve.canvas)
+        self._train_btn.changed.connect(self.start)
+        self._cancel_btn.changed.connect(self.cancel)
+
+    # ---------------------------------------------------------------------------------------------
+    def _sections(self):
+        if self._source.value == SOURCES[1]:
+            if not self._manifest.value:
+                raise HistoExprError("choose a section manifest CSV")
+            return str(self._manifest.value)
+        sec = current_section(self._viewer)
+        if sec is None:
+            raise HistoExprError("open a slide and its spots with the 'Slide & spots' panel first, "
+                                 "or train from a manifest")
+        return [sec]
+
+    def config(self):
+        from ..train.expression import TrainConfig
+
+        genes = [g.strip() for g in (self._genes.value or "").split(",") if g.strip()] or None
+        return TrainConfig(backbone=self._backbone.value, n_genes=int(self._n_genes.value), genes=genes,
+                           max_aux=1000 if self._aux.value else 0, epochs=int(self._epochs.value),
+                           batch_size=int(self._batch.value), lr=float(self._lr.value),
+                           window_um=float(self._window.value), px=int(self._px.value),
+                           device=self._device.value)
+
+    def start(self, *_):
+        """Start training in a worker; returns it (or None after a notified error)."""
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_error
+
+        from ..evaluation import train_from_manifest_steps
+
+        if self._worker is not None:
+            return None
+        try:
+            sections = self._sections()
+            if not self._out.value:
+                raise HistoExprError("choose a folder to save the model to")
+            cfg = self.config()
+        except HistoExprError as e:
+            self._status.value = f"error: {e}"
+            show_error(str(e))
+            return None
+        self.curve.reset()
+        self.summary = None
+        worker = create_worker(train_from_manifest_steps, sections, Path(self._out.value), cfg,
+                               _progress={"desc": "Training expression model"}, _ignore_errors=True)
+        worker.yielded.connect(self._on_event)
+        worker.returned.connect(self._on_done)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._train_btn.enabled = False
+        self._cancel_btn.enabled = True
+        self._status.value = "preparing patches…"
+        self._worker = worker
+        worker.start()
+        return worker
+
+    def cancel(self, *_):
+        if self._worker is not None:
+            self._status.value = "cancelling after the current step…"
+            self._worker.quit()
+
+    def _on_event(self, ev: dict):
+        stage = ev.get("stage")
+        if stage == "step":
+            self.curve.add_step(ev["loss"], ev["steps"])
+            if ev["step"] % 5 == 0 or ev["step"] == ev["steps"]:
+                self._status.value = (f"epoch {ev['epoch'] + 1}/{self._epochs.value}, step "
+                                      f"{ev['step']}/{ev['steps']}, loss {ev['loss']:.3f}")
+        elif stage == "epoch":
+            self.curve.add_epoch(ev)
+            self._status.value = (f"epoch {ev['epoch'] + 1}/{ev['epochs']}: val mean r "
+                                  f"{ev['val_mean_r']:.3f}{' (saved)' if ev.get('best') else ''}")
+        elif "msg" in ev:
+            self._status.value = ev["msg"]
+
+    def _on_done(self, summary: dict):
+        self.summary = summary
+        self._status.value = (f"saved to {self._out.value}: best epoch {summary['best_epoch'] + 1}, "
+                              f"validation mean r {summary['best_val_mean_r']:.3f}")
+
+    def _on_error(self, exc: Exception):
+        from napari.utils.notifications import show_error
+
+        msg = str(exc) if isinstance(exc, HistoExprError) else f"{type(exc).__name__}: {exc}"
+        self._status.value = f"error: {msg}"
+        show_error(f"Training failed: {msg}")
+
+    def _on_finished(self):
+        if self.summary is None and not self._status.value.startswith("error"):
+            out = Path(self._out.value)
+            kept = "the best model so far is kept" if (out / "model.json").exists() else "nothing saved yet"
+            self._status.value = f"cancelled; {kept} (checkpoint.pt can resume)"
+        self._worker = None
+        self._train_btn.enabled = True
+        self._cancel_btn.enabled = False

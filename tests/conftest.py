@@ -39,3 +39,20 @@ def cohort(tmp_path_factory):
             "train": write_manifest(base / "train.csv", secs[:2]),
             "test": write_manifest(base / "test.csv", secs[2:3]),
             "unseen": write_manifest(base / "unseen.csv", secs[3:]), "base": base}
+
+
+PLANTED = ["ERBB2", "KRT8", "KRT18", "EPCAM", "CDH1", "COL1A1", "COL1A2", "COL3A1", "FN1", "DCN",
+           "PTPRC", "CD74", "IGKC", "CD3E", "MS4A1"]
+
+
+@pytest.fixture(scope="session")
+def trained(cohort, tmp_path_factory):
+    """The CLI trains a small model on s0 (validation s1) of the generated cohort (~50 s on CPU)."""
+    from napari_histoexpr.cli import main as cli
+
+    out = tmp_path_factory.mktemp("model") / "m"
+    rc = cli(["train", "--manifest", str(cohort["train"]), "--out", str(out), "--gene-list", ",".join(PLANTED),
+              "--aux-genes", "10", "--window-um", "100", "--px", "64", "--epochs", "16", "--lr", "1e-3",
+              "--patience", "16", "--device", "cpu", "--seed", "0"])
+    assert rc == 0
+    return out

@@ -125,17 +125,6 @@ def test_pearson_matches_scipy():
     assert s["genes_r_pos"] == 2 and s["genes_r_gt_0_5"] == 0 and s["mean_r_hvg50"] == pytest.approx(0.5)
 
 
-@pytest.fixture(scope="module")
-def trained(cohort, tmp_path_factory):
-    """The CLI trains a small model on s0 (validation s1) of the generated cohort."""
-    out = tmp_path_factory.mktemp("model") / "m"
-    rc = cli(["train", "--manifest", str(cohort["train"]), "--out", str(out), "--gene-list", ",".join(PLANTED),
-              "--aux-genes", "10", "--window-um", "100", "--px", "64", "--epochs", "16", "--lr", "1e-3",
-              "--patience", "16", "--device", "cpu", "--seed", "0"])
-    assert rc == 0
-    return out
-
-
 def test_training_learns_planted_genes_on_unseen_section(trained, cohort, tmp_path):
     meta = json.loads((trained / "model.json").read_text())
     assert meta["genes"] == PLANTED and len(meta["aux_genes"]) == 10

@@ -34,6 +34,10 @@ def get_reader(path):
         path = path[0]
     path = os.fspath(path)
     if os.path.isdir(path):
+        from .infer.slide import is_prediction
+
+        if is_prediction(path):
+            return read_prediction_layers
         return read_visium_layers if is_visium_folder(path) else None
     low = path.lower()
     if low.endswith(".h5ad") or low.endswith("_selection.tsv"):
@@ -92,3 +96,10 @@ def read_manifest_layers(path):
         out.append((sd, skw, sk))
         offset_um += pyr.level0_shape[1] * pyr.world_mpp + _GAP_UM
     return out
+
+
+def read_prediction_layers(path):
+    """A ``histoexpr predict`` output: one aligned heatmap layer per gene (first three genes)."""
+    from .infer.slide import prediction_layers
+
+    return prediction_layers(_one(path))

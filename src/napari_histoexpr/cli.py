@@ -132,6 +132,17 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    """Whole-slide prediction of one or many slides (many: on dask.distributed)."""
+    from .infer.distributed import predict_many
+
+    results = predict_many(args.model, args.slide, args.out, scheduler=args.scheduler, device=args.device,
+                           stride_um=args.stride_um, batch_size=args.batch_size, workers=args.workers,
+                           resume=not args.no_resume, spots=args.spots, progress=_progress)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="histoexpr", description=__doc__.splitlines()[0])
@@ -191,6 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--no-baselines", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="whole-slide expression prediction -> zarr + h5ad")
+    pr.add_argument("--model", required=True)
+    pr.add_argument("--slide", required=True, action="append",
+                    help="slide file (repeat for several slides; each gets OUT/<slide name>/)")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--spots", default=None, help="spots of a single slide: also predict at the spots "
+                    "and report Pearson r against the measured values")
+    pr.add_argument("--stride-um", type=float, default=None, help="grid step in µm (default: window/2)")
+    pr.add_argument("--batch-size", type=int, default=256)
+    pr.add_argument("--workers", type=int, default=4, help="reader threads per slide")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--scheduler", default=None,
+                    help="dask.distributed scheduler address (default: a LocalCluster, one worker per GPU)")
+    pr.add_argument("--no-resume", action="store_true", help="start again instead of continuing")
+    pr.set_defaults(func=cmd_predict)
     return p
 
 

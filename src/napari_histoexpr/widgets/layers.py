@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pandas as pd
+
+# core objects behind the layers this plugin made (a SlidePyramid, an AnnData), so other panels
+# can use them without re-reading files; weak, so removing a layer frees them
+_CORE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def attach_core(layer, obj) -> None:
+    _CORE[layer] = obj
+
+
+def core_of(layer):
+    return _CORE.get(layer) if layer is not None else None
 
 
 def find_layer(viewer, key: str):

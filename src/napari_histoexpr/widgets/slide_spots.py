@@ -17,7 +17,7 @@ from magicgui.widgets import (
 from ..errors import HistoExprError, UnknownGeneError
 from ..io.session import N_OPEN_STEPS, open_steps
 from ..io.spots import VALUE_MODES, spots_layer_data
-from .layers import find_layer, upsert_layer
+from .layers import attach_core, find_layer, upsert_layer
 
 SLIDE_KEY = "slide"
 SPOTS_KEY = "spots"
@@ -122,6 +122,7 @@ class SlideSpotsWidget(Container):
         viewer = self._viewer
         if pyr is not None:
             layer = upsert_layer(viewer, pyr.layer_data(), SLIDE_KEY)
+            attach_core(layer, pyr)
             if getattr(self, "_pending", {}).get("spots"):
                 # the section open in the viewer, for the training panels
                 layer.metadata["histoexpr"]["section"] = {k: (str(v) if v is not None else None)
@@ -185,5 +186,6 @@ class SlideSpotsWidget(Container):
             show_warning(str(e))
             return None
         layer = upsert_layer(self._viewer, ld, SPOTS_KEY)
+        attach_core(layer, self.adata)
         layer.face_colorbar.visible = True
         return layer

@@ -1,0 +1,169 @@
+"""Many slides on dask.distributed: one task per slide, one worker per GPU (or one CPU worker)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def _drain(gen, progress: Callable[[str], None] | None = None, label: str = ""):
+    last = -1
+    try:
+        while True:
+            ev = next(gen)
+            if progress is None:
+                continue
+            if ev.get("stage") == "tile":
+                pct = int(100 * ev["done"] / max(1, ev["total"]))
+                if pct // 10 != last:
+                    last = pct // 10
+                    progress(f"{label}{ev['done']}/{ev['total']} tiles ({pct} %)")
+            elif "msg" in ev:
+                progress(f"{label}{ev['msg']}")
+    except StopIteration as stop:
+        return stop.value
+
+
+def _worker_device(device: str) -> str:
+    import torch
+
+    if device not in ("auto", None, "") or not torch.cuda.is_available():
+        return device or "cpu"
+    try:
+        from distributed import get_worker
+
+        idx = int(str(get_worker().name).split("-")[-1])
+    except (ImportError, ValueError):
+        idx = 0
+    return f"cuda:{idx % torch.cuda.device_count()}"
+
+
+def predict_one(model_dir, slide, out_dir, device: str = "auto", progress=None, **kw) -> dict:
+    """Predict one slide in this process (a dask task or a plain call)."""
+    from ..models.expression import ExpressionModel
+    from .slide import predict_slide_steps
+
+    model = ExpressionModel.load(model_dir, _worker_device(device))
+    return _drain(predict_slide_steps(model, slide, out_dir, **kw), progress, f"{Path(slide).name}: ")
+
+
+def _task(model_dir, slide, out_dir, device, kw: dict) -> dict:
+    """A dask task (keyword names such as ``workers`` would clash with ``Client.submit``).
+
+    Inside a worker, dask would send the slide's own (lazy) reads to the cluster; they are local
+    file reads, so they run on this worker's threads."""
+    import dask
+
+    with dask.config.set(scheduler="threads"):
+        return predict_one(model_dir, slide, out_dir, device, None, **kw)
+
+
+def spot_report(model_dir, slide, spots, out_dir, device: str = "auto") -> dict:
+    """Predict at the measured spots of one slide; Pearson r per gene; writes spots_prediction.h5ad."""
+    from ..io.manifest import harmonise_mpp
+    from ..io.slides import open_slide
+    from ..io.spots import check_spots_in_image, read_spots
+    from ..metrics import pearson_columns, summarise_pearson
+    from ..models.artifact import atomic_write_json
+    from ..models.expression import ExpressionModel
+    from ..train.expression import prepare_section
+
+    model = ExpressionModel.load(model_dir, device)
+    pyr, adata = open_slide(slide), read_spots(spots)
+    harmonise_mpp(pyr, adata)
+    check_spots_in_image(adata, pyr.level0_shape)
+    genes = [g for g in model.genes if g in set(map(str, adata.var_names))]
+    sd = prepare_section(Path(slide).stem, pyr, adata, model.window_um, model.px, genes=genes,
+                         transform=model.patch_transform())
+    pred = model.predict(sd.patches)[:, [model.genes.index(g) for g in genes]]
+    r = pearson_columns(pred, sd.expr)
+    per = {g: (float(v) if np.isfinite(v) else None) for g, v in zip(genes, r)}
+    summary, _ = summarise_pearson({sd.name: per}, genes, model.meta.get("hvg50"))
+    import anndata as ad
+    import pandas as pd
+
+    out = ad.AnnData(X=pred.astype(np.float32), obs=pd.DataFrame(index=sd.spot_ids),
+                     var=pd.DataFrame(index=genes), layers={"measured": sd.expr})
+    out.obsm["spatial"] = sd.xy
+    out.write_h5ad(Path(out_dir) / "spots_prediction.h5ad")
+    rep = {"n_spots": len(sd.spot_ids), "pearson": per, "summary": summary}
+    atomic_write_json(Path(out_dir) / "spots_report.json", rep)
+    return rep
+
+
+def predict_many(model_dir, slides: list, out, scheduler: str | None = None, device: str = "auto",
+                 spots=None, progress: Callable[[str], None] | None = None, **kw) -> dict:
+    """Predict ``slides``: one slide in-process; several on a dask.distributed cluster.
+
+    ``scheduler``: the address of an existing cluster; without it a ``LocalCluster`` is started
+    with one single-threaded worker process per GPU (one when there is none).
+    Returns ``{slide: summary}``.
+    """
+    from ..errors import HistoExprError
+    from ..models.artifact import load_artifact
+
+    load_artifact(model_dir, kind="expression")  # fail fast on a bad model
+    slides = [str(s) for s in ([slides] if isinstance(slides, (str, os.PathLike)) else slides)]
+    for s in slides:
+        if not Path(s).exists():
+            from ..errors import SlideOpenError
+
+            raise SlideOpenError(f"slide not found: {s}")
+    if spots and len(slides) != 1:
+        raise HistoExprError("--spots goes with exactly one --slide")
+    out = Path(out)
+    outs = {s: (out if len(slides) == 1 else out / name) for s, name in zip(slides, _unique_names(slides))}
+    if len(slides) == 1 and scheduler is None:
+        res = {slides[0]: predict_one(model_dir, slides[0], outs[slides[0]], device, progress, **kw)}
+    else:
+        res = _on_cluster(model_dir, slides, outs, scheduler, device, progress, kw)
+    if spots:
+        if progress:
+            progress("predicting at the measured spots")
+        res[slides[0]]["spots"] = spot_report(model_dir, slides[0], spots, outs[slides[0]], device)["summary"]
+    (out / "predict.json").write_text(json.dumps(res, indent=2, default=str))
+    return res
+
+
+def _unique_names(slides: list[str]) -> list[str]:
+    """Output folder names: the slide's stem, with parent folders added until they are unique."""
+    parts = [Path(s).resolve().with_suffix("").parts for s in slides]
+    depth = 1
+    while True:
+        names = ["_".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names) or depth >= max(len(p) for p in parts):
+            return names if len(set(names)) == len(names) else [f"{i}_{n}" for i, n in enumerate(names)]
+        depth += 1
+
+
+def _on_cluster(model_dir, slides, outs, scheduler, device, progress, kw) -> dict:
+    import torch
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler is None:
+        n = max(1, torch.cuda.device_count()) if device in ("auto", "cuda") else 1
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+    else:
+        client = Client(scheduler)
+    if progress:
+        progress(f"dask.distributed: {len(client.scheduler_info()['workers'])} workers, {len(slides)} slides")
+    try:
+        futs = {client.submit(_task, str(model_dir), s, str(outs[s]), device, dict(kw), pure=False): s
+                for s in slides}
+        res = {}
+        for fut in as_completed(futs):
+            s = futs[fut]
+            res[s] = fut.result()
+            if progress:
+                progress(f"{Path(s).name}: done ({res[s]['patches']} patches)")
+        return {s: res[s] for s in slides}
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

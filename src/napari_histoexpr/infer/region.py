@@ -1,0 +1,244 @@
+"""Predicting gene expression on the visible region of a slide (headless; the panel wires it to napari).
+
+The slide is covered by a **global prediction grid**: cell ``(i, j)`` is centred at level-0
+``((i + 0.5) * stride, (j + 0.5) * stride)`` and gets the model's prediction for a ``window_um``
+patch around that centre. Cells are grouped in square **tiles** of ``tile_cells`` x ``tile_cells``,
+the unit of work and of caching, so results are reused whatever the view. A view request is
+turned into the tiles it touches (background tiles skipped with the tissue mask), ordered from the
+centre out, and computed in a worker, latest request wins; an LRU cache bounded in bytes makes
+panning back instant.
+
+Coordinates: the grid raster is shown with ``scale = stride * mpp`` and ``translate`` putting cell
+centres at their level-0 centres (see ``grid_layer_geometry``), exactly aligned with the slide.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Grid:
+    stride: float  # level-0 px between cell centres
+    rows: int
+    cols: int
+    tile_cells: int = 16
+
+    @classmethod
+    def for_slide(cls, pyr, stride_um: float, tile_cells: int = 16, max_cells: int = 8192) -> "Grid":
+        stride = stride_um / pyr.world_mpp
+        h, w = pyr.level0_shape
+        if max(h, w) / stride > max_cells:  # keep the raster bounded for any slide
+            stride = max(h, w) / max_cells
+        return cls(float(stride), int(np.ceil(h / stride)), int(np.ceil(w / stride)), tile_cells)
+
+    @property
+    def tile_rows(self) -> int:
+        return int(np.ceil(self.rows / self.tile_cells))
+
+    @property
+    def tile_cols(self) -> int:
+        return int(np.ceil(self.cols / self.tile_cells))
+
+    def tile_slices(self, ti: int, tj: int) -> tuple[slice, slice]:
+        t = self.tile_cells
+        return slice(ti * t, min((ti + 1) * t, self.rows)), slice(tj * t, min((tj + 1) * t, self.cols))
+
+    def cell_centres(self, ti: int, tj: int) -> np.ndarray:
+        """Level-0 ``(x, y)`` centres of a tile's cells, row-major."""
+        rs, cs = self.tile_slices(ti, tj)
+        yy, xx = np.meshgrid((np.arange(rs.start, rs.stop) + 0.5) * self.stride,
+                             (np.arange(cs.start, cs.stop) + 0.5) * self.stride, indexing="ij")
+        return np.stack([xx.ravel(), yy.ravel()], axis=1)
+
+    def tiles_in_box(self, y0: float, x0: float, y1: float, x1: float) -> list[tuple[int, int]]:
+        """Tiles touching the level-0 box, nearest to its centre first."""
+        span = self.stride * self.tile_cells
+        i0, i1 = max(0, int(np.floor(y0 / span))), min(self.tile_rows - 1, int(np.floor(y1 / span)))
+        j0, j1 = max(0, int(np.floor(x0 / span))), min(self.tile_cols - 1, int(np.floor(x1 / span)))
+        if i1 < i0 or j1 < j0:
+            return []
+        cy, cx = (y0 + y1) / 2 / span - 0.5, (x0 + x1) / 2 / span - 0.5
+        tiles = [(i, j) for i in range(i0, i1 + 1) for j in range(j0, j1 + 1)]
+        return sorted(tiles, key=lambda t: (t[0] - cy) ** 2 + (t[1] - cx) ** 2)
+
+
+def grid_layer_geometry(grid: Grid, world_mpp: float) -> dict:
+    """``scale``/``translate`` of a grid raster in the µm world (cell centres on their level-0 centres).
+
+    napari puts the centre of data pixel ``i`` at ``translate + i * scale``; a level-0 pixel ``p``
+    has its centre at world ``p * mpp`` (slide layer convention), and cell ``i``'s centre is level-0
+    ``(i + 0.5) * stride - 0.5``.
+    """
+    s = grid.stride * world_mpp
+    t = (0.5 * grid.stride - 0.5) * world_mpp
+    return {"scale": (s, s), "translate": (t, t)}
+
+
+def visible_box(center_yx: Iterable[float], zoom: float, canvas_hw: Iterable[int], world_mpp: float,
+                margin: float = 0.0) -> tuple[float, float, float, float]:
+    """Level-0 ``(y0, x0, y1, x1)`` seen by a 2D camera (µm world, ``zoom`` screen px per µm)."""
+    cy, cx = list(center_yx)[-2:]
+    h, w = list(canvas_hw)[-2:]
+    hy, hx = h / 2 / zoom * (1 + margin), w / 2 / zoom * (1 + margin)
+    return ((cy - hy) / world_mpp, (cx - hx) / world_mpp, (cy + hy) / world_mpp, (cx + hx) / world_mpp)
+
+
+class TileCache:
+    """LRU cache of tile predictions, bounded in bytes."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20):
+        self.max_bytes = int(max_bytes)
+        self._d: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key):
+        with self._lock:
+            v = self._d.get(key)
+            if v is None:
+                self.misses += 1
+                return None
+            self._d.move_to_end(key)
+            self.hits += 1
+            return v
+
+    def put(self, key, value: np.ndarray) -> None:
+        with self._lock:
+            if key in self._d:
+                self._bytes -= self._d.pop(key).nbytes
+            self._d[key] = value
+            self._bytes += value.nbytes
+            while self._bytes > self.max_bytes and len(self._d) > 1:
+                _, old = self._d.popitem(last=False)
+                self._bytes -= old.nbytes
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+            self._bytes = 0
+
+
+class RegionPredictor:
+    """Tile predictions of one model on one slide, cached; background tiles are skipped."""
+
+    def __init__(self, model, pyr, stride_um: float | None = None, tile_cells: int = 16,
+                 cache_bytes: int = 256 * 2**20, batch_size: int = 256, min_tissue: float = 0.05):
+        from ..data.patches import tissue_mask
+
+        self.model, self.pyr = model, pyr
+        self.stride_um = float(stride_um or model.window_um / 2)
+        self.grid = Grid.for_slide(pyr, self.stride_um, tile_cells)
+        self.cache = TileCache(cache_bytes)
+        self.batch_size = batch_size
+        self.mask, self.mask_ds = tissue_mask(pyr)
+        self.min_tissue = min_tissue
+        self._transform = model.patch_transform()
+        self._lock = threading.Lock()  # one model call at a time
+
+    @property
+    def genes(self) -> list[str]:
+        return self.model.genes
+
+    def tile_tissue(self, ti: int, tj: int) -> float:
+        rs, cs = self.grid.tile_slices(ti, tj)
+        f = self.grid.stride / self.mask_ds
+        m = self.mask[int(rs.start * f):max(int(rs.start * f) + 1, int(np.ceil(rs.stop * f))),
+                      int(cs.start * f):max(int(cs.start * f) + 1, int(np.ceil(cs.stop * f)))]
+        return float(m.mean()) if m.size else 0.0
+
+    def cell_tissue(self, centres: np.ndarray) -> np.ndarray:
+        from ..data.patches import tissue_fraction_at
+
+        return tissue_fraction_at(self.mask, self.mask_ds, centres, self.model.window_um / 2 / self.pyr.world_mpp / 2)
+
+    def predict_tile(self, ti: int, tj: int) -> np.ndarray:
+        """``(genes, rows, cols)`` float32 predictions of a tile (NaN off tissue); cached."""
+        key = (ti, tj)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        from ..data.patches import extract_patches
+
+        rs, cs = self.grid.tile_slices(ti, tj)
+        shape = (len(self.genes), rs.stop - rs.start, cs.stop - cs.start)
+        out = np.full(shape, np.nan, np.float32)
+        if self.tile_tissue(ti, tj) > 0:
+            centres = self.grid.cell_centres(ti, tj)
+            on = self.cell_tissue(centres) >= self.min_tissue
+            if on.any():
+                patches = extract_patches(self.pyr, centres[on], self.model.window_um, self.model.px,
+                                          transform=self._transform)
+                with self._lock:
+                    pred = self.model.predict(patches, batch_size=self.batch_size)
+                flat = out.reshape(len(self.genes), -1)
+                flat[:, on] = pred.T
+        self.cache.put(key, out)
+        return out
+
+    def view_tiles(self, box) -> list[tuple[int, int]]:
+        return [t for t in self.grid.tiles_in_box(*box) if self.tile_tissue(*t) > 0]
+
+    def run(self, tiles: list[tuple[int, int]], cancelled: Callable[[], bool] = lambda: False
+            ) -> Generator[tuple[tuple[int, int], np.ndarray], None, int]:
+        """Predict ``tiles`` in order, yielding ``((ti, tj), array)``; stops early when cancelled."""
+        done = 0
+        for t in tiles:
+            if cancelled():
+                break
+            yield t, self.predict_tile(*t)
+            done += 1
+        return done
+
+
+class Raster:
+    """The whole-slide grid raster of each gene (NaN where not predicted yet), filled tile by tile."""
+
+    def __init__(self, grid: Grid, genes: list[str]):
+        self.grid = grid
+        self.genes = list(genes)
+        self.data = np.full((len(genes), grid.rows, grid.cols), np.nan, np.float32)
+
+    def put(self, tile: tuple[int, int], values: np.ndarray) -> None:
+        rs, cs = self.grid.tile_slices(*tile)
+        self.data[:, rs, cs] = values
+
+    def gene(self, name: str) -> np.ndarray:
+        return self.data[self.genes.index(name)]
+
+    def sample(self, xy: np.ndarray) -> np.ndarray:
+        """Values ``(N, genes)`` at level-0 ``(x, y)`` points (nearest cell)."""
+        r = np.clip((xy[:, 1] / self.grid.stride).astype(int), 0, self.grid.rows - 1)
+        c = np.clip((xy[:, 0] / self.grid.stride).astype(int), 0, self.grid.cols - 1)
+        return self.data[:, r, c].T
+
+
+class LatestRequest:
+    """Latest-wins bookkeeping: each new request supersedes (cancels) the ones before it."""
+
+    def __init__(self):
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def new(self) -> Callable[[], bool]:
+        with self._lock:
+            self._n += 1
+            mine = self._n
+        return lambda: self._n != mine
+
+    @property
+    def current(self) -> int:
+        return self._n

@@ -1,0 +1,227 @@
+"""Whole-slide prediction: every tissue tile of a slide -> chunked zarr (+ multiscale) and an .h5ad.
+
+Output folder::
+
+    OUT/prediction.zarr/   group attrs["histoexpr_prediction"] = genes, stride, origin, mpp, model, slide
+        0/  (genes, rows, cols) float32, NaN off tissue; 1/, 2/ ... 2x2-mean levels for display
+        done/ (tile_rows, tile_cols) uint8: tiles already written (resume skips them)
+    OUT/prediction.h5ad    one row per tissue cell: X = predictions, obsm["spatial"] = level-0 (x, y)
+    OUT/summary.json
+
+The loader never starves the model: a thread pool reads each tile's block of native slide tiles
+once and cuts its patches (decoders release the GIL) while the model runs on the previous tiles.
+An interrupted run continues where it stopped (``resume``, the default).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HistoExprError
+from .region import Grid, RegionPredictor, grid_layer_geometry
+
+ATTR = "histoexpr_prediction"
+
+
+def _attrs(model, pyr, grid: Grid) -> dict:
+    return {"genes": model.genes, "stride_px": grid.stride, "rows": grid.rows, "cols": grid.cols,
+            "tile_cells": grid.tile_cells, "world_mpp": pyr.world_mpp, "mpp": pyr.mpp,
+            "level0_shape": list(pyr.level0_shape), "slide": str(pyr.path),
+            "model": model.meta.get("weights_sha256"), "window_um": model.window_um,
+            "values": "predicted log1p(counts / total * 1e4)",
+            "origin_note": "cell (i, j) is centred at level-0 ((i + 0.5) * stride_px, (j + 0.5) * stride_px)"}
+
+
+def _open_store(path: Path, attrs: dict, grid: Grid, resume: bool):
+    import zarr
+
+    if path.exists() and resume:
+        g = zarr.open_group(str(path), mode="a")
+        old = dict(g.attrs).get(ATTR)
+        if old is not None:
+            keys = ("genes", "stride_px", "rows", "cols", "tile_cells", "model", "slide")
+            if any(old.get(k) != attrs.get(k) for k in keys):
+                raise HistoExprError(f"{path} holds a prediction with another model, slide or stride; "
+                                     f"use another --out or --no-resume")
+            return g
+    g = zarr.open_group(str(path), mode="w")
+    t = grid.tile_cells
+    g.create_array("0", shape=(len(attrs["genes"]), grid.rows, grid.cols), chunks=(1, t * 4, t * 4),
+                   dtype="float32", fill_value=np.nan)
+    g.create_array("done", shape=(grid.tile_rows, grid.tile_cols), chunks=(256, 256), dtype="uint8", fill_value=0)
+    g.attrs[ATTR] = dict(attrs, complete=False)
+    return g
+
+
+def _pyramid(g, n_genes: int) -> int:
+    """Write 2x2 nan-mean levels ``1``, ``2``, … until the raster is small; returns the level count."""
+    lvl, src = 0, g["0"]
+    while max(src.shape[1:]) > 256:
+        h, w = (src.shape[1] + 1) // 2, (src.shape[2] + 1) // 2
+        name = str(lvl + 1)
+        if name in g:
+            del g[name]
+        dst = g.create_array(name, shape=(n_genes, h, w), chunks=(1, 256, 256), dtype="float32",
+                             fill_value=np.nan)
+        for k in range(n_genes):
+            a = src[k]
+            pad = np.full((2 * h, 2 * w), np.nan, np.float32)
+            pad[:a.shape[0], :a.shape[1]] = a
+            blocks = pad.reshape(h, 2, w, 2)
+            with np.errstate(invalid="ignore"):
+                cnt = np.isfinite(blocks).sum((1, 3))
+                s = np.nansum(blocks, (1, 3))
+                dst[k] = np.where(cnt > 0, s / np.maximum(cnt, 1), np.nan)
+        src, lvl = dst, lvl + 1
+    return lvl + 1
+
+
+def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, tile_cells: int = 32,
+                        workers: int = 4, batch_size: int = 256, resume: bool = True,
+                        ) -> Generator[dict, None, dict]:
+    """Predict every tissue tile; yields progress events, returns a summary dict.
+
+    ``model`` is an :class:`~napari_histoexpr.models.expression.ExpressionModel` or a model folder;
+    ``slide`` a path or an open :class:`~napari_histoexpr.io.slides.SlidePyramid`.
+    """
+    import anndata as ad
+    import pandas as pd
+
+    from ..data.patches import extract_patches
+    from ..io.slides import open_slide
+    from ..models.artifact import atomic_write_json
+    from ..models.expression import ExpressionModel
+
+    if not hasattr(model, "predict"):
+        model = ExpressionModel.load(model)
+    pyr = open_slide(slide) if isinstance(slide, (str, os.PathLike)) else slide
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rp = RegionPredictor(model, pyr, stride_um, tile_cells=tile_cells, cache_bytes=0, batch_size=batch_size)
+    grid = rp.grid
+    attrs = _attrs(model, pyr, grid)
+    g = _open_store(out / "prediction.zarr", attrs, grid, resume)
+    done = g["done"][:]
+    tiles = [(i, j) for i in range(grid.tile_rows) for j in range(grid.tile_cols)
+             if rp.tile_tissue(i, j) > 0]
+    todo = [t for t in tiles if not done[t]]
+    yield {"stage": "plan", "msg": f"{len(tiles)} tissue tiles ({len(tiles) - len(todo)} already done), "
+           f"grid {grid.rows} x {grid.cols} cells of {grid.stride * pyr.world_mpp:.1f} µm",
+           "total": len(todo)}
+    transform = model.patch_transform()
+
+    def load(t):
+        centres = grid.cell_centres(*t)
+        on = rp.cell_tissue(centres) >= rp.min_tissue
+        patches = extract_patches(pyr, centres[on], model.window_um, model.px, transform=transform) \
+            if on.any() else None
+        return t, on, patches
+
+    arr = g["0"]
+    t0 = time.perf_counter()
+    n_patches, t_model = 0, 0.0
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        pending = [pool.submit(load, t) for t in todo[: 2 * max(1, workers)]]
+        nxt = len(pending)
+        for k in range(len(todo)):
+            (ti, tj), on, patches = pending.pop(0).result()
+            if nxt < len(todo):
+                pending.append(pool.submit(load, todo[nxt]))
+                nxt += 1
+            rs, cs = grid.tile_slices(ti, tj)
+            vals = np.full((len(model.genes), rs.stop - rs.start, cs.stop - cs.start), np.nan, np.float32)
+            if patches is not None:
+                tm = time.perf_counter()
+                pred = model.predict(patches, batch_size=batch_size)
+                t_model += time.perf_counter() - tm
+                vals.reshape(len(model.genes), -1)[:, on] = pred.T
+                n_patches += len(patches)
+            arr[:, rs, cs] = vals
+            g["done"][ti, tj] = 1  # after the values: a crash re-does at most this tile
+            yield {"stage": "tile", "done": k + 1, "total": len(todo), "patches": n_patches}
+    elapsed = time.perf_counter() - t0
+    yield {"stage": "pyramid", "msg": "writing display levels"}
+    n_levels = _pyramid(g, len(model.genes))
+    # per-cell table
+    full = arr[:]
+    rows, cols = np.nonzero(np.isfinite(full[0]))
+    centres = np.stack([(cols + 0.5) * grid.stride, (rows + 0.5) * grid.stride], axis=1)
+    table = ad.AnnData(X=full[:, rows, cols].T.astype(np.float32),
+                       obs=pd.DataFrame({"row": rows, "col": cols},
+                                        index=[f"r{r}_c{c}" for r, c in zip(rows, cols)]),
+                       var=pd.DataFrame(index=model.genes))
+    table.obsm["spatial"] = centres
+    table.uns["histoexpr"] = {k: v for k, v in attrs.items() if v is not None and k != "genes"}
+    tmp = out / ".prediction.h5ad.part"
+    table.write_h5ad(tmp)
+    os.replace(tmp, out / "prediction.h5ad")
+    g.attrs[ATTR] = dict(attrs, complete=True, levels=n_levels)
+    summary = {"slide": str(pyr.path), "tiles": len(tiles), "tiles_computed": len(todo),
+               "cells": int(len(rows)), "patches": n_patches, "seconds": elapsed,
+               "patches_per_s": n_patches / elapsed if elapsed > 0 and n_patches else None,
+               "model_seconds": t_model, "device": str(model.device), "levels": n_levels,
+               "zarr": str(out / "prediction.zarr"), "h5ad": str(out / "prediction.h5ad")}
+    atomic_write_json(out / "summary.json", summary)
+    yield {"stage": "done", "msg": f"wrote {out}"}
+    return summary
+
+
+# -------------------------------------------------------------------------------------------------
+# reading predictions back
+# -------------------------------------------------------------------------------------------------
+def is_prediction(path) -> bool:
+    p = Path(path)
+    if p.is_dir() and (p / "prediction.zarr").is_dir():
+        p = p / "prediction.zarr"
+    if not (p.is_dir() and p.suffix == ".zarr"):
+        return False
+    try:
+        import zarr
+
+        return ATTR in zarr.open_group(str(p), mode="r").attrs
+    except Exception:
+        return False
+
+
+def prediction_layers(path, genes: list[str] | None = None, colormap: str = "inferno") -> list:
+    """LayerData (one multiscale Image per gene, µm world, aligned with the slide) of a prediction."""
+    import dask.array as da
+    import zarr
+
+    p = Path(path)
+    if (p / "prediction.zarr").is_dir():
+        p = p / "prediction.zarr"
+    g = zarr.open_group(str(p), mode="r")
+    a = dict(g.attrs)[ATTR]
+    mpp = float(a["world_mpp"])
+    grid = Grid(float(a["stride_px"]), int(a["rows"]), int(a["cols"]), int(a["tile_cells"]))
+    geo = grid_layer_geometry(grid, mpp)
+    levels = [da.from_zarr(g[str(i)]) for i in range(int(a.get("levels", 1))) if str(i) in g]
+    out = []
+    for gene in genes or a["genes"][:3]:
+        if gene not in a["genes"]:
+            from ..errors import UnknownGeneError
+            import difflib
+
+            raise UnknownGeneError(gene, difflib.get_close_matches(gene, a["genes"], 3))
+        k = a["genes"].index(gene)
+        data = [lv[k] for lv in levels]
+        sample = np.asarray(levels[-1][k])
+        fin = sample[np.isfinite(sample)]
+        lim = (float(np.percentile(fin, 1)), float(np.percentile(fin, 99))) if fin.size else (0.0, 1.0)
+        if lim[1] <= lim[0]:
+            lim = (lim[0], lim[0] + 1e-3)
+        # each display level halves the grid: its first cell is centred on 2x2 level-0 cells
+        out.append((data if len(data) > 1 else data[0], {
+            "name": f"predicted: {gene}", "multiscale": len(data) > 1, "colormap": colormap,
+            "opacity": 0.6, "blending": "translucent", "contrast_limits": lim, "units": "µm",
+            "metadata": {"histoexpr": {"kind": "prediction", "gene": gene, "source": str(p)}}, **geo},
+            "image"))
+    return out

@@ -1,0 +1,275 @@
+"""Visible-region inference (headless), whole-slide prediction (zarr/h5ad, resume, reader, dask)
+and the "Predicted expression" panel following the camera in a real viewer."""
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_histoexpr.infer.region import (Grid, LatestRequest, Raster, RegionPredictor, TileCache,
+                                           grid_layer_geometry, visible_box)
+
+
+def test_grid_geometry_aligns_cell_centres():
+    g = Grid(stride=40.0, rows=50, cols=30, tile_cells=8)
+    geo = grid_layer_geometry(g, world_mpp=0.5)
+    # napari: data pixel i centred at translate + i*scale; level-0 px p centred at world p*mpp
+    for i in (0, 7, 49):
+        level0_centre = (i + 0.5) * 40.0 - 0.5  # pixel-index coordinate of the cell centre
+        assert geo["translate"][0] + i * geo["scale"][0] == pytest.approx(level0_centre * 0.5)
+    assert g.tile_rows == 7 and g.tile_cols == 4
+    c = g.cell_centres(1, 2)
+    assert c.shape == (64, 2) and tuple(c[0]) == (16.5 * 40, 8.5 * 40)
+    tiles = g.tiles_in_box(300, 300, 700, 700)  # level-0 box, tiles span 320 px
+    assert set(tiles) == {(i, j) for i in (0, 1, 2) for j in (0, 1, 2)} and tiles[0] == (1, 1)
+
+
+def test_visible_box_from_camera():
+    y0, x0, y1, x1 = visible_box((0, 500.0, 1000.0), zoom=2.0, canvas_hw=(400, 800), world_mpp=0.5)
+    assert (y0, x0, y1, x1) == (800.0, 1600.0, 1200.0, 2400.0)  # ±100 µm, ±200 µm around (500, 1000) µm
+
+
+def test_tile_cache_is_lru_bounded_in_bytes():
+    c = TileCache(max_bytes=3 * 400)
+    for k in range(3):
+        c.put(k, np.zeros(100, np.float32))
+    assert c.get(0) is not None  # 0 is now most recent
+    c.put(3, np.zeros(100, np.float32))
+    assert c.get(1) is None and c.get(0) is not None and len(c) == 3 and c.nbytes == 1200
+
+
+def test_latest_request_wins():
+    lr = LatestRequest()
+    a = lr.new()
+    assert not a()
+    b = lr.new()
+    assert a() and not b()
+
+
+@pytest.fixture(scope="module")
+def model(trained):
+    from napari_histoexpr.models.expression import ExpressionModel
+
+    return ExpressionModel.load(trained, "cpu")
+
+
+def _truth_class(demo, xy):
+    cm_path = next(demo.truth.glob("class_map_ds*.npy"))
+    ds = float(cm_path.stem.split("_ds")[1])
+    cm = np.load(cm_path)
+    r = np.clip((xy[:, 1] / ds).astype(int), 0, cm.shape[0] - 1)
+    c = np.clip((xy[:, 0] / ds).astype(int), 0, cm.shape[1] - 1)
+    return cm[r, c]
+
+
+def test_region_predictions_follow_planted_regions(model, cohort):
+    from napari_histoexpr.io.slides import open_slide
+
+    demo = cohort["demos"][3]  # unseen section
+    pyr = open_slide(demo.slide)
+    rp = RegionPredictor(model, pyr, stride_um=25.0)
+    box = (0, 0, 1024, 1024)
+    tiles = rp.view_tiles(box)
+    ras = Raster(rp.grid, model.genes)
+    n = 0
+    for t, v in rp.run(tiles):
+        ras.put(t, v)
+        n += 1
+    assert n == len(tiles) > 0
+    rows, cols = np.nonzero(np.isfinite(ras.gene("ERBB2")))
+    xy = np.stack([(cols + 0.5) * rp.grid.stride, (rows + 0.5) * rp.grid.stride], 1)
+    cls = _truth_class(demo, xy)
+    erbb2, col = ras.gene("ERBB2")[rows, cols], ras.gene("COL1A1")[rows, cols]
+    assert erbb2[cls == 1].mean() > erbb2[cls == 2].mean() + 1.0  # tumour vs stroma, log1p units
+    assert col[cls == 2].mean() > col[cls == 1].mean() + 1.0
+    assert np.corrcoef(erbb2, cls == 1)[0, 1] > 0.6
+    # background cells are not predicted
+    assert (cls[np.isfinite(erbb2)] == 0).mean() < 0.1
+    # a second run is served from the cache
+    hits = rp.cache.hits
+    list(rp.run(tiles))
+    assert rp.cache.hits == hits + len(tiles)
+    # cancellation stops between tiles
+    calls = iter(range(100))
+    assert sum(1 for _ in rp.run(rp.view_tiles((1024, 1024, 2048, 2048)), lambda: next(calls) >= 2)) == 2
+
+
+def test_whole_slide_prediction_resume_and_reader(model, cohort, trained, tmp_path):
+    import anndata as ad
+
+    from napari_histoexpr._reader import get_reader
+    from napari_histoexpr.infer.slide import predict_slide_steps
+
+    slide = cohort["demos"][3].slide
+    gen = predict_slide_steps(model, slide, tmp_path / "full", stride_um=50.0, tile_cells=8)
+    events = list(_exhaust(gen))
+    full = np.asarray(__import__("zarr").open_group(str(tmp_path / "full" / "prediction.zarr"))["0"])
+    # interrupted after 3 tiles, then resumed: only the rest is computed, the result is identical
+    gen = predict_slide_steps(model, slide, tmp_path / "part", stride_um=50.0, tile_cells=8)
+    k = 0
+    for ev in gen:
+        k += ev.get("stage") == "tile"
+        if k == 3:
+            gen.close()
+            break
+    ev2 = list(_exhaust(predict_slide_steps(model, slide, tmp_path / "part", stride_um=50.0, tile_cells=8)))
+    plan = ev2[0]
+    total = events[0]["total"]
+    assert plan["total"] == total - 3
+    part = np.asarray(__import__("zarr").open_group(str(tmp_path / "part" / "prediction.zarr"))["0"])
+    assert np.allclose(full, part, equal_nan=True)
+    summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+    table = ad.read_h5ad(tmp_path / "full" / "prediction.h5ad")
+    assert table.n_obs == summary["cells"] and list(table.var_names) == model.genes
+    assert table.obsm["spatial"].shape == (table.n_obs, 2)
+    reader = get_reader(str(tmp_path / "full"))
+    layers = reader(str(tmp_path / "full"))
+    data, kw, kind = layers[0]
+    assert kind == "image" and kw["name"] == "predicted: ERBB2"
+    assert kw["scale"][0] == pytest.approx(50.0)  # 50 µm cells, 1 µm/px slide
+    assert kw["translate"][0] == pytest.approx(24.5)
+    # a different model into the same folder is refused, not mixed
+    from napari_histoexpr.errors import HistoExprError
+
+    with pytest.raises(HistoExprError, match="another model"):
+        list(_exhaust(predict_slide_steps(model, slide, tmp_path / "full", stride_um=25.0, tile_cells=8)))
+
+
+def _exhaust(gen):
+    try:
+        while True:
+            yield next(gen)
+    except StopIteration:
+        return
+
+
+def test_cli_predict_many_slides_on_local_cluster(trained, cohort, tmp_path):
+    from napari_histoexpr.cli import main as cli
+
+    slides = [str(cohort["demos"][i].slide) for i in (2, 3)]
+    rc = cli(["predict", "--model", str(trained), "--slide", slides[0], "--slide", slides[1],
+              "--out", str(tmp_path / "many"), "--stride-um", "100", "--device", "cpu"])
+    assert rc == 0
+    res = json.loads((tmp_path / "many" / "predict.json").read_text())
+    assert set(res) == set(slides)
+    for s in slides:
+        assert res[s]["cells"] > 100
+    # with spots: Pearson at the measured spots
+    d = cohort["demos"][2]
+    assert cli(["predict", "--model", str(trained), "--slide", str(d.slide), "--spots", str(d.spots),
+                "--out", str(tmp_path / "one"), "--stride-um", "100", "--device", "cpu"]) == 0
+    rep = json.loads((tmp_path / "one" / "spots_report.json").read_text())
+    assert rep["pearson"]["ERBB2"] > 0.8
+
+
+# ---------------------------------------------------------------------------------------------------
+# the panel in a real viewer
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture
+def panel_on_section(make_napari_viewer, qtbot, cohort, trained):
+    from napari_histoexpr.widgets.expression_view import ExpressionPanel
+    from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1000, 800)
+    spots = SlideSpotsWidget(viewer)
+    d = cohort["demos"][3]
+    w = spots.open(slide=str(d.slide), spots=str(d.spots))
+    with qtbot.waitSignal(w.finished, timeout=60_000):
+        pass
+    panel = ExpressionPanel(viewer)
+    viewer.window.add_dock_widget(panel)
+    panel._device.value = "cpu"
+    panel._stride.value = 25.0
+    panel.load_model(trained, genes=["ERBB2", "COL1A1"])
+    return viewer, panel, d
+
+
+def _wait_idle(qtbot, panel, timeout=60_000):
+    qtbot.waitUntil(lambda: panel._worker is None and not panel._timer.isActive(), timeout=timeout)
+
+
+def test_panel_follows_the_camera(panel_on_section, qtbot):
+    viewer, panel, demo = panel_on_section
+    cam = viewer.scene.camera
+    cam.center = (0, 600.0, 600.0)
+    cam.zoom = 1.0
+    _wait_idle(qtbot, panel)  # follow view: the camera change itself triggered the prediction
+    layer = panel.gene_layer("ERBB2")
+    assert layer is not None and layer.units[0] == "micrometer"
+    geo = grid_layer_geometry(panel.predictor.grid, 1.0)
+    assert tuple(layer.scale) == pytest.approx(geo["scale"]) and tuple(layer.translate) == pytest.approx(geo["translate"])
+
+    def covered():
+        y0, x0, y1, x1 = panel.view_box(0.0)
+        g = panel.predictor.grid
+        vals = layer.data[int(max(0, y0) / g.stride):int(min(2048, y1) / g.stride),
+                          int(max(0, x0) / g.stride):int(min(2048, x1) / g.stride)]
+        rows, cols = np.nonzero(np.ones_like(vals, bool))
+        return vals, rows, cols
+
+    vals, _, _ = covered()
+    y0, x0, _, _ = panel.view_box(0.0)
+    g = panel.predictor.grid
+    r0, c0 = int(max(0, y0) / g.stride), int(max(0, x0) / g.stride)
+    rr, cc = np.nonzero(np.isfinite(vals))
+    xy = np.stack([(cc + c0 + 0.5) * g.stride, (rr + r0 + 0.5) * g.stride], 1)
+    cls = _truth_class(demo, xy)
+    assert np.isfinite(vals).mean() > 0.3 and (cls > 0).mean() > 0.9, (panel._status.value, panel.view_box(0.0), viewer.canvas.size)
+    # every tissue cell in view is predicted
+    all_rr, all_cc = np.nonzero(np.ones_like(vals, bool))
+    all_xy = np.stack([(all_cc + c0 + 0.5) * g.stride, (all_rr + r0 + 0.5) * g.stride], 1)
+    tissue = panel.predictor.cell_tissue(all_xy) >= panel.predictor.min_tissue
+    assert np.isfinite(vals.ravel()[tissue]).mean() > 0.98
+    # pan: the new view gets predicted too
+    n_before = len(panel.predictor.cache)
+    cam.center = (0, 1500.0, 1500.0)
+    _wait_idle(qtbot, panel)
+    assert len(panel.predictor.cache) > n_before
+    vals, _, _ = covered()
+    assert np.isfinite(vals).any()
+
+
+def test_stale_view_request_is_cancelled(panel_on_section, qtbot):
+    viewer, panel, _ = panel_on_section
+    panel._follow.value = False
+    panel._stride.value = 10.0  # many small tiles: a slow request
+    cam = viewer.scene.camera
+    cam.zoom = 0.35
+    cam.center = (0, 1024.0, 1024.0)
+    first = panel.predict_view()
+    tiles_a = list(panel.last_request_tiles)
+    cam.zoom = 3.0
+    cam.center = (0, 300.0, 300.0)
+    second = panel.predict_view()
+    tiles_b = list(panel.last_request_tiles)
+    assert first is not None and len(tiles_a) > 20
+    with qtbot.waitSignal(first.finished, timeout=60_000):
+        pass
+    if second is not None:
+        with qtbot.waitSignal(second.finished, timeout=60_000):
+            pass
+    cache = panel.predictor.cache
+    assert all(cache.get(t) is not None for t in tiles_b)  # the latest view is complete
+    assert len(cache) < len(set(tiles_a) | set(tiles_b))  # the stale one stopped early
+
+
+def test_compare_with_measured_spots(panel_on_section, qtbot):
+    viewer, panel, _ = panel_on_section
+    w = panel.compare_spots()
+    with qtbot.waitSignal(w.finished, timeout=60_000):
+        pass
+    from napari_histoexpr.widgets.layers import find_layer
+
+    resid = find_layer(viewer, "resid:ERBB2")
+    assert resid is not None and {"ERBB2 measured", "ERBB2 predicted", "COL1A1 predicted"} <= set(resid.features)
+    assert resid.face_colorbar.visible
+    rows = {g: (rv, ra, n) for g, rv, ra, n in panel.table_rows()}
+    assert rows["ERBB2"][1] > 0.8 and rows["COL1A1"][1] > 0.8
+    assert panel.table.rowCount() == 2 and panel.table.item(0, 0).text() == "ERBB2"
+
+    class Click:
+        position = tuple(resid.data[0])
+
+    panel._on_click(resid, Click())
+    assert "ERBB2 measured" in panel._picked.value and "ERBB2 predicted" in panel._picked.value

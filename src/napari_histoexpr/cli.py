@@ -61,14 +61,20 @@ def cmd_demo(args) -> int:
 
     out = Path(args.out)
     _progress(f"generating the synthetic section in {out} (cached after the first run)")
-    demo = make_demo(out, size=args.size, seed=args.seed)
+    demo = make_demo(out / "section", size=args.size, seed=args.seed)
     _progress(f"slide {demo.slide}, spots {demo.spots}")
+    model_dir = None
+    if args.epochs > 0:
+        from .viewer_app import demo_model
+
+        model_dir = demo_model(out, epochs=args.epochs, progress=_progress)
+        _progress(f"model {model_dir}")
     headless = args.screenshot is not None or not os.environ.get("DISPLAY")
     screenshot = Path(args.screenshot) if args.screenshot else out / "demo.png"
     from .viewer_app import show_demo
 
     path = show_demo(demo, screenshot=screenshot if headless else None, gene=args.gene,
-                     progress=_progress)
+                     progress=_progress, model_dir=model_dir)
     if path is not None:
         _progress(f"screenshot written: {path}")
         print(path)
@@ -154,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size", type=int, default=4096, help="slide side in pixels (default 4096)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--gene", default="ERBB2", help="gene to colour the spots by")
+    d.add_argument("--epochs", type=int, default=12,
+                   help="epochs of the demo expression model (0: no model, slide and spots only)")
     d.add_argument("--screenshot", default=None,
                    help="write a PNG screenshot here and exit (default when no display)")
     d.set_defaults(func=cmd_demo)

@@ -1,0 +1,139 @@
+"""Whole-slide prediction throughput against the raw model and a naive per-patch loader; prints JSON.
+
+Three numbers in the same run, same model, same patches size and batch size:
+- ``raw``: model forward only, on patches already in memory (the ceiling);
+- ``pipeline``: ``infer.slide.predict_slide_steps`` (block reads of native tiles in a thread pool,
+  patches cut from memory, batched inference, zarr writes);
+- ``naive``: one ``OpenSlide.read_region`` per patch at level 0, resized, batched inference.
+
+    python benchmarks/slide_throughput.py [--size 8192] [--backbone resnet18] [--device auto]
+
+The model is an untrained network of the chosen backbone with 250 genes (speed does not depend on
+the weights); the slide is generated once (fast texture renderer of pan_large_slide.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def make_model(out: Path, backbone: str, px: int, window_um: float, n_genes: int = 250) -> Path:
+    from napari_histoexpr.models.artifact import save_artifact
+    from napari_histoexpr.models.expression import KIND, ExpressionNet
+
+    net = ExpressionNet(backbone, n_genes, 0)
+    genes = [f"G{i}" for i in range(n_genes)]
+    meta = {"kind": KIND, "backbone": backbone, "genes": genes, "aux_genes": [], "hvg50": genes[:50],
+            "target": {"mean": [0.0] * n_genes, "std": [1.0] * n_genes}, "window_um": window_um,
+            "input_px": px, "input": {"mean": [0.5] * 3, "std": [0.25] * 3},
+            "training": {"sections": [], "validation": None, "config": {}}}
+    return save_artifact(out, net.state_dict(), meta)
+
+
+def naive(model, slide_path: str, centres: np.ndarray, batch: int) -> tuple[float, int]:
+    import openslide
+    from PIL import Image
+
+    s = openslide.OpenSlide(slide_path)
+    mpp = float(s.properties.get(openslide.PROPERTY_NAME_MPP_X, 0.5))
+    win = int(round(model.window_um / mpp))
+    t0 = time.perf_counter()
+    buf = []
+    n = 0
+    for x, y in centres:
+        im = s.read_region((int(x - win / 2), int(y - win / 2)), 0, (win, win)).convert("RGB")
+        buf.append(np.asarray(im.resize((model.px, model.px), Image.Resampling.BILINEAR)))
+        if len(buf) == batch:
+            model.predict(np.stack(buf), batch_size=batch)
+            n += len(buf)
+            buf = []
+    if buf:
+        model.predict(np.stack(buf), batch_size=batch)
+        n += len(buf)
+    return time.perf_counter() - t0, n
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=8192)
+    ap.add_argument("--mpp", type=float, default=0.5)
+    ap.add_argument("--backbone", default="resnet18")
+    ap.add_argument("--px", type=int, default=224)
+    ap.add_argument("--window-um", type=float, default=150.0)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--naive-patches", type=int, default=512, help="patches timed for the naive loader")
+    ap.add_argument("--out", default="benchmark-output/throughput")
+    args = ap.parse_args(argv)
+    import torch
+
+    from napari_histoexpr.infer.slide import predict_slide_steps
+    from napari_histoexpr.models.expression import ExpressionModel
+    from pan_large_slide import make_slide
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    slide = out / f"slide_{args.size}.tif"
+    if not slide.exists():
+        make_slide(slide, args.size, args.mpp)
+    model_dir = make_model(out / f"model_{args.backbone}_{args.px}", args.backbone, args.px, args.window_um)
+    model = ExpressionModel.load(model_dir, args.device)
+    dev = model.device
+
+    # raw: in-memory patches, forward only, same batch size (after warm-up)
+    x = np.random.default_rng(0).integers(0, 255, (args.batch_size * 4, args.px, args.px, 3), dtype=np.uint8)
+    model.predict(x[: args.batch_size], batch_size=args.batch_size)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    reps = 3 if dev.type == "cpu" else 20
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        model.predict(x, batch_size=args.batch_size)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    raw = reps * len(x) / (time.perf_counter() - t0)
+
+    # pipeline
+    import shutil
+
+    shutil.rmtree(out / "pred", ignore_errors=True)
+    gen = predict_slide_steps(model, slide, out / "pred", workers=args.workers, batch_size=args.batch_size,
+                              resume=False)
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        summ = stop.value
+    pipe = summ["patches"] / summ["seconds"]
+
+    # naive, on the same cell centres (a random subset)
+    import anndata as ad
+
+    cells = ad.read_h5ad(out / "pred" / "prediction.h5ad").obsm["spatial"]
+    rng = np.random.default_rng(1)
+    sub = cells[rng.choice(len(cells), min(args.naive_patches, len(cells)), replace=False)]
+    t_naive, n_naive = naive(model, str(slide), sub, args.batch_size)
+    nv = n_naive / t_naive
+    res = {"benchmark": "slide_throughput", "device": str(dev),
+           "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
+           "backbone": args.backbone, "px": args.px, "window_um": args.window_um, "batch_size": args.batch_size,
+           "slide_px": [args.size, args.size], "cells": summ["cells"], "tiles": summ["tiles"],
+           "raw_model_patches_per_s": round(raw, 1), "pipeline_patches_per_s": round(pipe, 1),
+           "pipeline_seconds": round(summ["seconds"], 2), "pipeline_model_seconds": round(summ["model_seconds"], 2),
+           "naive_read_region_patches_per_s": round(nv, 1),
+           "pipeline_vs_raw": round(pipe / raw, 3), "pipeline_vs_naive": round(pipe / nv, 2)}
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

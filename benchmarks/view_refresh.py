@@ -1,0 +1,121 @@
+"""View-refresh latency of the live predicted-expression layers after a pan, and the longest block
+of the Qt thread; prints JSON. Needs a display (use ``xvfb-run -a``).
+
+A real napari viewer shows a generated slide with the "Slide & spots" and "Predicted expression"
+panels (follow view on). The camera jumps to random places (new tiles: cache misses) and back to
+visited ones (cache hits); latency is from the camera change to the moment every tissue tile of
+the view is on screen (debounce included). A 5 ms QTimer measures how long the Qt thread was ever
+kept from running its event loop.
+
+    xvfb-run -a python benchmarks/view_refresh.py [--pans 20] [--backbone resnet18] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pans", type=int, default=20)
+    ap.add_argument("--backbone", default="resnet18")
+    ap.add_argument("--px", type=int, default=224)
+    ap.add_argument("--window-um", type=float, default=150.0)
+    ap.add_argument("--zoom", type=float, default=1.0, help="screen px per µm (1.0: ~1 mm wide view)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default="benchmark-output/view")
+    args = ap.parse_args(argv)
+
+    import napari
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_histoexpr.data.synthetic import make_demo
+    from napari_histoexpr.viewer_app import wait_for
+    from napari_histoexpr.widgets.expression_view import ExpressionPanel
+    from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
+    from slide_throughput import make_model
+
+    out = Path(args.out)
+    demo = make_demo(out / "section", size=4096, seed=0)
+    model_dir = make_model(out / f"model_{args.backbone}", args.backbone, args.px, args.window_um)
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 900)
+    sp = SlideSpotsWidget(viewer)
+    viewer.window.add_dock_widget(sp)
+    wait_for(sp.open(slide=str(demo.slide), spots=str(demo.spots)))
+    panel = ExpressionPanel(viewer)
+    viewer.window.add_dock_widget(panel)
+    panel._device.value = args.device
+    panel.load_model(model_dir, genes=["G0", "G1"])
+    cam = viewer.scene.camera
+    cam.zoom = args.zoom
+
+    gaps = []
+    last = [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(tick)
+    timer.start()
+
+    def settle(timeout=120.0):
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < timeout:
+            QApplication.processEvents()
+            if panel._worker is None and not panel._timer.isActive():
+                pred = panel.predictor
+                if pred is not None and all(pred.cache.get(t) is not None for t in panel.last_request_tiles):
+                    return time.perf_counter() - t0
+            time.sleep(0.001)
+        raise TimeoutError
+
+    rng = np.random.default_rng(0)
+    h, w = 4096 * 0.5, 4096 * 0.5
+    cam.center = (0, h / 2, w / 2)
+    settle()
+    misses, hits, visited = [], [], []
+    for i in range(args.pans):
+        if visited and i % 2 == 1:
+            c = visited[int(rng.integers(len(visited)))]
+            bucket = hits
+        else:
+            c = (0, float(rng.uniform(0.2, 0.8) * h), float(rng.uniform(0.2, 0.8) * w))
+            visited.append(c)
+            bucket = misses
+        t0 = time.perf_counter()
+        cam.center = c
+        settle()
+        bucket.append(time.perf_counter() - t0)
+    timer.stop()
+    all_gaps = np.array(gaps) if gaps else np.array([0.0])
+    res = {"benchmark": "view_refresh", "device": str(panel.model.device), "backbone": args.backbone,
+           "px": args.px, "window_um": args.window_um, "grid_step_um": panel.predictor.stride_um,
+           "view_tiles": len(panel.last_request_tiles), "canvas": list(viewer.canvas.size),
+           "debounce_ms": 200,
+           "refresh_new_region_ms": {"p50": round(1e3 * float(np.percentile(misses, 50)), 1),
+                                     "p95": round(1e3 * float(np.percentile(misses, 95)), 1), "n": len(misses)},
+           "refresh_cached_region_ms": {"p50": round(1e3 * float(np.percentile(hits, 50)), 1),
+                                        "p95": round(1e3 * float(np.percentile(hits, 95)), 1), "n": len(hits)},
+           "longest_qt_block_ms": round(1e3 * float(all_gaps.max() - 0.005), 1),
+           "qt_block_p99_ms": round(1e3 * float(np.percentile(all_gaps, 99) - 0.005), 1)}
+    print(json.dumps(res, indent=2))
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,7 +9,12 @@ if ! command -v xvfb-run >/dev/null 2>&1 || ! dpkg -s libxcb-icccm4 >/dev/null 2
     libxcb-render-util0 libxkbcommon-x11-0 libxcb-cursor0 libxcb-shape0 libegl1 libdbus-1-3 libfontconfig1 >/dev/null
 fi
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
-if ! .venv/bin/python -c "import napari_histoexpr, napari, torch, pytestqt" >/dev/null 2>&1; then
+# reinstall when pyproject.toml (the dependency list) changed since the last install
+STAMP=".venv/.histoexpr-installed"
+WANT="$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] || \
+   ! .venv/bin/python -c "import napari_histoexpr, napari, torch, pytestqt" >/dev/null 2>&1; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q torch==2.13.0 "napari[pyqt6]==0.9.2" "pandas<3" pytest pytest-qt pytest-xvfb -e .
+  echo "$WANT" > "$STAMP"
 fi

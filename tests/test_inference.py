@@ -186,7 +186,7 @@ def panel_on_section(make_napari_viewer, qtbot, cohort, trained):
 
 
 def _wait_idle(qtbot, panel, timeout=60_000):
-    qtbot.waitUntil(lambda: panel._worker is None and not panel._timer.isActive(), timeout=timeout)
+    qtbot.waitUntil(lambda: not panel.busy, timeout=timeout)
 
 
 def test_panel_follows_the_camera(panel_on_section, qtbot):
@@ -237,6 +237,9 @@ def test_stale_view_request_is_cancelled(panel_on_section, qtbot):
     cam = viewer.scene.camera
     cam.zoom = 0.35
     cam.center = (0, 1024.0, 1024.0)
+    panel._ensure_predictor()  # the tissue mask is found in a worker first
+    _wait_idle(qtbot, panel)
+    panel.predictor.cache.clear()
     finished = []
     first = panel.predict_view()
     first.finished.connect(lambda: finished.append("a"))

@@ -149,6 +149,32 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_segment_train(args) -> int:
+    """Train a transcriptome-supervised segmenter on the sections of a manifest."""
+    from .io.manifest import read_manifest
+    from .segment.classes import parse_classes_arg
+    from .segment.model import SegConfig, prepare_seg_sections, train_segmenter_steps
+
+    cfg = SegConfig(classes=parse_classes_arg(args.classes),
+                    windows_um=tuple(float(w) for w in args.windows_um.split(",")), px=args.px,
+                    backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    val_section=args.val_section, device=args.device, seed=args.seed)
+    secs = _drain(prepare_seg_sections(read_manifest(args.manifest), cfg))
+    summary = _drain(train_segmenter_steps(secs, args.out, cfg))
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_segment_evaluate(args) -> int:
+    """Spot-level Dice of a segmenter on held-out sections."""
+    from .segment.evaluate import evaluate_segmenter_steps
+
+    report = _drain(evaluate_segmenter_steps(args.model, args.manifest, args.out, device=args.device,
+                                             stride_um=args.stride_um))
+    print(json.dumps(report["summary"], indent=2))
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="histoexpr", description=__doc__.splitlines()[0])
@@ -226,6 +252,31 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dask.distributed scheduler address (default: a LocalCluster, one worker per GPU)")
     pr.add_argument("--no-resume", action="store_true", help="start again instead of continuing")
     pr.set_defaults(func=cmd_predict)
+
+    sg = sub.add_parser("segment", help="transcriptome-supervised morphology segmenter")
+    ssub = sg.add_subparsers(dest="segment_command", required=True)
+    st = ssub.add_parser("train", help="train on a section manifest")
+    st.add_argument("--manifest", required=True)
+    st.add_argument("--classes", required=True,
+                    help="clusters (the manifest's labels) | leiden[:RES] | kmeans[:K] | genes:G1,G2[@QUANTILE]")
+    st.add_argument("--out", required=True)
+    st.add_argument("--windows-um", default="50,100", help="patch sizes in µm (comma-separated)")
+    st.add_argument("--px", type=int, default=64)
+    st.add_argument("--backbone", default="resnet18")
+    st.add_argument("--epochs", type=int, default=10)
+    st.add_argument("--batch-size", type=int, default=64)
+    st.add_argument("--lr", type=float, default=1e-3)
+    st.add_argument("--val-section", default=None)
+    st.add_argument("--device", default="auto")
+    st.add_argument("--seed", type=int, default=0)
+    st.set_defaults(func=cmd_segment_train)
+    se = ssub.add_parser("evaluate", help="spot-level Dice on held-out sections")
+    se.add_argument("--model", required=True)
+    se.add_argument("--manifest", required=True)
+    se.add_argument("--out", required=True)
+    se.add_argument("--stride-um", type=float, default=None)
+    se.add_argument("--device", default="auto")
+    se.set_defaults(func=cmd_segment_evaluate)
     return p
 
 

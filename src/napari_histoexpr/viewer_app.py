@@ -6,6 +6,18 @@ from pathlib import Path
 from typing import Callable
 
 
+def wait_until(cond, timeout_s: float = 600.0) -> None:
+    """Process Qt events until ``cond()`` is true (for scripts; the GUI never blocks)."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    t0 = time.monotonic()
+    while not cond() and time.monotonic() - t0 < timeout_s:
+        QApplication.processEvents()
+        time.sleep(0.005)
+
+
 def wait_for(worker, timeout_s: float = 600.0) -> None:
     """Process Qt events until ``worker`` has finished (for scripts; the GUI never blocks)."""
     import time
@@ -107,7 +119,8 @@ def show_demo(demo, screenshot: Path | None = None, gene: str = "ERBB2",
         expr.load_model(model_dir, genes=[g for g in DEMO_GENES if g != gene][:1] + [gene])
         expr._current.value = gene
         progress("predicting the visible region")
-        wait_for(expr.predict_view())
+        expr.predict_view()
+        wait_until(lambda: not expr.busy)
         wait_for(expr.compare_spots())
         for g in expr._selected():  # show the displayed gene's heatmap; others stay in the list
             layer = expr.gene_layer(g)

@@ -180,10 +180,13 @@ class RegionPredictor:
             centres = self.grid.cell_centres(ti, tj)
             on = self.cell_tissue(centres) >= self.min_tissue
             if on.any():
-                patches = extract_patches(self.pyr, centres[on], self.model.window_um, self.model.px,
-                                          transform=self._transform)
                 with self._lock:
-                    pred = self.model.predict(patches, batch_size=self.batch_size)
+                    if hasattr(self.model, "predict_centres"):  # e.g. a multi-window segmenter
+                        pred = self.model.predict_centres(self.pyr, centres[on], self.batch_size)
+                    else:
+                        patches = extract_patches(self.pyr, centres[on], self.model.window_um, self.model.px,
+                                                  transform=self._transform)
+                        pred = self.model.predict(patches, batch_size=self.batch_size)
                 flat = out.reshape(len(self.genes), -1)
                 flat[:, on] = pred.T
         self.cache.put(key, out)

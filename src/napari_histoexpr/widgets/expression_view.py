@@ -46,6 +46,7 @@ class ExpressionPanel(Container):
         self.raster = None
         self.spot_pred = None  # (spot ids, xy, predictions (N, genes), measured (N, genes))
         self._worker = None
+        self._building = None
         self._spot_worker = None
         self._requests = None
         self.last_request_tiles: list = []
@@ -131,6 +132,10 @@ class ExpressionPanel(Container):
         return pyr
 
     def _ensure_predictor(self):
+        """The predictor for the open slide; ``None`` while one is being built in a worker (the
+        tissue mask reads the slide: never on the Qt thread), after which the view is predicted."""
+        from napari.qt.threading import create_worker
+
         from ..infer.region import LatestRequest, Raster, RegionPredictor
 
         if self.model is None:
@@ -139,14 +144,37 @@ class ExpressionPanel(Container):
         if pyr is None:
             raise HistoExprError("open a slide with the 'Slide & spots' panel first")
         stride = self._stride.value or None
-        if self.predictor is None or self.predictor.pyr is not pyr or \
-                (stride and abs(self.predictor.stride_um - stride) > 1e-6):
-            self.predictor = RegionPredictor(self.model, pyr, stride)
-            self.raster = Raster(self.predictor.grid, self.model.genes)
+        if self.predictor is not None and self.predictor.pyr is pyr and self.predictor.model is self.model and \
+                not (stride and abs(self.predictor.stride_um - stride) > 1e-6):
+            return self.predictor
+        if self._building is not None:
+            return None
+
+        def ready(pred):
+            self._building = None
+            self.predictor = pred
+            self.raster = Raster(pred.grid, self.model.genes)
             self._requests = LatestRequest()
             for g in self._selected():
                 self._gene_layer(g, create=True)
-        return self.predictor
+            self.predict_view()
+
+        def failed(exc):
+            self._building = None
+            self._on_error(exc)
+
+        worker = create_worker(RegionPredictor, self.model, pyr, stride, tile_cells=8, _ignore_errors=True)
+        worker.returned.connect(ready)
+        worker.errored.connect(failed)
+        self._building = worker
+        self._status.value = "finding tissue…"
+        worker.start()
+        return None
+
+    @property
+    def busy(self) -> bool:
+        """Work in flight: building the predictor, predicting the view, or a pending debounce."""
+        return self._building is not None or self._worker is not None or self._timer.isActive()
 
     def _selected(self) -> list[str]:
         return list(self._genes.value or [])
@@ -236,6 +264,8 @@ class ExpressionPanel(Container):
             self._status.value = f"error: {e}"
             _notify(e)
             return None
+        if pred is None:
+            return self._building  # predicts the view when the predictor is ready
         genes = self._selected()
         if not genes:
             return None

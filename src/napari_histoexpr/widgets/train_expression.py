@@ -28,6 +28,19 @@ from .layers import current_section
 SOURCES = ("section open in the viewer", "manifest CSV")
 
 
+def chosen_sections(viewer, source: str, manifest):
+    """The training sections a panel's "sections" choice names: a manifest path or ``[Section]``."""
+    if source == SOURCES[1]:
+        if not manifest:
+            raise HistoExprError("choose a section manifest CSV")
+        return str(manifest)
+    sec = current_section(viewer)
+    if sec is None:
+        raise HistoExprError("open a slide and its spots with the 'Slide & spots' panel first, "
+                             "or train from a manifest")
+    return [sec]
+
+
 class LossCurve:
     """A small matplotlib canvas: step losses, and per-epoch train/validation loss and validation r."""
 
@@ -116,15 +129,7 @@ class TrainExpressionWidget(Container):
 
     # ---------------------------------------------------------------------------------------------
     def _sections(self):
-        if self._source.value == SOURCES[1]:
-            if not self._manifest.value:
-                raise HistoExprError("choose a section manifest CSV")
-            return str(self._manifest.value)
-        sec = current_section(self._viewer)
-        if sec is None:
-            raise HistoExprError("open a slide and its spots with the 'Slide & spots' panel first, "
-                                 "or train from a manifest")
-        return [sec]
+        return chosen_sections(self._viewer, self._source.value, self._manifest.value)
 
     def config(self):
         from ..train.expression import TrainConfig

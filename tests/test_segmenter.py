@@ -1,0 +1,183 @@
+"""Transcriptome-supervised segmenter: classes, training, Dice on an unseen section, the panel with
+drawn ground truth (hand-computed Dice) and annotation autosave across a simulated crash."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_histoexpr.cli import main as cli
+from napari_histoexpr.segment.annotations import (from_geojson, load_regions, rasterise, save_regions,
+                                                  sidecar_path, to_geojson)
+from napari_histoexpr.segment.evaluate import dice_scores
+
+# planted class of each marker gene's "high" class
+GENE_CLASS = {"ERBB2 high": 1, "COL1A1 high": 2, "PTPRC high": 3, "background": 0}
+
+
+@pytest.fixture(scope="session")
+def segmenter(cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("seg") / "m"
+    assert cli(["segment", "train", "--manifest", str(cohort["train"]), "--classes", "genes:ERBB2,COL1A1,PTPRC",
+                "--out", str(out), "--windows-um", "50,100", "--px", "48", "--epochs", "6",
+                "--device", "cpu"]) == 0
+    return out
+
+
+def test_classes_from_planted_genes(cohort):
+    from napari_histoexpr.io.spots import read_spots
+    from napari_histoexpr.segment.classes import classes_from_clusters, classes_from_genes
+
+    d = cohort["demos"][0]
+    ad = read_spots(d.spots)
+    lab = classes_from_genes(ad, ["ERBB2", "COL1A1", "PTPRC"], 0.5)
+    truth = pd.read_csv(d.truth / "spots.csv", index_col=0).loc[ad.obs_names, "class"].to_numpy()
+    mapped = np.array([GENE_CLASS.get(v, -1) for v in lab])
+    assert (mapped == truth).mean() > 0.85
+    km = classes_from_clusters(ad, "kmeans", 3)
+    # clusters recover the planted classes up to naming: each cluster is dominated by one class
+    purity = sum(pd.Series(truth[km == c]).value_counts().iloc[0] for c in km.unique()) / len(km)
+    assert purity > 0.85
+    ld = classes_from_clusters(ad, "leiden", resolution=0.3)
+    assert 2 <= ld.nunique() <= 8
+
+
+def test_dice_by_hand():
+    pred = np.array([[1, 1, 2, 2], [1, 1, 2, 2]])
+    true = np.array([[1, 1, 1, 1], [-1, -1, 2, 2]])
+    d = dice_scores(pred, true, ["bg", "a", "b"], valid=true >= 0)
+    # class a: P = 2 (row 0) , T = 4, overlap 2 -> 4/6 ; class b: P = 4, T = 2, overlap 2 -> 4/6
+    assert d["per_class"] == {"a": pytest.approx(4 / 6), "b": pytest.approx(4 / 6)}
+    assert d["mean_dice"] == pytest.approx(4 / 6)
+
+
+def test_geojson_round_trip_and_rasterise(tmp_path):
+    sq = np.array([[10.0, 10.0], [50.0, 10.0], [50.0, 50.0], [10.0, 50.0]])
+    regions = [(sq, "tumour"), (sq + 100, "stroma")]
+    p = save_regions(tmp_path / "a.geojson", regions)
+    back = load_regions(p)
+    assert [c for _, c in back] == ["tumour", "stroma"] and np.allclose(back[0][0], sq)
+    assert from_geojson(to_geojson(back))[1][1] == "stroma"
+    r = rasterise(back, ["bg", "tumour", "stroma"], 10.0, 20, 20)
+    assert (r == 1).sum() == 16 and (r == 2).sum() == 16  # 4 x 4 cell centres inside each square
+    assert sidecar_path(tmp_path / "x.svs").name == "x.svs.histoexpr.geojson"
+
+
+def test_segmenter_dice_on_unseen_section(segmenter, cohort, tmp_path):
+    from napari_histoexpr.io.slides import open_slide
+    from napari_histoexpr.segment.evaluate import label_map, segment_region
+    from napari_histoexpr.segment.model import Segmenter
+
+    meta = json.loads((segmenter / "model.json").read_text())
+    assert meta["classes"][0] == "background" and set(meta["classes"][1:]) == set(GENE_CLASS) - {"background"}
+    # CLI: spot-level Dice against the gene classes of the unseen sections
+    assert cli(["segment", "evaluate", "--model", str(segmenter), "--manifest", str(cohort["unseen"]),
+                "--out", str(tmp_path / "rep"), "--device", "cpu"]) == 0
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert rep["summary"]["mean_dice"] > 0.8, rep["summary"]
+    assert (tmp_path / "rep" / "s3_segmentation.png").stat().st_size > 10_000
+    # dense map against the planted class map of the unseen section
+    model = Segmenter.load(segmenter, "cpu")
+    demo = cohort["demos"][3]
+    gen = segment_region(model, open_slide(demo.slide), 25.0)
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        rp, ras = stop.value
+    lab = label_map(ras)
+    mapped = np.vectorize(lambda i: GENE_CLASS[model.classes[i]])(lab)
+    cm_path = next(demo.truth.glob("class_map_ds*.npy"))
+    ds = float(cm_path.stem.split("_ds")[1])
+    cm = np.load(cm_path)
+    rr, cc = np.meshgrid(np.arange(lab.shape[0]), np.arange(lab.shape[1]), indexing="ij")
+    ty = np.clip(((rr + 0.5) * rp.grid.stride / ds).astype(int), 0, cm.shape[0] - 1)
+    tx = np.clip(((cc + 0.5) * rp.grid.stride / ds).astype(int), 0, cm.shape[1] - 1)
+    truth = cm[ty, tx]
+    d = dice_scores(mapped, truth, ["background", "tumour", "stroma", "immune"], skip=(0,))
+    assert d["mean_dice"] > 0.8, d
+
+
+def test_panel_segments_and_dice_from_drawn_regions(make_napari_viewer, qtbot, segmenter, cohort):
+    from napari_histoexpr.widgets.segmenter import SegmenterPanel
+    from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
+
+    viewer = make_napari_viewer()
+    sp = SlideSpotsWidget(viewer)
+    d = cohort["demos"][3]
+    w = sp.open(slide=str(d.slide), spots=str(d.spots))
+    with qtbot.waitSignal(w.finished, timeout=60_000):
+        pass
+    sidecar = sidecar_path(d.slide)
+    sidecar.unlink(missing_ok=True)
+    panel = SegmenterPanel(viewer)
+    panel._device.value = "cpu"
+    panel._genes.value = "ERBB2,COL1A1,PTPRC"
+    classes_layer = panel.show_classes()
+    assert set(classes_layer.features["class"].unique()) >= {"ERBB2 high", "COL1A1 high"}
+    panel.load_model(segmenter)
+    w = panel.segment(view=False)
+    with qtbot.waitSignal(w.finished, timeout=120_000):
+        pass
+    seg = [ly for ly in viewer.layers if ly.name == "segmentation"][0]
+    assert seg.data.max() >= 2 and seg.scale[0] == pytest.approx(panel.predictor.grid.stride * 1.0)
+    # a known prediction and a drawn square: Dice by hand
+    g = panel.predictor.grid
+    known = np.zeros((g.rows, g.cols), np.int32)
+    cls = panel.model.classes
+    a, b = cls.index("ERBB2 high"), cls.index("COL1A1 high")
+    known[:, :10] = a
+    known[:, 10:] = b
+    panel.seg_labels[:] = known
+    gt = panel.truth_layer(create=True)
+    panel._gt_class.value = "ERBB2 high"
+    s = g.stride
+    # a square over cells rows 2..5, cols 8..11 (centres inside), in µm world (y, x)
+    y0, y1, x0, x1 = 2 * s, 6 * s, 8 * s, 12 * s
+    gt.add_polygons([np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]]) * 1.0])
+    assert gt.features["class"].iloc[0] == "ERBB2 high"
+    dice = panel.dice()
+    # truth: 16 cells "ERBB2 high"; prediction there: 8 cells a (cols 8, 9) and 8 cells b
+    assert dice["per_class"]["ERBB2 high"] == pytest.approx(2 * 8 / (8 + 16))
+    assert dice["per_class"]["COL1A1 high"] == pytest.approx(0.0)
+    assert dice["mean_dice"] == pytest.approx((2 * 8 / 24 + 0) / 2)
+    assert panel.table.rowCount() == 3
+    # autosaved: the sidecar already holds the square, with no explicit save or close
+    saved = load_regions(sidecar)
+    assert len(saved) == 1 and saved[0][1] == "ERBB2 high"
+    assert np.allclose(saved[0][0].min(0), [x0, y0]) and np.allclose(saved[0][0].max(0), [x1, y1])
+
+
+def test_annotations_survive_a_crash(make_napari_viewer, qtbot, cohort, segmenter):
+    """A second viewer (as after a crash: the first never closed or saved) restores the regions."""
+    from napari_histoexpr.widgets.segmenter import SegmenterPanel
+    from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
+
+    d = cohort["demos"][2]
+    sidecar_path(d.slide).unlink(missing_ok=True)
+
+    def session():
+        viewer = make_napari_viewer()
+        sp = SlideSpotsWidget(viewer)
+        w = sp.open(slide=str(d.slide), spots=str(d.spots))
+        with qtbot.waitSignal(w.finished, timeout=60_000):
+            pass
+        panel = SegmenterPanel(viewer)
+        panel.load_model(segmenter)
+        return viewer, panel
+
+    _, p1 = session()
+    gt = p1.truth_layer(create=True)
+    p1._gt_class.value = "PTPRC high"
+    gt.add_polygons([np.array([[100.0, 100.0], [100.0, 300.0], [300.0, 300.0]])])
+    p1._gt_class.value = "COL1A1 high"
+    gt.add_polygons([np.array([[500.0, 500.0], [500.0, 700.0], [700.0, 700.0], [700.0, 500.0]])])
+    before = p1.regions()
+    _, p2 = session()
+    gt2 = p2.truth_layer(create=True)
+    after = p2.regions()
+    assert [c for _, c in after] == ["PTPRC high", "COL1A1 high"] == [c for _, c in before]
+    for (pa, _), (pb, _) in zip(before, after):
+        assert np.allclose(pa, pb)
+    assert len(gt2.data) == 2

@@ -29,6 +29,22 @@ COLORMAPS = ("inferno", "viridis", "magma", "plasma", "turbo", "gray")
 DEBOUNCE_MS = 200
 
 
+def _timed(fn):
+    """Record how long a Qt-thread slot of the panel ran (``panel.gui_timings``, for benchmarks)."""
+    import functools
+    import time
+
+    @functools.wraps(fn)
+    def wrapper(self, *a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return fn(self, *a, **kw)
+        finally:
+            self.gui_timings.append((fn.__name__, time.perf_counter() - t0))
+
+    return wrapper
+
+
 def _notify(exc_or_msg) -> None:
     from napari.utils.notifications import show_error
 
@@ -45,6 +61,9 @@ class ExpressionPanel(Container):
         self.predictor = None
         self.raster = None
         self.spot_pred = None  # (spot ids, xy, predictions (N, genes), measured (N, genes))
+        from collections import deque
+
+        self.gui_timings: deque = deque(maxlen=10000)
         self._worker = None
         self._building = None
         self._spot_worker = None
@@ -243,17 +262,20 @@ class ExpressionPanel(Container):
         size = self._viewer.canvas.size
         return visible_box(cam.center, cam.zoom, size, self.predictor.pyr.world_mpp, margin)
 
+    @_timed
     def _on_camera(self, *_):
         if self._follow.value and self.model is not None:
             self._timer.start()  # debounce: restart on every camera event
         if self.spot_pred is not None:
             self._timer.start()
 
+    @_timed
     def _on_view_settled(self):
         if self._follow.value and self.model is not None:
             self.predict_view()
         self.update_table()
 
+    @_timed
     def predict_view(self):
         """Predict the tiles in view (cached ones at once, the rest in a worker); returns the worker."""
         from napari.qt.threading import create_worker
@@ -297,12 +319,14 @@ class ExpressionPanel(Container):
         worker.start()
         return worker
 
+    @_timed
     def _on_tile(self, item, cancelled):
         tile, values = item
         self.raster.put(tile, values)  # a stale request's tiles are still right: keep them
         if not cancelled():
             self._refresh_layers()
 
+    @_timed
     def _on_view_done(self, worker, n):
         if self._worker is worker:
             self._worker = None

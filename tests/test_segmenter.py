@@ -46,10 +46,12 @@ def test_classes_from_planted_genes(cohort):
 def test_dice_by_hand():
     pred = np.array([[1, 1, 2, 2], [1, 1, 2, 2]])
     true = np.array([[1, 1, 1, 1], [-1, -1, 2, 2]])
-    d = dice_scores(pred, true, ["bg", "a", "b"], valid=true >= 0)
+    d = dice_scores(pred, true, ["bg", "a", "b", "c"], valid=true >= 0)
     # class a: P = 2 (row 0) , T = 4, overlap 2 -> 4/6 ; class b: P = 4, T = 2, overlap 2 -> 4/6
     assert d["per_class"] == {"a": pytest.approx(4 / 6), "b": pytest.approx(4 / 6)}
-    assert d["mean_dice"] == pytest.approx(4 / 6)
+    assert d["mean_dice"] == pytest.approx(4 / 6) and d["predicted_only"] == []
+    d = dice_scores(np.array([3, 1]), np.array([1, 1]), ["bg", "a", "b", "c"])
+    assert d["per_class"] == {"a": pytest.approx(2 / 3)} and d["predicted_only"] == ["c"]
 
 
 def test_geojson_round_trip_and_rasterise(tmp_path):
@@ -139,10 +141,10 @@ def test_panel_segments_and_dice_from_drawn_regions(make_napari_viewer, qtbot, s
     assert gt.features["class"].iloc[0] == "ERBB2 high"
     dice = panel.dice()
     # truth: 16 cells "ERBB2 high"; prediction there: 8 cells a (cols 8, 9) and 8 cells b
-    assert dice["per_class"]["ERBB2 high"] == pytest.approx(2 * 8 / (8 + 16))
-    assert dice["per_class"]["COL1A1 high"] == pytest.approx(0.0)
-    assert dice["mean_dice"] == pytest.approx((2 * 8 / 24 + 0) / 2)
-    assert panel.table.rowCount() == 3
+    assert dice["per_class"] == {"ERBB2 high": pytest.approx(2 * 8 / (8 + 16))}
+    assert dice["predicted_only"] == ["COL1A1 high"]  # predicted in the square, never annotated
+    assert dice["mean_dice"] == pytest.approx(2 * 8 / 24)
+    assert panel.table.rowCount() == 2
     # autosaved: the sidecar already holds the square, with no explicit save or close
     saved = load_regions(sidecar)
     assert len(saved) == 1 and saved[0][1] == "ERBB2 high"

@@ -12,22 +12,29 @@ from ..infer.region import Raster, RegionPredictor
 
 def dice_scores(pred: np.ndarray, true: np.ndarray, classes: list[str], valid: np.ndarray | None = None,
                 skip: tuple[int, ...] = ()) -> dict:
-    """Per-class Dice ``2|P∩T| / (|P| + |T|)`` over the ``valid`` elements (class indices), and their
-    mean over classes present in the truth or the prediction (``skip`` excluded)."""
+    """Per-class Dice ``2|P∩T| / (|P| + |T|)`` over the ``valid`` elements (class indices).
+
+    Scored classes are those present in the truth (``skip`` excluded): a class the user did not
+    annotate has no Dice, but predicting it inside annotated regions lowers the annotated classes'
+    Dice. ``mean_dice`` is the mean over scored classes; classes only predicted are listed in
+    ``predicted_only``.
+    """
     pred, true = np.asarray(pred).ravel(), np.asarray(true).ravel()
     if valid is not None:
         v = np.asarray(valid).ravel().astype(bool)
         pred, true = pred[v], true[v]
-    per = {}
+    per, only = {}, []
     for c, name in enumerate(classes):
         if c in skip:
             continue
         p, t = pred == c, true == c
-        den = p.sum() + t.sum()
-        if den == 0:
+        if not t.any():
+            if p.any():
+                only.append(name)
             continue
-        per[name] = float(2 * (p & t).sum() / den)
-    return {"per_class": per, "mean_dice": float(np.mean(list(per.values()))) if per else float("nan")}
+        per[name] = float(2 * (p & t).sum() / (p.sum() + t.sum()))
+    return {"per_class": per, "mean_dice": float(np.mean(list(per.values()))) if per else float("nan"),
+            "predicted_only": only}
 
 
 def segment_region(model, pyr, stride_um: float | None = None, box=None, cancelled=lambda: False

@@ -1,0 +1,124 @@
+"""Make the docs' screenshots from real runs (needs a display: ``xvfb-run -a``).
+
+    python docs/make_screenshots.py her2st --model MODEL_DIR [--section C2] [--gene ERBB2]
+    python docs/make_screenshots.py segmenter --model SEG_DIR --section-dir DEMO_FOLDER
+
+``her2st``: a held-out HER2ST section (../shared/data/her2st) with the model's predicted heatmap and
+the measured spots of the same gene, plus the r table. ``segmenter``: the "Transcriptome segmenter"
+panel on a generated section with a segmentation, drawn ground-truth regions and the Dice table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def her2st(args) -> Path:
+    import napari
+
+    from napari_histoexpr.viewer_app import wait_for, wait_until
+    from napari_histoexpr.widgets.expression_view import ExpressionPanel
+    from napari_histoexpr.widgets.layers import find_layer
+    from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
+
+    d = Path(args.data)
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1600, 1000)
+    sp = SlideSpotsWidget(viewer)
+    viewer.window.add_dock_widget(sp, name="Slide & spots")
+    sp._gene.value = args.gene
+    wait_for(sp.open(slide=str(d / "images" / f"{args.section}.jpg"),
+                     spots=str(d / "spots" / f"{args.section}_selection.tsv")))
+    panel = ExpressionPanel(viewer)
+    viewer.window.add_dock_widget(panel, name="Predicted expression")
+    panel.load_model(args.model, genes=[args.gene])
+    viewer.reset_view()
+    panel.predict_view()
+    wait_until(lambda: not panel.busy, 900)
+    wait_for(panel.compare_spots())
+    wait_until(lambda: panel.spot_pred is not None, 600)
+    resid = find_layer(viewer, f"resid:{args.gene}")
+    if resid is not None:
+        resid.visible = False
+    spots = sp.spots_layer
+    viewer.layers.move(viewer.layers.index(spots), len(viewer.layers))
+    viewer.layers.selection.active = spots
+    panel.update_table()
+    out = HERE / "images" / f"her2st_{args.section}_{args.gene}.png"
+    viewer.screenshot(str(out), canvas_only=False)
+    print(out, panel.table_rows())
+    viewer.close()
+    return out
+
+
+def segmenter(args) -> Path:
+    import napari
+
+    from napari_histoexpr.data.synthetic import make_demo
+    from napari_histoexpr.viewer_app import wait_for, wait_until
+    from napari_histoexpr.widgets.segmenter import SegmenterPanel
+    from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
+
+    demo = make_demo(args.section_dir, size=2048, mpp=1.0, seed=14)
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1600, 1000)
+    sp = SlideSpotsWidget(viewer)
+    wait_for(sp.open(slide=str(demo.slide), spots=str(demo.spots)))
+    panel = SegmenterPanel(viewer)
+    viewer.window.add_dock_widget(panel, name="Transcriptome segmenter")
+    panel._genes.value = "ERBB2,COL1A1,PTPRC"
+    panel.show_classes()
+    panel.load_model(args.model)
+    wait_for(panel.segment(view=False))
+    wait_until(lambda: panel._worker is None, 600)
+    gt = panel.truth_layer(create=True)
+    # draw where a pathologist would: well inside a region of each planted class
+    from scipy.ndimage import distance_transform_edt
+
+    cm_path = next(demo.truth.glob("class_map_ds*.npy"))
+    ds = float(cm_path.stem.split("_ds")[1])
+    cm = np.load(cm_path)
+    spots = []
+    for k, cls in ((1, "ERBB2 high"), (2, "COL1A1 high"), (3, "PTPRC high")):
+        dist = distance_transform_edt(cm == k)
+        r, c = np.unravel_index(np.argmax(dist), dist.shape)
+        spots.append(((r + 0.5) * ds, (c + 0.5) * ds, cls))
+    for y, x, cls in spots:
+        panel._gt_class.value = cls
+        gt.add_polygons([np.array([[y - 150, x - 150], [y - 150, x + 150], [y + 150, x + 150], [y + 150, x - 150]],
+                                  float)])
+    for layer in viewer.layers:
+        if layer.name == "transcriptome classes":
+            layer.visible = False
+    viewer.reset_view()
+    out = HERE / "images" / "segmenter.png"
+    viewer.screenshot(str(out), canvas_only=False)
+    print(out, panel.dice())
+    viewer.close()
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    h = sub.add_parser("her2st")
+    h.add_argument("--model", required=True)
+    h.add_argument("--data", default=str(HERE.parents[1] / "shared" / "data" / "her2st"))
+    h.add_argument("--section", default="C2")
+    h.add_argument("--gene", default="ERBB2")
+    s = sub.add_parser("segmenter")
+    s.add_argument("--model", required=True)
+    s.add_argument("--section-dir", default="benchmark-output/seg-section")
+    args = ap.parse_args(argv)
+    (her2st if args.what == "her2st" else segmenter)(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,8 +1,6 @@
 """Expression model: backbones, patches, training that learns planted genes, artifacts, evaluation, CLI."""
 
 import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch

@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 import torch
 
 from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget

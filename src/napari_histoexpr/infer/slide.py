@@ -15,7 +15,6 @@ An interrupted run continues where it stopped (``resume``, the default).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Generator

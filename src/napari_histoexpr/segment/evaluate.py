@@ -77,7 +77,8 @@ def spot_majority(labels: np.ndarray, stride: float, xy: np.ndarray, radius_px: 
     return out
 
 
-def evaluate_segmenter_steps(model_dir, manifest, out_dir, device="auto", stride_um=None) -> Generator[dict, None, dict]:
+def evaluate_segmenter_steps(model_dir, manifest, out_dir, device="auto",
+                             stride_um=None) -> Generator[dict, None, dict]:
     """Spot-level Dice of a segmenter on every section of ``manifest``; writes report.json + PNG maps."""
     from ..errors import HistoExprError
     from ..io.manifest import load_section, read_manifest

@@ -94,7 +94,8 @@ def prepare_seg_sections(sections, cfg: SegConfig, regions: dict | None = None) 
     spec = cfg.classes
     if spec["source"] == "clusters":  # cluster all sections together so labels agree
         shared = sorted(set.intersection(*[set(map(str, a.var_names)) for _, _, a in opened]))
-        joint = ad.concat([a[:, shared] for _, _, a in opened], label="_section", keys=[s.section for s, _, _ in opened],
+        joint = ad.concat([a[:, shared] for _, _, a in opened], label="_section",
+                          keys=[s.section for s, _, _ in opened],
                           index_unique="|")
         lab = classes_from_clusters(joint, spec["method"], spec["n_clusters"], spec["resolution"], cfg.seed)
         per = {s.section: lab[joint.obs["_section"] == s.section].to_numpy() for s, _, _ in opened}
@@ -288,4 +289,3 @@ def save_info(model_dir) -> dict:
     from ..models.artifact import load_artifact
 
     return load_artifact(model_dir, kind=KIND)[1]
-

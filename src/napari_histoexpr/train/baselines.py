@@ -80,7 +80,8 @@ def fit_baselines(out: Path, cfg, train_secs, val_secs, genes: list[str], device
     W, b = _ridge(Ztr, Ytr, alpha)
     tensors = {f"encoder.{k_}": v.detach().cpu().contiguous() for k_, v in enc.state_dict().items()}
     tensors.update({"feat_mean": torch.from_numpy(fmean), "feat_std": torch.from_numpy(fstd),
-                    "pca": torch.from_numpy(np.ascontiguousarray(comps)), "ridge_w": torch.from_numpy(np.ascontiguousarray(W)),
+                    "pca": torch.from_numpy(np.ascontiguousarray(comps)),
+                    "ridge_w": torch.from_numpy(np.ascontiguousarray(W)),
                     "ridge_b": torch.from_numpy(b), "train_mean": torch.from_numpy(Ytr.mean(0))})
     tmp = out / f".{FILE}.part"
     save_file(tensors, str(tmp))

@@ -23,6 +23,7 @@ from magicgui.widgets import (
 )
 
 from ..errors import HistoExprError
+from ._common import PanelMixin
 from .layers import core_of, find_layer
 
 COLORMAPS = ("inferno", "viridis", "magma", "plasma", "turbo", "gray")
@@ -45,14 +46,7 @@ def _timed(fn):
     return wrapper
 
 
-def _notify(exc_or_msg) -> None:
-    from napari.utils.notifications import show_error
-
-    e = exc_or_msg
-    show_error(str(e) if isinstance(e, (str, HistoExprError)) else f"{type(e).__name__}: {e}")
-
-
-class ExpressionPanel(Container):
+class ExpressionPanel(PanelMixin, Container):
     """Load a model; predicted gene layers follow the view; compare with the measured spots."""
 
     def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
@@ -120,17 +114,11 @@ class ExpressionPanel(Container):
     def load_model(self, path=None, genes: list[str] | None = None):
         from ..models.expression import ExpressionModel
 
-        path = path or self._model_edit.value
-        try:
-            if not path:
-                raise HistoExprError("choose a model folder (model.safetensors + model.json)")
-            self.model = ExpressionModel.load(path, self._device.value)
-        except HistoExprError as e:
-            self._status.value = f"error: {e}"
-            _notify(e)
+        model = self._load_model_folder(ExpressionModel.load, path,
+                                        "choose a model folder (model.safetensors + model.json)")
+        if model is None:
             return None
-        if str(self._model_edit.value or "") != str(path):
-            self._model_edit.value = path
+        self.model, path = model, self._model_edit.value
         self.predictor = None
         self.spot_pred = None
         g = list(self.model.genes)
@@ -283,9 +271,7 @@ class ExpressionPanel(Container):
         try:
             pred = self._ensure_predictor()
         except HistoExprError as e:
-            self._status.value = f"error: {e}"
-            _notify(e)
-            return None
+            return self._fail(e)
         if pred is None:
             return self._building  # predicts the view when the predictor is ready
         genes = self._selected()
@@ -335,8 +321,7 @@ class ExpressionPanel(Container):
             self.update_table()
 
     def _on_error(self, exc):
-        self._status.value = f"error: {exc}"
-        _notify(exc)
+        self._fail(exc)
 
     # -- measured vs predicted -------------------------------------------------------------------------
     def compare_spots(self):
@@ -354,9 +339,7 @@ class ExpressionPanel(Container):
             if pyr is None:
                 raise HistoExprError("open the slide with the 'Slide & spots' panel first")
         except HistoExprError as e:
-            self._status.value = f"error: {e}"
-            _notify(e)
-            return None
+            return self._fail(e)
         model = self.model
 
         def job():

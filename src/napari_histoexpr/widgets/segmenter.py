@@ -18,6 +18,7 @@ from magicgui.widgets import (
 )
 
 from ..errors import HistoExprError
+from ._common import PanelMixin, notify_error
 from .layers import core_of, find_layer
 from .train_expression import SOURCES, LossCurve, chosen_sections
 
@@ -26,13 +27,7 @@ GT_KEY = "seg:truth"
 MAP_KEY = "seg:map"
 
 
-def _notify(e) -> None:
-    from napari.utils.notifications import show_error
-
-    show_error(str(e) if isinstance(e, HistoExprError) else f"{type(e).__name__}: {e}")
-
-
-class SegmenterPanel(Container):
+class SegmenterPanel(PanelMixin, Container):
     def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
         self._viewer = viewer
         self.model = None
@@ -118,9 +113,7 @@ class SegmenterPanel(Container):
                 raise HistoExprError("open a slide and its spots with the 'Slide & spots' panel first")
             lab = spot_classes(adata, self.class_spec())
         except HistoExprError as e:
-            self._status.value = f"error: {e}"
-            _notify(e)
-            return None
+            return self._fail(e)
         xy = np.asarray(adata.obsm["spatial"], float)
         feats = pd.DataFrame({"spot": adata.obs_names.astype(str), "class": pd.Categorical(lab.astype(str))})
         spots = find_layer(self._viewer, "spots")
@@ -138,7 +131,8 @@ class SegmenterPanel(Container):
         try:
             windows = tuple(float(w) for w in self._windows.value.split(",") if w.strip())
         except ValueError:
-            raise HistoExprError(f"patch sizes must be numbers in µm, e.g. 50,100 (got {self._windows.value!r})") from None
+            raise HistoExprError(f"patch sizes must be numbers in µm, e.g. 50,100 "
+                                 f"(got {self._windows.value!r})") from None
         return SegConfig(classes=self.class_spec(), windows_um=windows, px=int(self._px.value),
                          epochs=int(self._epochs.value), device=self._device.value)
 
@@ -157,9 +151,7 @@ class SegmenterPanel(Container):
                 raise HistoExprError("choose a folder to save the segmenter to")
             cfg, out = self.config(), Path(self._out.value)
         except HistoExprError as e:
-            self._status.value = f"error: {e}"
-            _notify(e)
-            return None
+            return self._fail(e)
 
         def job():
             data = yield from prepare_seg_sections(secs, cfg)
@@ -187,8 +179,7 @@ class SegmenterPanel(Container):
             self._status.value = ev["msg"]
 
     def _on_error(self, exc):
-        self._status.value = f"error: {exc}"
-        _notify(exc)
+        self._fail(exc)
 
     def _on_finished(self):
         self._worker = None
@@ -198,17 +189,10 @@ class SegmenterPanel(Container):
     def load_model(self, path=None):
         from ..segment.model import Segmenter
 
-        path = path or self._model_edit.value
-        try:
-            if not path:
-                raise HistoExprError("choose a segmenter folder")
-            self.model = Segmenter.load(path, self._device.value)
-        except HistoExprError as e:
-            self._status.value = f"error: {e}"
-            _notify(e)
+        model = self._load_model_folder(Segmenter.load, path, "choose a segmenter folder")
+        if model is None:
             return None
-        if str(self._model_edit.value or "") != str(path):
-            self._model_edit.value = path
+        self.model = model
         self.predictor = None
         self._gt_class.choices = self.model.classes
         self._status.value = (f"segmenter: {', '.join(self.model.classes)} ({self.model.meta['mode']}, "
@@ -237,9 +221,7 @@ class SegmenterPanel(Container):
             if pyr is None:
                 raise HistoExprError("open a slide with the 'Slide & spots' panel first")
         except HistoExprError as e:
-            self._status.value = f"error: {e}"
-            _notify(e)
-            return None
+            return self._fail(e)
         if self._worker is not None:
             self._worker.quit()
         model = self.model
@@ -299,7 +281,7 @@ class SegmenterPanel(Container):
             return layer
         slide_layer, pyr = self._slide()
         if pyr is None:
-            _notify(HistoExprError("open a slide first: annotations belong to a slide"))
+            notify_error(HistoExprError("open a slide first: annotations belong to a slide"))
             return None
         from ..segment.annotations import load_regions, sidecar_path
 

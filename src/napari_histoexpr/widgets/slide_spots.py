@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from magicgui.widgets import (
     ComboBox,
     Container,
@@ -17,17 +15,12 @@ from magicgui.widgets import (
 from ..errors import HistoExprError, UnknownGeneError
 from ..io.session import N_OPEN_STEPS, open_steps
 from ..io.spots import VALUE_MODES, spots_layer_data
+from ._common import notify_error as _notify_error
 from .layers import attach_core, find_layer, upsert_layer
 
 SLIDE_KEY = "slide"
 SPOTS_KEY = "spots"
 COLORMAPS = ("viridis", "magma", "inferno", "plasma", "turbo", "cividis", "gray")
-
-
-def _notify_error(message: str) -> None:
-    from napari.utils.notifications import show_error
-
-    show_error(message)
 
 
 class SlideSpotsWidget(Container):

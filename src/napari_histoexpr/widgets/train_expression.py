@@ -23,6 +23,7 @@ from magicgui.widgets import (
 
 from ..errors import HistoExprError
 from ..models.backbones import BACKBONES
+from ._common import PanelMixin
 from .layers import current_section
 
 SOURCES = ("section open in the viewer", "manifest CSV")
@@ -92,7 +93,7 @@ class LossCurve:
         self.canvas.draw_idle()
 
 
-class TrainExpressionWidget(Container):
+class TrainExpressionWidget(PanelMixin, Container):
     """Train a BrST-Net-style expression model without leaving napari."""
 
     def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
@@ -144,7 +145,6 @@ class TrainExpressionWidget(Container):
     def start(self, *_):
         """Start training in a worker; returns it (or None after a notified error)."""
         from napari.qt.threading import create_worker
-        from napari.utils.notifications import show_error
 
         from ..evaluation import train_from_manifest_steps
 
@@ -156,9 +156,7 @@ class TrainExpressionWidget(Container):
                 raise HistoExprError("choose a folder to save the model to")
             cfg = self.config()
         except HistoExprError as e:
-            self._status.value = f"error: {e}"
-            show_error(str(e))
-            return None
+            return self._fail(e)
         self.curve.reset()
         self.summary = None
         worker = create_worker(train_from_manifest_steps, sections, Path(self._out.value), cfg,

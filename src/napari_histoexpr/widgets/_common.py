@@ -1,0 +1,36 @@
+"""What every dock panel does the same way: turn errors into a status line and a notification, and
+load a model folder named in a file field."""
+
+from __future__ import annotations
+
+from ..errors import HistoExprError
+
+
+def notify_error(e) -> None:
+    """A napari error notification: named errors by their message, others with their type."""
+    from napari.utils.notifications import show_error
+
+    show_error(str(e) if isinstance(e, (str, HistoExprError)) else f"{type(e).__name__}: {e}")
+
+
+class PanelMixin:
+    """For panels with ``self._status`` (a Label) and, to load models, ``self._model_edit``/``_device``."""
+
+    def _fail(self, e):
+        """Show ``e`` in the panel and as a notification; returns ``None`` for ``return self._fail(e)``."""
+        self._status.value = f"error: {e}"
+        notify_error(e)
+        return None
+
+    def _load_model_folder(self, loader, path, missing: str):
+        """``loader(path, device)`` on the chosen folder; errors are reported, not raised."""
+        path = path or self._model_edit.value
+        try:
+            if not path:
+                raise HistoExprError(missing)
+            model = loader(path, self._device.value)
+        except HistoExprError as e:
+            return self._fail(e)
+        if str(self._model_edit.value or "") != str(path):
+            self._model_edit.value = path
+        return model

@@ -15,6 +15,6 @@ WANT="$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] || \
    ! .venv/bin/python -c "import napari_histoexpr, napari, torch, pytestqt" >/dev/null 2>&1; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q torch==2.13.0 "napari[pyqt6]==0.9.2" "pandas<3" pytest pytest-qt pytest-xvfb -e .
+  .venv/bin/pip install -q torch==2.13.0 "napari[pyqt6]==0.9.2" "pandas<3" pytest pytest-qt pytest-xvfb lifelines -e .
   echo "$WANT" > "$STAMP"
 fi

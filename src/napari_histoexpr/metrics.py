@@ -40,3 +40,19 @@ def summarise_pearson(per_section: dict[str, dict[str, float]], genes: list[str]
         "median_r": float(np.median(fin)) if len(fin) else float("nan"),
         "mean_r_hvg50": float(np.mean(hv)) if hv else float("nan"),
     }, med
+
+
+def concordance_index(time, risk, event) -> float:
+    """Harrell's censored C-index: over comparable pairs (the earlier time is an event), the fraction
+    where the earlier one has the higher risk (ties in risk count 1/2)."""
+    t = np.asarray(time, float)
+    r = np.asarray(risk, float)
+    e = np.asarray(event, bool)
+    num = den = 0.0
+    for i in np.nonzero(e)[0]:
+        later = t > t[i]
+        den += later.sum()
+        num += (r[i] > r[later]).sum() + 0.5 * (r[i] == r[later]).sum()
+    if den == 0:
+        return float("nan")
+    return float(num / den)

@@ -457,3 +457,50 @@ def default_demo_dir() -> Path:
     """Where the sample data is cached (``$HISTOEXPR_CACHE`` or ``~/.cache/napari-histoexpr``)."""
     base = os.environ.get("HISTOEXPR_CACHE") or os.path.join(Path.home(), ".cache", "napari-histoexpr")
     return Path(base) / "demo"
+
+
+def make_cohort(folder: str | os.PathLike, n_slides: int = 20, size: int = 768, mpp: float = 1.0,
+                seed: int = 0, hazard_beta: float = 4.0) -> Path:
+    """A generated cohort: slides with planted morphology, per-slide bulk expression that follows the
+    tissue-class fractions (PLANTED_GENES), and survival whose hazard grows with the tumour fraction.
+
+    Writes ``slides/*.tif``, ``bulk/*.tsv`` (gene, count), ``truth.csv`` (class fractions, risk) and
+    ``cohort.csv`` (id, slide, patient, bulk, time, event); every third patient has two slides.
+    Returns the cohort CSV (reused when complete).
+    """
+    folder = Path(folder)
+    csv = folder / "cohort.csv"
+    done = folder / "done.json"
+    params = dict(n_slides=n_slides, size=size, mpp=mpp, seed=seed, beta=hazard_beta, version=DATA_VERSION)
+    if csv.exists() and done.exists() and json.loads(done.read_text()) == params:
+        return csv
+    (folder / "slides").mkdir(parents=True, exist_ok=True)
+    (folder / "bulk").mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed + 303)
+    prof = planted_profiles(seed)
+    rows, truth = [], []
+    patient = 0
+    for i in range(n_slides):
+        if i % 3 != 2 or i == 0:
+            patient += 1
+        tissue = SyntheticTissue(size, size, mpp, seed * 1000 + i)
+        slide = folder / "slides" / f"S{i:02d}.tif"
+        write_pyramidal_tiff(slide, tissue.render, size, size, mpp)
+        cm = tissue.class_map(8)
+        frac = np.array([(cm == c).mean() for c in range(len(CLASSES))])
+        tfrac = frac[1:] / max(frac[1:].sum(), 1e-9)
+        mu = prof.loc["base"].to_numpy() + tfrac @ prof.iloc[1:].to_numpy()
+        counts = rng.poisson(rng.gamma(400.0, mu * 200 / 400.0))  # a bulk library: many cells, low noise
+        pd.DataFrame({"gene": prof.columns, "count": counts}).to_csv(folder / "bulk" / f"S{i:02d}.tsv", sep="\t",
+                                                                    index=False, header=False)
+        risk = hazard_beta * (tfrac[0] - 1 / 3)
+        t_event = rng.exponential(1000.0 * np.exp(-risk))
+        t_cens = rng.uniform(300, 3000)
+        rows.append({"id": f"S{i:02d}", "slide": f"slides/S{i:02d}.tif", "patient": f"P{patient:02d}",
+                     "bulk": f"bulk/S{i:02d}.tsv", "time": round(float(min(t_event, t_cens)), 2),
+                     "event": int(t_event <= t_cens)})
+        truth.append({"id": f"S{i:02d}", **{f"frac_{c}": f for c, f in zip(CLASSES, frac)}, "risk": risk})
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    pd.DataFrame(truth).to_csv(folder / "truth.csv", index=False)
+    done.write_text(json.dumps(params))
+    return csv

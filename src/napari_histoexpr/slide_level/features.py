@@ -1,0 +1,128 @@
+"""Tile features shared by the slide-level models (HE2RNA, …): every tissue tile of a slide encoded
+once, stored in a chunked zarr with its coordinates; resumable.
+
+``FEATURES.zarr``: ``features`` (n_tiles, F) float32, ``coords`` (n_tiles, 2) level-0 ``(x, y)`` tile
+centres, ``done`` (n_tiles,) uint8; attributes: encoder description, tile µm / px, slide, mpp.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HistoExprError
+
+ATTR = "histoexpr_features"
+
+
+class Encoder:
+    """Backbone features of uint8 patches: a trained expression model's backbone, a user's weights
+    file (torchvision-style), or a randomly initialised backbone (seeded)."""
+
+    def __init__(self, source: str = "resnet18", device: str = "auto", seed: int = 0):
+        import torch
+
+        from ..models.artifact import META
+        from ..models.backbones import BACKBONES, build_backbone, load_init_weights
+        from ..models.expression import ExpressionModel, resolve_device
+
+        self.device = resolve_device(device)
+        p = Path(source)
+        if p.is_dir() and (p / META).exists():
+            m = ExpressionModel.load(p, self.device)
+            self.net, self.mean, self.std = m.net.backbone, m.net.pixel_mean, m.net.pixel_std
+            self.describe = f"expression model backbone {p} ({m.meta['backbone']})"
+        else:
+            name, _, weights = source.partition(":")
+            if name not in BACKBONES:
+                raise HistoExprError(f"encoder {source!r}: a model folder, or BACKBONE[:WEIGHTS_FILE] with "
+                                     f"BACKBONE one of {', '.join(BACKBONES)}")
+            torch.manual_seed(seed)
+            self.net = build_backbone(name)
+            if weights:
+                load_init_weights(self.net, weights)
+            self.mean = torch.full((1, 3, 1, 1), 0.5)
+            self.std = torch.full((1, 3, 1, 1), 0.25)
+            self.describe = f"{name} ({'weights ' + weights if weights else f'random init, seed {seed}'})"
+        self.net = self.net.eval().to(self.device)
+        self.mean, self.std = self.mean.to(self.device), self.std.to(self.device)
+        self.dim = int(self.net.num_features)
+
+    def __call__(self, patches: np.ndarray, batch: int = 256) -> np.ndarray:
+        import torch
+
+        from ..models.expression import to_tensor
+
+        amp = self.device.type == "cuda"
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(patches), batch):
+                x = (to_tensor(patches[i:i + batch], self.device, amp) - self.mean) / self.std
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                    out.append(self.net(x).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+def tile_centres(pyr, tile_um: float, min_tissue: float = 0.5) -> np.ndarray:
+    """Level-0 ``(x, y)`` centres of the tissue tiles of a ``tile_um`` grid."""
+    from ..data.patches import tissue_fraction_at, tissue_mask
+
+    step = tile_um / pyr.world_mpp
+    h, w = pyr.level0_shape
+    ys, xs = np.meshgrid((np.arange(int(h // step)) + 0.5) * step, (np.arange(int(w // step)) + 0.5) * step,
+                         indexing="ij")
+    c = np.stack([xs.ravel(), ys.ravel()], 1)
+    mask, ds = tissue_mask(pyr)
+    return c[tissue_fraction_at(mask, ds, c, step / 2) >= min_tissue]
+
+
+def extract_features_steps(encoder: Encoder, slide, out: str | os.PathLike, tile_um: float = 112.0,
+                           px: int = 224, chunk: int = 512) -> Generator[dict, None, Path]:
+    """Encode every tissue tile of ``slide`` into ``out`` (a .zarr folder); resumes a partial run."""
+    import zarr
+
+    from ..data.patches import extract_patches
+    from ..io.slides import open_slide
+
+    pyr = open_slide(slide) if isinstance(slide, (str, os.PathLike)) else slide
+    out = Path(out)
+    centres = tile_centres(pyr, tile_um)
+    attrs = {"encoder": encoder.describe, "tile_um": tile_um, "px": px, "slide": str(pyr.path),
+             "world_mpp": pyr.world_mpp, "n_tiles": int(len(centres)), "dim": encoder.dim}
+    g = None
+    if out.exists():
+        g = zarr.open_group(str(out), mode="a")
+        old = dict(g.attrs).get(ATTR, {})
+        if any(old.get(k) != attrs[k] for k in ("encoder", "tile_um", "px", "slide", "n_tiles", "dim")):
+            raise HistoExprError(f"{out} holds features of another encoder, tiling or slide; use another folder")
+    if g is None:
+        g = zarr.open_group(str(out), mode="w")
+        g.create_array("features", shape=(len(centres), encoder.dim), chunks=(chunk, encoder.dim), dtype="float32")
+        g.create_array("coords", shape=(len(centres), 2), chunks=(max(1, len(centres)), 2), dtype="float64")
+        g.create_array("done", shape=(max(1, len(centres)),), chunks=(max(1, len(centres)),), dtype="uint8",
+                       fill_value=0)
+        if len(centres):
+            g["coords"][:] = centres
+        g.attrs[ATTR] = dict(attrs, complete=False)
+    done = g["done"][:]
+    todo = [i for i in range(0, len(centres), chunk) if not done[i:min(i + chunk, len(centres))].all()]
+    for k, i in enumerate(todo):
+        j = min(i + chunk, len(centres))
+        g["features"][i:j] = encoder(extract_patches(pyr, centres[i:j], tile_um, px))
+        g["done"][i:j] = 1
+        yield {"stage": "tile", "done": k + 1, "total": len(todo)}
+    g.attrs[ATTR] = dict(attrs, complete=True)
+    return out
+
+
+def load_features(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
+    import zarr
+
+    g = zarr.open_group(str(path), mode="r")
+    a = dict(g.attrs).get(ATTR)
+    if not a or not a.get("complete"):
+        raise HistoExprError(f"{path}: no complete tile features (run `histoexpr features` again to finish)")
+    return np.asarray(g["features"]), np.asarray(g["coords"]), a

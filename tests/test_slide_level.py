@@ -1,0 +1,90 @@
+"""Foundations of the slide-level models: the generated cohort, the cohort manifest and patient
+folds, the resumable tile-feature cache, and the censored C-index checked against lifelines."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_histoexpr.metrics import concordance_index
+
+
+def test_concordance_index_matches_lifelines():
+    lifelines = pytest.importorskip("lifelines.utils", reason="lifelines is a test dependency")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        t = rng.exponential(100, 60)
+        risk = -np.log(t) + rng.normal(0, 1, 60)
+        risk[:10] = np.round(risk[:10])  # some tied risks
+        e = rng.random(60) < 0.6
+        ours = concordance_index(t, risk, e)
+        ref = lifelines.concordance_index(t, -risk, e)  # lifelines: higher score = longer survival
+        assert ours == pytest.approx(ref, abs=1e-12)
+    assert concordance_index([1, 2, 3], [3, 2, 1], [1, 1, 1]) == 1.0
+    assert concordance_index([1, 2, 3], [1, 2, 3], [1, 1, 1]) == 0.0
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from napari_histoexpr.data.synthetic import make_cohort
+
+    return make_cohort(tmp_path_factory.mktemp("cohort"), n_slides=9, size=512, seed=2)
+
+
+def test_generated_cohort_and_folds(cohort):
+    from napari_histoexpr.slide_level.cohort import bulk_matrix, patient_folds, read_cohort
+
+    slides = read_cohort(cohort)
+    assert len(slides) == 9 and len({s.patient for s in slides}) < 9  # some patients have two slides
+    B = bulk_matrix(slides)
+    truth = pd.read_csv(cohort.parent / "truth.csv", index_col=0).loc[B.index]
+    # planted: bulk markers follow the class fractions; hazard follows the tumour fraction
+    assert np.corrcoef(np.log1p(B["ERBB2"]), truth["frac_tumour"])[0, 1] > 0.8
+    assert np.corrcoef(np.log1p(B["COL1A1"]), truth["frac_stroma"])[0, 1] > 0.8
+    folds = patient_folds(slides, k=3, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(9))
+    for f in folds:  # no patient is split across folds
+        pats = {slides[i].patient for i in f}
+        others = {slides[i].patient for g in folds if g is not f for i in g}
+        assert not pats & others
+
+
+def test_cohort_manifest_errors(tmp_path):
+    from napari_histoexpr.errors import ManifestError
+    from napari_histoexpr.slide_level.cohort import read_cohort
+
+    (tmp_path / "c.csv").write_text("id,slide,patient\nA,missing.tif,P1\n")
+    with pytest.raises(ManifestError, match="slide not found"):
+        read_cohort(tmp_path / "c.csv")
+    (tmp_path / "d.csv").write_text("id,patient\nA,P1\n")
+    with pytest.raises(ManifestError, match="'slide' column"):
+        read_cohort(tmp_path / "d.csv")
+
+
+def test_tile_features_are_cached_and_resumable(cohort, tmp_path):
+    import zarr
+
+    from napari_histoexpr.errors import HistoExprError
+    from napari_histoexpr.slide_level.cohort import read_cohort
+    from napari_histoexpr.slide_level.features import Encoder, extract_features_steps, load_features
+
+    s = read_cohort(cohort)[0]
+    enc = Encoder("resnet18", "cpu", seed=0)
+    out = tmp_path / "f.zarr"
+    list(extract_features_steps(enc, s.slide, out, tile_um=32, px=32, chunk=16))
+    feats, coords, attrs = load_features(out)
+    assert feats.shape == (attrs["n_tiles"], 512) and coords.shape == (attrs["n_tiles"], 2)
+    assert attrs["n_tiles"] > 50 and np.isfinite(feats).all()
+    # an interrupted run: forget the last chunks, resume, get the same features back
+    g = zarr.open_group(str(out), mode="a")
+    g["done"][attrs["n_tiles"] // 2:] = 0
+    g["features"][attrs["n_tiles"] // 2:] = 0
+    g.attrs["histoexpr_features"] = dict(attrs, complete=False)
+    with pytest.raises(HistoExprError, match="no complete"):
+        load_features(out)
+    steps = list(extract_features_steps(enc, s.slide, out, tile_um=32, px=32, chunk=16))
+    assert 0 < len(steps) < int(np.ceil(attrs["n_tiles"] / 16))
+    again, _, _ = load_features(out)
+    assert np.allclose(again, feats, atol=1e-5)
+    # another encoder into the same folder is refused
+    with pytest.raises(HistoExprError, match="another encoder"):
+        list(extract_features_steps(Encoder("resnet18", "cpu", seed=1), s.slide, out, tile_um=32, px=32))

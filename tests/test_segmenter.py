@@ -183,3 +183,27 @@ def test_annotations_survive_a_crash(make_napari_viewer, qtbot, cohort, segmente
     for (pa, _), (pb, _) in zip(before, after):
         assert np.allclose(pa, pb)
     assert len(gt2.data) == 2
+
+
+def test_drawn_regions_override_spot_classes(cohort):
+    from napari_histoexpr.segment.classes import class_spec
+    from napari_histoexpr.segment.model import SegConfig, prepare_seg_sections
+
+    sec = cohort["sections"][0]
+    square = np.array([[0.0, 0.0], [1024.0, 0.0], [1024.0, 1024.0], [0.0, 1024.0]])  # level-0 (x, y)
+    cfg = SegConfig(classes=class_spec("genes", genes=["ERBB2", "COL1A1"]), windows_um=(50.0,), px=16)
+
+    def run(regions):
+        gen = prepare_seg_sections([sec], cfg, regions=regions)
+        try:
+            while True:
+                next(gen)
+        except StopIteration as stop:
+            return stop.value[0]
+
+    plain, drawn = run(None), run({sec.section: [(square, "drawn class")]})
+    tissue = plain.labels != "background"
+    inside = (plain.xy[:, 0] < 1024) & (plain.xy[:, 1] < 1024) & tissue
+    assert inside.sum() > 10
+    assert (drawn.labels[inside] == "drawn class").all()
+    assert (drawn.labels[~inside & tissue] == plain.labels[~inside & tissue]).all()

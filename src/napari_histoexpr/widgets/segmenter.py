@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -42,6 +43,9 @@ class SegmenterPanel(PanelMixin, Container):
         self._resolution = FloatSpinBox(label="leiden resolution", value=0.5, min=0.05, max=5.0, step=0.05)
         self._show_btn = PushButton(text="Show classes on spots")
         self._sections = ComboBox(label="train on", choices=list(SOURCES), value=SOURCES[0])
+        self._use_regions = CheckBox(label="drawn regions set spot classes", value=False)
+        self._use_regions.tooltip = ("Spots inside regions drawn on the open section take the region's class "
+                                     "(overriding the transcriptome class) for training")
         self._manifest = FileEdit(label="manifest", mode="r", filter="*.csv", nullable=True)
         self._windows = LineEdit(label="patch sizes µm", value="50,100")
         self._px = SpinBox(label="patch px", value=64, min=16, max=512)
@@ -59,7 +63,8 @@ class SegmenterPanel(PanelMixin, Container):
         self._status = Label(value="Pick how classes come from the transcriptome.")
         super().__init__(widgets=[
             self._source, self._genes, self._quantile, self._k, self._resolution, self._show_btn,
-            self._sections, self._manifest, self._windows, self._px, self._epochs, self._device, self._out,
+            self._sections, self._use_regions, self._manifest, self._windows, self._px, self._epochs,
+            self._device, self._out,
             self._train_btn, self._cancel_btn, self._model_edit, self._load_btn, self._seg_view_btn,
             self._seg_slide_btn, self._gt_class, self._gt_btn, self._status,
         ])
@@ -153,8 +158,12 @@ class SegmenterPanel(PanelMixin, Container):
         except HistoExprError as e:
             return self._fail(e)
 
+        regions = None
+        if self._use_regions.value and self.regions() and self._sections.value == SOURCES[0]:
+            regions = {secs[0].section: self.regions()}
+
         def job():
-            data = yield from prepare_seg_sections(secs, cfg)
+            data = yield from prepare_seg_sections(secs, cfg, regions=regions)
             return (yield from train_segmenter_steps(data, out, cfg))
 
         self.curve.reset()

@@ -97,6 +97,11 @@ def _show_event(ev: dict) -> None:
         if ev["step"] == ev["steps"] or ev["step"] % 20 == 0:
             print(f"\r[histoexpr] epoch {ev['epoch'] + 1} step {ev['step']}/{ev['steps']} "
                   f"loss {ev['loss']:.4f}", end="", file=sys.stderr, flush=True)
+    elif stage == "epoch" and "val_bal_acc" in ev:  # segmenter
+        print(f"\r[histoexpr] {ev['window_um']:g} µm patches, epoch {ev['epoch'] + 1}/{ev['epochs']}: "
+              f"train loss {ev['train_loss']:.4f}, train acc {ev['train_acc']:.3f}, "
+              f"val balanced acc {ev['val_bal_acc']:.3f}; {ev['patches_per_s']:.0f} patches/s",
+              file=sys.stderr, flush=True)
     elif stage == "epoch":
         print(f"\r[histoexpr] epoch {ev['epoch'] + 1}/{ev['epochs']}: train loss {ev['train_loss']:.4f}, "
               f"val loss {ev['val_loss']:.4f}, val mean r {ev['val_mean_r']:.3f}"

@@ -209,7 +209,7 @@ def train_segmenter_steps(sections: list[SegSection], out_dir, cfg: SegConfig) -
                 best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             yield {"stage": "epoch", "window_um": win, "epoch": epoch, "epochs": cfg.epochs,
                    "train_loss": tot / max(1, seen), "train_acc": correct / max(1, seen), "val_bal_acc": acc,
-                   "val_loss": float("nan"), "val_mean_r": acc, "patches_per_s": seen / (time.perf_counter() - t0),
+                   "metric": acc, "patches_per_s": seen / (time.perf_counter() - t0),
                    "best": acc >= best}
         net.load_state_dict(best_state)
         nets[win], results[win], val_probs[win] = net, best, best_probs

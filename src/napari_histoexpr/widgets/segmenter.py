@@ -70,7 +70,7 @@ class SegmenterPanel(PanelMixin, Container):
         ])
         from qtpy.QtWidgets import QTableWidget
 
-        self.curve = LossCurve()
+        self.curve = LossCurve("val balanced acc")
         self.native.layout().addWidget(self.curve.canvas)
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["class", "Dice", "cells"])

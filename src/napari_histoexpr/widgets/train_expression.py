@@ -45,7 +45,7 @@ def chosen_sections(viewer, source: str, manifest):
 class LossCurve:
     """A small matplotlib canvas: step losses, and per-epoch train/validation loss and validation r."""
 
-    def __init__(self):
+    def __init__(self, metric: str = "val mean r"):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
@@ -54,6 +54,7 @@ class LossCurve:
         self.canvas.setMinimumHeight(170)
         self.ax = self.figure.add_subplot(111)
         self.ax2 = self.ax.twinx()
+        self.metric = metric
         self.reset()
 
     def reset(self):
@@ -66,10 +67,10 @@ class LossCurve:
         self.steps.append((self._n / max(1, steps_per_epoch), loss))
 
     def add_epoch(self, ev: dict):
-        self.epochs.append(ev["epoch"] + 1)
+        self.epochs.append(len(self.epochs) + 1)  # several runs (e.g. one per patch size) go end to end
         self.train.append(ev["train_loss"])
-        self.val.append(ev["val_loss"])
-        self.val_r.append(ev["val_mean_r"])
+        self.val.append(ev.get("val_loss", float("nan")))
+        self.val_r.append(ev.get("metric", ev.get("val_mean_r")))
         self.redraw()
 
     def redraw(self):
@@ -82,8 +83,8 @@ class LossCurve:
         if self.epochs:
             ax.plot(self.epochs, self.train, "o-", ms=3, label="train")
             ax.plot(self.epochs, self.val, "s-", ms=3, label="val")
-            ax2.plot(self.epochs, self.val_r, "^-", ms=3, color="tab:green", label="val r")
-            ax2.set_ylabel("val mean r", fontsize=7)
+            ax2.plot(self.epochs, self.val_r, "^-", ms=3, color="tab:green", label=self.metric)
+            ax2.set_ylabel(self.metric, fontsize=7)
         ax.set_xlabel("epoch", fontsize=7)
         ax.set_ylabel("loss", fontsize=7)
         ax.tick_params(labelsize=6)

@@ -239,8 +239,7 @@ def test_stale_view_request_is_cancelled(panel_on_section, qtbot):
     cam.zoom = 0.35
     cam.center = (0, 1024.0, 1024.0)
     panel._ensure_predictor()  # the tissue mask is found in a worker first
-    _wait_idle(qtbot, panel)
-    panel.predictor.cache.clear()
+    qtbot.waitUntil(lambda: panel.predictor is not None, timeout=60_000)
     finished = []
     first = panel.predict_view()
     first.finished.connect(lambda: finished.append("a"))
@@ -256,6 +255,7 @@ def test_stale_view_request_is_cancelled(panel_on_section, qtbot):
     cache = panel.predictor.cache
     assert all(cache.get(t) is not None for t in tiles_b)  # the latest view is complete
     assert len(cache) < len(set(tiles_a) | set(tiles_b))  # the stale one stopped early
+    _wait_idle(qtbot, panel)
 
 
 def test_compare_with_measured_spots(panel_on_section, qtbot):

@@ -16,6 +16,24 @@ def notify_error(e) -> None:
 class PanelMixin:
     """For panels with ``self._status`` (a Label) and, to load models, ``self._model_edit``/``_device``."""
 
+    _closed = False
+
+    def _stop_workers_on_close(self, *names: str) -> None:
+        """When the panel's widget is destroyed (viewer closed), stop its workers and ignore their
+        late signals, so nothing touches deleted Qt objects."""
+
+        def closed(*_):
+            self._closed = True
+            for n in names:
+                w = getattr(self, n, None)
+                if w is not None:
+                    try:
+                        w.quit()
+                    except RuntimeError:
+                        pass
+
+        self.native.destroyed.connect(closed)
+
     def _fail(self, e):
         """Show ``e`` in the panel and as a notification; returns ``None`` for ``return self._fail(e)``."""
         self._status.value = f"error: {e}"

@@ -37,6 +37,8 @@ def _timed(fn):
 
     @functools.wraps(fn)
     def wrapper(self, *a, **kw):
+        if self._closed:  # a worker's late signal after the viewer closed
+            return None
         t0 = time.perf_counter()
         try:
             return fn(self, *a, **kw)
@@ -105,6 +107,8 @@ class ExpressionPanel(PanelMixin, Container):
         cam = viewer.scene.camera
         cam.events.center.connect(self._on_camera)
         cam.events.zoom.connect(self._on_camera)
+        self._stop_workers_on_close("_worker", "_building", "_spot_worker")
+        self.native.destroyed.connect(lambda *_: self._timer.stop())
 
     def reset_choices(self, *_):
         """napari calls this on docked magicgui containers whenever layers change; our choices are
@@ -159,6 +163,8 @@ class ExpressionPanel(PanelMixin, Container):
 
         def ready(pred):
             self._building = None
+            if self._closed:
+                return
             self.predictor = pred
             self.raster = Raster(pred.grid, self.model.genes)
             self._requests = LatestRequest()
@@ -368,6 +374,8 @@ class ExpressionPanel(PanelMixin, Container):
     def _on_spots(self, result):
         import pandas as pd
 
+        if self._closed:
+            return
         ids, xy, genes, pred, meas = result
         self.spot_pred = {"ids": ids, "xy": xy, "genes": genes, "pred": pred, "meas": meas}
         mpp = self.predictor.pyr.world_mpp if self.predictor else self._slide().world_mpp
@@ -431,6 +439,8 @@ class ExpressionPanel(PanelMixin, Container):
     def update_table(self):
         from qtpy.QtWidgets import QTableWidgetItem
 
+        if self._closed:
+            return
         rows = self.table_rows()
         self.table.setRowCount(len(rows))
         for i, (g, rv, ra, n) in enumerate(rows):

@@ -84,6 +84,7 @@ class SegmenterPanel(PanelMixin, Container):
         self._seg_slide_btn.changed.connect(lambda *_: self.segment(view=False))
         self._gt_btn.changed.connect(lambda *_: self.truth_layer(create=True))
         self._gt_class.changed.connect(self._set_draw_class)
+        self._stop_workers_on_close("_worker")
 
     def reset_choices(self, *_):
         """Our choices are class names, not layers: keep them when napari's layers change."""
@@ -178,6 +179,8 @@ class SegmenterPanel(PanelMixin, Container):
         return worker
 
     def _on_event(self, ev):
+        if self._closed:
+            return
         if ev.get("stage") == "step":
             self.curve.add_step(ev["loss"], ev["steps"])
         elif ev.get("stage") == "epoch":
@@ -192,7 +195,8 @@ class SegmenterPanel(PanelMixin, Container):
 
     def _on_finished(self):
         self._worker = None
-        self._train_btn.enabled, self._cancel_btn.enabled = True, False
+        if not self._closed:
+            self._train_btn.enabled, self._cancel_btn.enabled = True, False
 
     # -- model and segmentation ----------------------------------------------------------------------
     def load_model(self, path=None):
@@ -251,6 +255,8 @@ class SegmenterPanel(PanelMixin, Container):
             return len(tiles)
 
         def on_item(item):
+            if self._closed:
+                return
             kind, val = item
             if kind == "ready":
                 self.predictor = val
@@ -278,6 +284,8 @@ class SegmenterPanel(PanelMixin, Container):
 
     def _on_segmented(self):
         self._worker = None
+        if self._closed:
+            return
         self._status.value = "segmented"
         self.update_dice()
 

@@ -128,6 +128,7 @@ class TrainExpressionWidget(PanelMixin, Container):
         self.native.layout().addWidget(self.curve.canvas)
         self._train_btn.changed.connect(self.start)
         self._cancel_btn.changed.connect(self.cancel)
+        self._stop_workers_on_close("_worker")
 
     # ---------------------------------------------------------------------------------------------
     def _sections(self):
@@ -179,6 +180,8 @@ class TrainExpressionWidget(PanelMixin, Container):
             self._worker.quit()
 
     def _on_event(self, ev: dict):
+        if self._closed:
+            return
         stage = ev.get("stage")
         if stage == "step":
             self.curve.add_step(ev["loss"], ev["steps"])
@@ -194,6 +197,8 @@ class TrainExpressionWidget(PanelMixin, Container):
 
     def _on_done(self, summary: dict):
         self.summary = summary
+        if self._closed:
+            return
         self._status.value = (f"saved to {self._out.value}: best epoch {summary['best_epoch'] + 1}, "
                               f"validation mean r {summary['best_val_mean_r']:.3f}")
 
@@ -205,6 +210,9 @@ class TrainExpressionWidget(PanelMixin, Container):
         show_error(f"Training failed: {msg}")
 
     def _on_finished(self):
+        if self._closed:
+            self._worker = None
+            return
         if self.summary is None and not self._status.value.startswith("error"):
             out = Path(self._out.value)
             kept = "the best model so far is kept" if (out / "model.json").exists() else "nothing saved yet"

@@ -88,7 +88,7 @@ def test_segmenter_dice_on_unseen_section(segmenter, cohort, tmp_path):
             next(gen)
     except StopIteration as stop:
         rp, ras = stop.value
-    lab = label_map(ras)
+    lab = label_map(ras.data)
     mapped = np.vectorize(lambda i: GENE_CLASS[model.classes[i]])(lab)
     cm_path = next(demo.truth.glob("class_map_ds*.npy"))
     ds = float(cm_path.stem.split("_ds")[1])

@@ -53,9 +53,10 @@ def segment_region(model, pyr, stride_um: float | None = None, box=None, cancell
     return rp, ras
 
 
-def label_map(raster) -> np.ndarray:
-    """Argmax class per cell; -1 where nothing was predicted (off tissue: background class 0)."""
-    d = raster.data
+def label_map(probs: np.ndarray) -> np.ndarray:
+    """Argmax class per cell of ``(classes, rows, cols)`` probabilities; cells never predicted (NaN,
+    off tissue) get the background class 0."""
+    d = probs
     fin = np.isfinite(d[0])
     lab = np.where(fin, np.nanargmax(np.where(np.isfinite(d), d, -1), axis=0), 0)
     return lab.astype(np.int32)
@@ -107,7 +108,7 @@ def evaluate_segmenter_steps(model_dir, manifest, out_dir, device="auto",
                 yield {k: v for k, v in ev.items() if k != "values"}
         except StopIteration as stop:
             rp, ras = stop.value
-        labels = label_map(ras)
+        labels = label_map(ras.data)
         xy = np.asarray(adata.obsm["spatial"], float)
         radius = float(adata.uns["histoexpr"].get("spot_diameter_px") or 55.0 / pyr.world_mpp) / 2
         pred = spot_majority(labels, rp.grid.stride, xy, radius, len(model.classes))

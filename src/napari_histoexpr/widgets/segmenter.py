@@ -270,7 +270,7 @@ class SegmenterPanel(PanelMixin, Container):
             t, v = val
             self.raster.put(t, v)
             rs, cs = self.predictor.grid.tile_slices(*t)
-            self.seg_labels[rs, cs] = label_map(_TileView(v))
+            self.seg_labels[rs, cs] = label_map(v)
             find_layer(self._viewer, MAP_KEY).refresh()
 
         worker = create_worker(job, _progress={"desc": "Segmenting"}, _ignore_errors=True)
@@ -377,10 +377,3 @@ class SegmenterPanel(PanelMixin, Container):
             for j, txt in enumerate((c, f"{v:.3f}", str(n))):
                 self.table.setItem(i, j, QTableWidgetItem(txt))
         return d
-
-
-class _TileView:
-    """A tile's probabilities shaped like a Raster (for label_map)."""
-
-    def __init__(self, values):
-        self.data = values

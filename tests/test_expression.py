@@ -204,6 +204,8 @@ def test_resume_continues_and_checkpoint_is_plain_tensors(cohort, tmp_path):
     assert any(e["stage"] == "resume" for e in ev2)
     assert [e["epoch"] for e in ev2 if e["stage"] == "epoch"] == [2, 3]
     assert len(s2["history"]) == 4 and s2["history"][:2] == s1["history"][:2]
+    # the augmentation generator's state travels in the checkpoint too
+    assert "aug_rng" in torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=True)
 
 
 def test_train_errors_are_named(cohort, tmp_path, capsys):

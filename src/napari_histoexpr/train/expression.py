@@ -257,9 +257,14 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
         torch.set_rng_state(ck["torch_rng"])
         yield {"stage": "resume", "msg": f"resuming after epoch {start_epoch}", "epoch": start_epoch}
 
-    raw = raw_throughput(net, cfg.px, min(cfg.batch_size, 64), device, steps=3 if device.type == "cpu" else 20,
-                         amp=amp)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    import copy
+
+    # on a copy: the timing run must not touch the weights' batch-norm statistics
+    raw = raw_throughput(copy.deepcopy(net), cfg.px, min(cfg.batch_size, 64), device,
+                         steps=3 if device.type == "cpu" else 20, amp=amp)
+    gen = torch.Generator().manual_seed(cfg.seed)  # augmentation draws
+    if resume and ckpt_path.exists() and "aug_rng" in ck:
+        gen.set_state(ck["aug_rng"])
     ytr_z = torch.from_numpy((Ytr - mean) / std)
     atr_z = torch.from_numpy((Atr - amean) / astd) if Atr is not None else None
     meta_base = {
@@ -328,7 +333,7 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
         _atomic_torch_save({"model": net.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
                             "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
                             "history": json.dumps(history), "digest": digest,
-                            "torch_rng": torch.get_rng_state()}, ckpt_path)
+                            "torch_rng": torch.get_rng_state(), "aug_rng": gen.get_state()}, ckpt_path)
         yield dict(rec, stage="epoch", epochs=cfg.epochs, best=improved)
         if bad >= cfg.patience:
             yield {"stage": "early_stop", "msg": f"no improvement for {bad} epochs; best epoch {best_epoch}"}

@@ -6,14 +6,13 @@ baselines' numbers under ``"baselines"``), ``report.md`` and PNG plots.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
 
 from .io.manifest import Section, load_section, read_manifest
+from .io.spots import shared_genes
 from .metrics import pearson_columns, summarise_pearson
 
 
@@ -37,8 +36,7 @@ def prepare_sections_steps(sections: list[Section], window_um: float, px: int, m
         opened.append((sec, *load_section(sec)))
     shared = list(map(str, opened[0][2].var_names))
     for _, _, ad in opened[1:]:
-        have = set(map(str, ad.var_names))
-        shared = [g for g in shared if g in have]
+        shared = shared_genes(shared, ad)
     target, transform = None, None
     out = []
     for i, (sec, pyr, ad) in enumerate(opened):
@@ -85,7 +83,7 @@ def evaluate_steps(model_dir, manifest, out_dir, device: str = "auto",
     for i, sec in enumerate(_sections(manifest)):
         yield {"stage": "open", "msg": f"evaluating {sec.section} ({i + 1})"}
         pyr, ad = load_section(sec)
-        have = [g for g in genes if g in set(map(str, ad.var_names))]
+        have = shared_genes(genes, ad)
         if not have:
             from .errors import UnknownGeneError
 
@@ -229,8 +227,3 @@ def _plots(out: Path, med: dict, per: dict, scatter: dict, summary: dict) -> Non
     fig.tight_layout()
     fig.savefig(out / "scatter.png")
     plt.close(fig)
-
-
-def read_report(path: str | os.PathLike) -> dict:
-    p = Path(path)
-    return json.loads((p / "report.json" if p.is_dir() else p).read_text())

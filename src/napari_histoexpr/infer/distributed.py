@@ -66,7 +66,7 @@ def spot_report(model_dir, slide, spots, out_dir, device: str = "auto") -> dict:
     """Predict at the measured spots of one slide; Pearson r per gene; writes spots_prediction.h5ad."""
     from ..io.manifest import harmonise_mpp
     from ..io.slides import open_slide
-    from ..io.spots import check_spots_in_image, read_spots
+    from ..io.spots import check_spots_in_image, read_spots, shared_genes
     from ..metrics import pearson_columns, summarise_pearson
     from ..models.artifact import atomic_write_json
     from ..models.expression import ExpressionModel
@@ -76,7 +76,7 @@ def spot_report(model_dir, slide, spots, out_dir, device: str = "auto") -> dict:
     pyr, adata = open_slide(slide), read_spots(spots)
     harmonise_mpp(pyr, adata)
     check_spots_in_image(adata, pyr.level0_shape)
-    genes = [g for g in model.genes if g in set(map(str, adata.var_names))]
+    genes = shared_genes(model.genes, adata)
     sd = prepare_section(Path(slide).stem, pyr, adata, model.window_um, model.px, genes=genes,
                          transform=model.patch_transform())
     pred = model.predict(sd.patches)[:, [model.genes.index(g) for g in genes]]

@@ -222,12 +222,6 @@ class Raster:
     def gene(self, name: str) -> np.ndarray:
         return self.data[self.genes.index(name)]
 
-    def sample(self, xy: np.ndarray) -> np.ndarray:
-        """Values ``(N, genes)`` at level-0 ``(x, y)`` points (nearest cell)."""
-        r = np.clip((xy[:, 1] / self.grid.stride).astype(int), 0, self.grid.rows - 1)
-        c = np.clip((xy[:, 0] / self.grid.stride).astype(int), 0, self.grid.cols - 1)
-        return self.data[:, r, c].T
-
 
 class LatestRequest:
     """Latest-wins bookkeeping: each new request supersedes (cancels) the ones before it."""
@@ -241,7 +235,3 @@ class LatestRequest:
             self._n += 1
             mine = self._n
         return lambda: self._n != mine
-
-    @property
-    def current(self) -> int:
-        return self._n

@@ -495,11 +495,24 @@ def gene_values(adata, gene: str, mode: str = "raw", target_sum: float = 1e4) ->
     if mode == "log1p":
         return np.log1p(v)
     if mode == "normalised":
-        tot = adata.obs["total_counts"].to_numpy(float)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            v = np.where(tot > 0, v / tot * target_sum, 0.0)
-        return np.log1p(v)
+        return log1p_normalised(adata, [g], target_sum)[:, 0].astype(np.float64)
     return v
+
+
+def log1p_normalised(adata, genes: list[str], target_sum: float = 1e4) -> np.ndarray:
+    """``(spots, genes)`` log1p of counts per ``target_sum`` (totals over all genes of the spot)."""
+    X = adata.X
+    tot = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
+    tot[tot == 0] = 1.0  # an empty spot stays 0
+    sub = X[:, adata.var_names.get_indexer(genes)]
+    sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
+    return np.log1p(sub / tot[:, None] * target_sum).astype(np.float32)
+
+
+def shared_genes(genes: list[str], adata) -> list[str]:
+    """``genes`` (in their order) that ``adata`` measures."""
+    have = set(map(str, adata.var_names))
+    return [g for g in genes if g in have]
 
 
 def percentile_limits(values: np.ndarray, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:

@@ -22,17 +22,11 @@ BACKGROUND = "background"
 OTHER = "other tissue"
 
 
-def _log1p_norm(adata, genes):
-    from ..train.expression import log1p_normalised
-
-    return log1p_normalised(adata, genes)
-
-
 def classes_from_genes(adata, genes: list[str], quantile: float = 0.5) -> pd.Series:
-    from ..io.spots import find_gene
+    from ..io.spots import find_gene, log1p_normalised
 
     names = [find_gene(adata, g) for g in genes]
-    x = _log1p_norm(adata, names)
+    x = log1p_normalised(adata, names)
     z = (x - x.mean(0)) / (x.std(0) + 1e-9)
     thr = np.quantile(x, quantile, axis=0)
     best = np.argmax(z, axis=1)

@@ -283,9 +283,3 @@ class Segmenter:
         probs = [_predict_probs(net, extract_patches(pyr, centres, w, self.px), self.device, batch_size)
                  for net, w in zip(self.nets, self.windows)]
         return np.mean(probs, axis=0)
-
-
-def save_info(model_dir) -> dict:
-    from ..models.artifact import load_artifact
-
-    return load_artifact(model_dir, kind=KIND)[1]

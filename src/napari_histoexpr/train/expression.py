@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TrainingError
+from ..io.spots import log1p_normalised
 from ..metrics import pearson_columns
 
 
@@ -60,19 +61,6 @@ class SectionData:
     spot_ids: list[str]
     xy: np.ndarray  # (N, 2) level-0 px
     genes: list[str]
-
-
-def log1p_normalised(adata, genes: list[str], target_sum: float = 1e4) -> np.ndarray:
-    """log1p of counts per ``target_sum`` (totals over all genes of the spot), for ``genes``."""
-    import scipy.sparse as sp
-
-    X = adata.X
-    tot = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
-    tot[tot == 0] = 1.0
-    idx = adata.var_names.get_indexer(genes)
-    sub = X[:, idx]
-    sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
-    return np.log1p(sub / tot[:, None] * target_sum).astype(np.float32)
 
 
 def prepare_section(name: str, pyr, adata, window_um: float, px: int, genes: list[str] | None = None,

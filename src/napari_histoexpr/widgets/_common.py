@@ -52,3 +52,25 @@ class PanelMixin:
         if str(self._model_edit.value or "") != str(path):
             self._model_edit.value = path
         return model
+
+
+def start_worker(func, *args, desc: str | None = None, total: int | None = None, yielded=None,
+                 returned=None, errored=None, finished=None):
+    """Run ``func(*args)`` (a function or generator) in a napari worker with a progress bar in the
+    activity dock; errors go to ``errored`` instead of being re-raised. Returns the started worker.
+
+    Handlers are connected before the worker starts, and they run on the Qt thread only after the
+    caller returns to the event loop, so the caller may still store the worker for them.
+    """
+    from napari.qt.threading import create_worker
+
+    progress = {"desc": desc} if desc else None
+    if progress is not None and total is not None:
+        progress["total"] = total
+    worker = create_worker(func, *args, _progress=progress, _ignore_errors=True)
+    for signal, handler in (("yielded", yielded), ("returned", returned), ("errored", errored),
+                            ("finished", finished)):
+        if handler is not None:
+            getattr(worker, signal).connect(handler)
+    worker.start()
+    return worker

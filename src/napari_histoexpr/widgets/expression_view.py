@@ -7,6 +7,7 @@ run in napari workers; results fill each gene's raster in place and the layers a
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from magicgui.widgets import (
 )
 
 from ..errors import HistoExprError
-from ._common import PanelMixin
+from ._common import PanelMixin, start_worker
 from .layers import core_of, find_layer
 
 COLORMAPS = ("inferno", "viridis", "magma", "plasma", "turbo", "gray")
@@ -145,8 +146,6 @@ class ExpressionPanel(PanelMixin, Container):
     def _ensure_predictor(self):
         """The predictor for the open slide; ``None`` while one is being built in a worker (the
         tissue mask reads the slide: never on the Qt thread), after which the view is predicted."""
-        from napari.qt.threading import create_worker
-
         from ..infer.region import LatestRequest, Raster, RegionPredictor
 
         if self.model is None:
@@ -176,12 +175,9 @@ class ExpressionPanel(PanelMixin, Container):
             self._building = None
             self._on_error(exc)
 
-        worker = create_worker(RegionPredictor, self.model, pyr, stride, tile_cells=8, _ignore_errors=True)
-        worker.returned.connect(ready)
-        worker.errored.connect(failed)
-        self._building = worker
+        self._building = start_worker(functools.partial(RegionPredictor, tile_cells=8), self.model, pyr, stride,
+                                      returned=ready, errored=failed)
         self._status.value = "finding tissue…"
-        worker.start()
         return None
 
     @property
@@ -272,8 +268,6 @@ class ExpressionPanel(PanelMixin, Container):
     @_timed
     def predict_view(self):
         """Predict the tiles in view (cached ones at once, the rest in a worker); returns the worker."""
-        from napari.qt.threading import create_worker
-
         try:
             pred = self._ensure_predictor()
         except HistoExprError as e:
@@ -301,15 +295,14 @@ class ExpressionPanel(PanelMixin, Container):
         if not todo:
             self._status.value = f"{len(tiles)} tiles in view (all cached)"
             return None
-        worker = create_worker(pred.run, todo, cancelled,
-                               _progress={"total": len(todo), "desc": "Predicting view"}, _ignore_errors=True)
-        worker.yielded.connect(lambda item, c=cancelled: self._on_tile(item, c))
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(lambda w=worker: self._on_view_done(w, len(todo)))
-        self._worker = worker
+        this = []  # the worker, for its own finished handler (which runs after we return)
+        self._worker = start_worker(
+            pred.run, todo, cancelled, desc="Predicting view", total=len(todo),
+            yielded=lambda item, c=cancelled: self._on_tile(item, c), errored=self._on_error,
+            finished=lambda: self._on_view_done(this[0], len(todo)))
+        this.append(self._worker)
         self._status.value = f"predicting {len(todo)} of {len(tiles)} tiles in view…"
-        worker.start()
-        return worker
+        return self._worker
 
     @_timed
     def _on_tile(self, item, cancelled):
@@ -332,8 +325,6 @@ class ExpressionPanel(PanelMixin, Container):
     # -- measured vs predicted -------------------------------------------------------------------------
     def compare_spots(self):
         """Predict at every measured spot (as in evaluation), add residual layers and the r table."""
-        from napari.qt.threading import create_worker
-
         spots_layer = find_layer(self._viewer, "spots")
         adata = core_of(spots_layer)
         try:
@@ -349,9 +340,10 @@ class ExpressionPanel(PanelMixin, Container):
         model = self.model
 
         def job():
+            from ..io.spots import shared_genes
             from ..train.expression import prepare_section
 
-            genes = [g for g in model.genes if g in set(map(str, adata.var_names))]
+            genes = shared_genes(model.genes, adata)
             if not genes:
                 from ..errors import UnknownGeneError
 
@@ -363,13 +355,10 @@ class ExpressionPanel(PanelMixin, Container):
             pred = model.predict(sd.patches)[:, [model.genes.index(g) for g in genes]]
             return sd.spot_ids, sd.xy, genes, pred, sd.expr
 
-        worker = create_worker(job, _progress={"total": 2, "desc": "Predicting at spots"}, _ignore_errors=True)
-        worker.yielded.connect(lambda msg: setattr(self._status, "value", msg))
-        worker.returned.connect(self._on_spots)
-        worker.errored.connect(self._on_error)
-        self._spot_worker = worker
-        worker.start()
-        return worker
+        self._spot_worker = start_worker(job, desc="Predicting at spots", total=2,
+                                         yielded=lambda msg: setattr(self._status, "value", msg),
+                                         returned=self._on_spots, errored=self._on_error)
+        return self._spot_worker
 
     def _on_spots(self, result):
         import pandas as pd

@@ -19,7 +19,7 @@ from magicgui.widgets import (
 )
 
 from ..errors import HistoExprError
-from ._common import PanelMixin, notify_error
+from ._common import PanelMixin, notify_error, start_worker
 from .layers import core_of, find_layer
 from .train_expression import SOURCES, LossCurve, chosen_sections
 
@@ -143,8 +143,6 @@ class SegmenterPanel(PanelMixin, Container):
                          epochs=int(self._epochs.value), device=self._device.value)
 
     def train(self):
-        from napari.qt.threading import create_worker
-
         from ..io.manifest import read_manifest
         from ..segment.model import prepare_seg_sections, train_segmenter_steps
 
@@ -168,15 +166,11 @@ class SegmenterPanel(PanelMixin, Container):
             return (yield from train_segmenter_steps(data, out, cfg))
 
         self.curve.reset()
-        worker = create_worker(job, _progress={"desc": "Training segmenter"}, _ignore_errors=True)
-        worker.yielded.connect(self._on_event)
-        worker.returned.connect(lambda summary: self.load_model(out))
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
         self._train_btn.enabled, self._cancel_btn.enabled = False, True
-        self._worker = worker
-        worker.start()
-        return worker
+        self._worker = start_worker(job, desc="Training segmenter", yielded=self._on_event,
+                                    returned=lambda summary: self.load_model(out), errored=self._on_error,
+                                    finished=self._on_finished)
+        return self._worker
 
     def _on_event(self, ev):
         if self._closed:
@@ -221,8 +215,6 @@ class SegmenterPanel(PanelMixin, Container):
 
     def segment(self, view: bool = True):
         """Segment the visible region or the whole slide in a worker; the Labels layer fills in."""
-        from napari.qt.threading import create_worker
-
         from ..infer.region import Raster, RegionPredictor, grid_layer_geometry, visible_box
         from ..segment.evaluate import label_map
         from .layers import upsert_layer
@@ -273,14 +265,10 @@ class SegmenterPanel(PanelMixin, Container):
             self.seg_labels[rs, cs] = label_map(v)
             find_layer(self._viewer, MAP_KEY).refresh()
 
-        worker = create_worker(job, _progress={"desc": "Segmenting"}, _ignore_errors=True)
-        worker.yielded.connect(on_item)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_segmented)
-        self._worker = worker
         self._status.value = "segmenting…"
-        worker.start()
-        return worker
+        self._worker = start_worker(job, desc="Segmenting", yielded=on_item, errored=self._on_error,
+                                    finished=self._on_segmented)
+        return self._worker
 
     def _on_segmented(self):
         self._worker = None

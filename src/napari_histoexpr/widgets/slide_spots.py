@@ -16,6 +16,7 @@ from ..errors import HistoExprError, UnknownGeneError
 from ..io.session import N_OPEN_STEPS, open_steps
 from ..io.spots import VALUE_MODES, spots_layer_data
 from ._common import notify_error as _notify_error
+from ._common import start_worker
 from .layers import attach_core, find_layer, upsert_layer
 
 SLIDE_KEY = "slide"
@@ -70,8 +71,6 @@ class SlideSpotsWidget(Container):
     def open(self, slide: str | None = None, spots: str | None = None, counts: str | None = None,
              mpp: float | None = None):
         """Open in a worker thread; returns the worker (already started)."""
-        from napari.qt.threading import create_worker
-
         if isinstance(slide, bool):  # called from the button's `changed(bool)` signal
             slide = None
         slide = slide or self._path(self._slide_edit)
@@ -88,18 +87,11 @@ class SlideSpotsWidget(Container):
         self._open_btn.enabled = False
         self._status.value = "opening…"
         self._pending = {"image": slide, "spots": spots, "counts": counts, "mpp": mpp}
-        worker = create_worker(
-            open_steps, slide, spots, counts, None, mpp,
-            _progress={"total": N_OPEN_STEPS, "desc": "Opening slide & spots"},
-            _ignore_errors=True,
-        )
-        worker.yielded.connect(self._on_step)
-        worker.returned.connect(self._on_opened)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(lambda: setattr(self._open_btn, "enabled", True))
-        self._worker = worker
-        worker.start()
-        return worker
+        self._worker = start_worker(
+            open_steps, slide, spots, counts, None, mpp, desc="Opening slide & spots", total=N_OPEN_STEPS,
+            yielded=self._on_step, returned=self._on_opened, errored=self._on_error,
+            finished=lambda: setattr(self._open_btn, "enabled", True))
+        return self._worker
 
     def _on_step(self, msg: str) -> None:
         self._status.value = msg

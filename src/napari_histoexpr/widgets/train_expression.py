@@ -23,7 +23,7 @@ from magicgui.widgets import (
 
 from ..errors import HistoExprError
 from ..models.backbones import BACKBONES
-from ._common import PanelMixin
+from ._common import PanelMixin, start_worker
 from .layers import current_section
 
 SOURCES = ("section open in the viewer", "manifest CSV")
@@ -146,8 +146,6 @@ class TrainExpressionWidget(PanelMixin, Container):
 
     def start(self, *_):
         """Start training in a worker; returns it (or None after a notified error)."""
-        from napari.qt.threading import create_worker
-
         from ..evaluation import train_from_manifest_steps
 
         if self._worker is not None:
@@ -161,18 +159,13 @@ class TrainExpressionWidget(PanelMixin, Container):
             return self._fail(e)
         self.curve.reset()
         self.summary = None
-        worker = create_worker(train_from_manifest_steps, sections, Path(self._out.value), cfg,
-                               _progress={"desc": "Training expression model"}, _ignore_errors=True)
-        worker.yielded.connect(self._on_event)
-        worker.returned.connect(self._on_done)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
         self._train_btn.enabled = False
         self._cancel_btn.enabled = True
         self._status.value = "preparing patches…"
-        self._worker = worker
-        worker.start()
-        return worker
+        self._worker = start_worker(train_from_manifest_steps, sections, Path(self._out.value), cfg,
+                                    desc="Training expression model", yielded=self._on_event,
+                                    returned=self._on_done, errored=self._on_error, finished=self._on_finished)
+        return self._worker
 
     def cancel(self, *_):
         if self._worker is not None:

@@ -24,19 +24,19 @@ def test_concordance_index_matches_lifelines():
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
+def small_cohort(tmp_path_factory):
     from napari_histoexpr.data.synthetic import make_cohort
 
     return make_cohort(tmp_path_factory.mktemp("cohort"), n_slides=9, size=512, seed=2)
 
 
-def test_generated_cohort_and_folds(cohort):
+def test_generated_cohort_and_folds(small_cohort):
     from napari_histoexpr.slide_level.cohort import bulk_matrix, patient_folds, read_cohort
 
-    slides = read_cohort(cohort)
+    slides = read_cohort(small_cohort)
     assert len(slides) == 9 and len({s.patient for s in slides}) < 9  # some patients have two slides
     B = bulk_matrix(slides)
-    truth = pd.read_csv(cohort.parent / "truth.csv", index_col=0).loc[B.index]
+    truth = pd.read_csv(small_cohort.parent / "truth.csv", index_col=0).loc[B.index]
     # planted: bulk markers follow the class fractions; hazard follows the tumour fraction
     assert np.corrcoef(np.log1p(B["ERBB2"]), truth["frac_tumour"])[0, 1] > 0.8
     assert np.corrcoef(np.log1p(B["COL1A1"]), truth["frac_stroma"])[0, 1] > 0.8
@@ -60,14 +60,14 @@ def test_cohort_manifest_errors(tmp_path):
         read_cohort(tmp_path / "d.csv")
 
 
-def test_tile_features_are_cached_and_resumable(cohort, tmp_path):
+def test_tile_features_are_cached_and_resumable(small_cohort, tmp_path):
     import zarr
 
     from napari_histoexpr.errors import HistoExprError
     from napari_histoexpr.slide_level.cohort import read_cohort
     from napari_histoexpr.slide_level.features import Encoder, extract_features_steps, load_features
 
-    s = read_cohort(cohort)[0]
+    s = read_cohort(small_cohort)[0]
     enc = Encoder("resnet18", "cpu", seed=0)
     out = tmp_path / "f.zarr"
     list(extract_features_steps(enc, s.slide, out, tile_um=32, px=32, chunk=16))

@@ -282,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--stride-um", type=float, default=None)
     se.add_argument("--device", default="auto")
     se.set_defaults(func=cmd_segment_evaluate)
+
+    from .cli_slide import add_parsers
+
+    add_parsers(sub)
     return p
 
 

@@ -56,3 +56,40 @@ def concordance_index(time, risk, event) -> float:
     if den == 0:
         return float("nan")
     return float(num / den)
+
+
+def kaplan_meier(time, event) -> tuple[np.ndarray, np.ndarray]:
+    """Kaplan-Meier survival: ``(times, S(t))`` at each distinct event time, after a first ``(0, 1)``
+    (just before the first event time when events happen at time 0 or before)."""
+    t = np.asarray(time, float)
+    e = np.asarray(event, bool)
+    ts = np.unique(t[e])
+    surv, s = [1.0], 1.0
+    for u in ts:
+        at_risk = (t >= u).sum()
+        s *= 1.0 - (e & (t == u)).sum() / at_risk
+        surv.append(s)
+    start = 0.0 if not len(ts) or ts[0] > 0 else np.nextafter(ts[0], -np.inf)
+    return np.concatenate([[start], ts]), np.array(surv)
+
+
+def logrank_test(time_a, event_a, time_b, event_b) -> tuple[float, float]:
+    """Two-group log-rank test: ``(chi2 statistic, p-value)`` with 1 degree of freedom."""
+    from math import erfc, sqrt
+
+    t = np.concatenate([np.asarray(time_a, float), np.asarray(time_b, float)])
+    e = np.concatenate([np.asarray(event_a, bool), np.asarray(event_b, bool)])
+    g = np.concatenate([np.zeros(len(time_a), bool), np.ones(len(time_b), bool)])
+    obs_minus_exp = var = 0.0
+    for u in np.unique(t[e]):
+        at = t >= u
+        n, n_a = at.sum(), (at & ~g).sum()
+        d = (e & (t == u)).sum()
+        d_a = (e & (t == u) & ~g).sum()
+        obs_minus_exp += d_a - d * n_a / n
+        if n > 1:
+            var += d * (n_a / n) * (1 - n_a / n) * (n - d) / (n - 1)
+    if var <= 0:
+        return 0.0, 1.0
+    chi2 = obs_minus_exp ** 2 / var
+    return float(chi2), float(erfc(sqrt(chi2 / 2)))

@@ -31,7 +31,7 @@ PLANTED_GENES = {
 HOUSEKEEPING = ["ACTB", "GAPDH", "RPLP0", "B2M", "MALAT1"]
 N_NOISE_GENES = 40
 #: bumped whenever generated data changes, so cached demo folders are regenerated
-DATA_VERSION = 3
+DATA_VERSION = 4
 
 # texture parameters per class, in µm (cell pitch, nucleus radius, fraction of cells with a
 # nucleus, elongation) and colours (cytoplasm/matrix, nucleus)
@@ -64,6 +64,8 @@ class SyntheticTissue:
     mpp: float = 0.5
     seed: int = 0
     n_regions: int = 14
+    #: tumour/stroma/immune proportions of the regions (None: the classes cycle, equal shares)
+    class_weights: tuple[float, float, float] | None = None
 
     def __post_init__(self):
         rng = np.random.default_rng(self.seed)
@@ -78,6 +80,9 @@ class SyntheticTissue:
         self._seeds = np.stack([cy + rad * np.sin(ang) * self._radii[0],
                                 cx + rad * np.cos(ang) * self._radii[1]], axis=1)
         labels = np.array([1, 2, 3] * (self.n_regions // 3 + 1))[: self.n_regions]
+        if self.class_weights is not None:  # each class once, the rest drawn with these weights
+            w = np.asarray(self.class_weights, float)
+            labels[3:] = rng.choice([1, 2, 3], size=self.n_regions - 3, p=w / w.sum())
         self._seed_labels = rng.permutation(labels)
         self._warp_phase = rng.uniform(0, 2 * np.pi, size=4)
         self._warp_amp = 0.04 * min(self.height, self.width)
@@ -460,46 +465,64 @@ def default_demo_dir() -> Path:
 
 
 def make_cohort(folder: str | os.PathLike, n_slides: int = 20, size: int = 768, mpp: float = 1.0,
-                seed: int = 0, hazard_beta: float = 4.0) -> Path:
+                seed: int = 0, hazard_beta: float = 8.0, tissues: dict[str, int] | None = None,
+                n_regions: int = 24) -> Path:
     """A generated cohort: slides with planted morphology, per-slide bulk expression that follows the
     tissue-class fractions (PLANTED_GENES), and survival whose hazard grows with the tumour fraction.
 
-    Writes ``slides/*.tif``, ``bulk/*.tsv`` (gene, count), ``truth.csv`` (class fractions, risk) and
-    ``cohort.csv`` (id, slide, patient, bulk, time, event); every third patient has two slides.
+    Each slide draws its class proportions from a Dirichlet, so tumour content varies widely across
+    slides. ``tissues`` (name -> number of slides) makes a multi-tissue cohort: every tissue shares the
+    morphology but scales and shifts each gene's expression its own way (the MTM setting).
+    Writes ``slides/*.tif``, ``bulk/*.tsv`` (gene, count), ``truth.csv`` (class fractions, risk),
+    ``truth/*_classes_ds8.npy`` (the class map at 1/8 resolution) and
+    ``cohort.csv`` (id, slide, patient, bulk, time, event, tissue); every third patient has two slides.
     Returns the cohort CSV (reused when complete).
     """
     folder = Path(folder)
     csv = folder / "cohort.csv"
     done = folder / "done.json"
-    params = dict(n_slides=n_slides, size=size, mpp=mpp, seed=seed, beta=hazard_beta, version=DATA_VERSION)
+    tissues = dict(tissues) if tissues else {"": n_slides}
+    params = dict(tissues=tissues, size=size, mpp=mpp, seed=seed, beta=hazard_beta, regions=n_regions,
+                  version=DATA_VERSION)
     if csv.exists() and done.exists() and json.loads(done.read_text()) == params:
         return csv
     (folder / "slides").mkdir(parents=True, exist_ok=True)
     (folder / "bulk").mkdir(exist_ok=True)
+    (folder / "truth").mkdir(exist_ok=True)
     rng = np.random.default_rng(seed + 303)
     prof = planted_profiles(seed)
+    base, cls = prof.loc["base"].to_numpy(), prof.iloc[1:].to_numpy()
     rows, truth = [], []
-    patient = 0
-    for i in range(n_slides):
-        if i % 3 != 2 or i == 0:
-            patient += 1
-        tissue = SyntheticTissue(size, size, mpp, seed * 1000 + i)
-        slide = folder / "slides" / f"S{i:02d}.tif"
-        write_pyramidal_tiff(slide, tissue.render, size, size, mpp)
-        cm = tissue.class_map(8)
-        frac = np.array([(cm == c).mean() for c in range(len(CLASSES))])
-        tfrac = frac[1:] / max(frac[1:].sum(), 1e-9)
-        mu = prof.loc["base"].to_numpy() + tfrac @ prof.iloc[1:].to_numpy()
-        counts = rng.poisson(rng.gamma(400.0, mu * 200 / 400.0))  # a bulk library: many cells, low noise
-        pd.DataFrame({"gene": prof.columns, "count": counts}).to_csv(folder / "bulk" / f"S{i:02d}.tsv", sep="\t",
-                                                                    index=False, header=False)
-        risk = hazard_beta * (tfrac[0] - 1 / 3)
-        t_event = rng.exponential(1000.0 * np.exp(-risk))
-        t_cens = rng.uniform(300, 3000)
-        rows.append({"id": f"S{i:02d}", "slide": f"slides/S{i:02d}.tif", "patient": f"P{patient:02d}",
-                     "bulk": f"bulk/S{i:02d}.tsv", "time": round(float(min(t_event, t_cens)), 2),
-                     "event": int(t_event <= t_cens)})
-        truth.append({"id": f"S{i:02d}", **{f"frac_{c}": f for c, f in zip(CLASSES, frac)}, "risk": risk})
+    patient, i = 0, 0
+    for ti, (tname, n) in enumerate(tissues.items()):
+        trng = np.random.default_rng(seed + 404 + ti)
+        # tissue-specific expression: every gene scaled (and its baseline shifted) per tissue
+        scale = np.exp(trng.normal(0, 0.4, len(base))) if tname else np.ones(len(base))
+        shift = trng.uniform(0, 2, len(base)) if tname else np.zeros(len(base))
+        for j in range(n):
+            if j % 3 != 2 or j == 0:
+                patient += 1
+            sid = f"S{i:02d}"
+            w = tuple(rng.dirichlet([1.2, 1.2, 1.2]))
+            tissue = SyntheticTissue(size, size, mpp, seed * 1000 + i, n_regions=n_regions, class_weights=w)
+            slide = folder / "slides" / f"{sid}.tif"
+            write_pyramidal_tiff(slide, tissue.render, size, size, mpp)
+            cm = tissue.class_map(8)
+            np.save(folder / "truth" / f"{sid}_classes_ds8.npy", cm)  # the planted class map, 8 px cells
+            frac = np.array([(cm == c).mean() for c in range(len(CLASSES))])
+            tfrac = frac[1:] / max(frac[1:].sum(), 1e-9)
+            mu = (base + shift + tfrac @ cls) * scale
+            counts = rng.poisson(rng.gamma(400.0, mu * 200 / 400.0))  # a bulk library: many cells, low noise
+            pd.DataFrame({"gene": prof.columns, "count": counts}).to_csv(folder / "bulk" / f"{sid}.tsv", sep="\t",
+                                                                        index=False, header=False)
+            risk = hazard_beta * (tfrac[0] - 1 / 3)
+            t_event = rng.exponential(1000.0 * np.exp(-risk))
+            t_cens = rng.uniform(300, 3000)
+            rows.append({"id": sid, "slide": f"slides/{sid}.tif", "patient": f"P{patient:02d}",
+                         "bulk": f"bulk/{sid}.tsv", "time": round(float(min(t_event, t_cens)), 2),
+                         "event": int(t_event <= t_cens), "tissue": tname})
+            truth.append({"id": sid, **{f"frac_{c}": f for c, f in zip(CLASSES, frac)}, "risk": risk})
+            i += 1
     pd.DataFrame(rows).to_csv(csv, index=False)
     pd.DataFrame(truth).to_csv(folder / "truth.csv", index=False)
     done.write_text(json.dumps(params))

@@ -141,6 +141,16 @@ def _unique_names(slides: list[str]) -> list[str]:
 
 
 def _on_cluster(model_dir, slides, outs, scheduler, device, progress, kw) -> dict:
+    jobs = {s: (str(model_dir), s, str(outs[s]), device, dict(kw)) for s in slides}
+    return run_on_cluster(_task, jobs, scheduler, device, progress,
+                          lambda s, r: f"{Path(s).name}: done ({r['patches']} patches)")
+
+
+def run_on_cluster(task, jobs: dict, scheduler: str | None, device: str, progress=None, done=None) -> dict:
+    """``task(*args)`` for each ``key: args`` of ``jobs`` on dask.distributed; ``{key: result}``.
+
+    ``scheduler``: an existing cluster's address; without it a ``LocalCluster`` with one
+    single-threaded worker process per GPU (one when there is none)."""
     import torch
     from distributed import Client, LocalCluster, as_completed
 
@@ -152,17 +162,16 @@ def _on_cluster(model_dir, slides, outs, scheduler, device, progress, kw) -> dic
     else:
         client = Client(scheduler)
     if progress:
-        progress(f"dask.distributed: {len(client.scheduler_info()['workers'])} workers, {len(slides)} slides")
+        progress(f"dask.distributed: {len(client.scheduler_info()['workers'])} workers, {len(jobs)} slides")
     try:
-        futs = {client.submit(_task, str(model_dir), s, str(outs[s]), device, dict(kw), pure=False): s
-                for s in slides}
+        futs = {client.submit(task, *args, pure=False): key for key, args in jobs.items()}
         res = {}
         for fut in as_completed(futs):
-            s = futs[fut]
-            res[s] = fut.result()
-            if progress:
-                progress(f"{Path(s).name}: done ({res[s]['patches']} patches)")
-        return {s: res[s] for s in slides}
+            key = futs[fut]
+            res[key] = fut.result()
+            if progress and done:
+                progress(done(key, res[key]))
+        return {key: res[key] for key in jobs}
     finally:
         client.close()
         if cluster is not None:

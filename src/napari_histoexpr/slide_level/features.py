@@ -30,10 +30,14 @@ class Encoder:
         from ..models.expression import ExpressionModel, resolve_device
 
         self.device = resolve_device(device)
+        self.source = str(source)
+        #: the patch geometry the encoder was trained on (an expression model's window), else None
+        self.window_um, self.px = None, None
         p = Path(source)
         if p.is_dir() and (p / META).exists():
             m = ExpressionModel.load(p, self.device)
             self.net, self.mean, self.std = m.net.backbone, m.net.pixel_mean, m.net.pixel_std
+            self.window_um, self.px = m.window_um, m.px
             self.describe = f"expression model backbone {p} ({m.meta['backbone']})"
         else:
             name, _, weights = source.partition(":")
@@ -90,7 +94,8 @@ def extract_features_steps(encoder: Encoder, slide, out: str | os.PathLike, tile
     pyr = open_slide(slide) if isinstance(slide, (str, os.PathLike)) else slide
     out = Path(out)
     centres = tile_centres(pyr, tile_um)
-    attrs = {"encoder": encoder.describe, "tile_um": tile_um, "px": px, "slide": str(pyr.path),
+    attrs = {"encoder": encoder.describe, "encoder_source": encoder.source, "tile_um": tile_um, "px": px,
+             "slide": str(pyr.path),
              "world_mpp": pyr.world_mpp, "n_tiles": int(len(centres)), "dim": encoder.dim}
     g = None
     if out.exists():
@@ -126,3 +131,57 @@ def load_features(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict
     if not a or not a.get("complete"):
         raise HistoExprError(f"{path}: no complete tile features (run `histoexpr features` again to finish)")
     return np.asarray(g["features"]), np.asarray(g["coords"]), a
+
+
+DEFAULT_TILE_UM, DEFAULT_PX = 112.0, 224  # 224 px at 0.5 µm/px
+
+
+def tile_geometry(encoder: Encoder, tile_um: float | None = None, px: int | None = None) -> tuple[float, int]:
+    """The tile size: as asked, else the expression model's own window, else 224 px at 0.5 µm/px."""
+    return (float(tile_um or encoder.window_um or DEFAULT_TILE_UM), int(px or encoder.px or DEFAULT_PX))
+
+
+def _features_task(source, slide, out, tile_um, px, device, seed) -> dict:
+    """One slide in a dask worker (its lazy slide reads run on the worker's own threads)."""
+    import dask
+
+    from ..infer.distributed import _worker_device
+
+    with dask.config.set(scheduler="threads"):
+        enc = Encoder(source, _worker_device(device), seed)
+        for _ in extract_features_steps(enc, slide, out, tile_um, px):
+            pass
+        return {"out": str(out), "tiles": int(load_features(out)[2]["n_tiles"])}
+
+
+def extract_cohort_steps(slides, source: str, out_dir: str | os.PathLike, tile_um: float | None = None,
+                         px: int | None = None, device: str = "auto", seed: int = 0, scheduler: str | None = None,
+                         cluster: bool = False, progress=None) -> Generator[dict, None, dict]:
+    """Tile features of every cohort slide into ``out_dir/<id>.zarr`` (resumes partial ones).
+
+    In this process by default (one encoder, slide after slide); on dask.distributed with
+    ``scheduler`` (an address) or ``cluster=True`` (a LocalCluster, one worker per GPU)."""
+    from ..infer.distributed import run_on_cluster
+    from .common import features_path
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    enc = Encoder(source, device, seed)  # fails fast on a bad encoder; gives the default tiling
+    tile_um, px = tile_geometry(enc, tile_um, px)
+    if scheduler or cluster:
+        jobs = {s.id: (source, str(s.slide), str(features_path(out_dir, s.id)), tile_um, px, device, seed)
+                for s in slides}
+        del enc
+        res = run_on_cluster(_features_task, jobs, scheduler, device, progress,
+                             lambda k, r: f"{k}: {r['tiles']} tiles")
+        yield {"stage": "slide", "done": len(slides), "total": len(slides), "msg": f"{len(slides)} slides encoded"}
+        return res
+    res = {}
+    for i, s in enumerate(slides):
+        out = features_path(out_dir, s.id)
+        for ev in extract_features_steps(enc, s.slide, out, tile_um, px):
+            yield {**ev, "slide": s.id}
+        res[s.id] = {"out": str(out), "tiles": int(load_features(out)[2]["n_tiles"])}
+        yield {"stage": "slide", "done": i + 1, "total": len(slides),
+               "msg": f"{s.id}: {res[s.id]['tiles']} tiles ({i + 1}/{len(slides)} slides)"}
+    return res

@@ -88,3 +88,21 @@ def test_tile_features_are_cached_and_resumable(small_cohort, tmp_path):
     # another encoder into the same folder is refused
     with pytest.raises(HistoExprError, match="another encoder"):
         list(extract_features_steps(Encoder("resnet18", "cpu", seed=1), s.slide, out, tile_um=32, px=32))
+
+
+def test_cohort_features_on_a_dask_cluster_equal_in_process(small_cohort, tmp_path):
+    """`histoexpr features --cluster` (a LocalCluster) writes the same features as one process."""
+    from napari_histoexpr.cli import main as cli
+    from napari_histoexpr.slide_level.cohort import read_cohort, write_cohort
+    from napari_histoexpr.slide_level.features import load_features
+
+    sub = write_cohort(small_cohort.parent / "three.csv", read_cohort(small_cohort)[:3])
+    args = ["features", "--cohort", str(sub), "--encoder", "resnet18", "--tile-um", "32", "--px", "32",
+            "--device", "cpu"]
+    assert cli([*args, "--out", str(tmp_path / "local")]) == 0
+    assert cli([*args, "--out", str(tmp_path / "dask"), "--cluster"]) == 0
+    for s in read_cohort(sub):
+        a, ca, _ = load_features(tmp_path / "local" / f"{s.id}.zarr")
+        b, cb, attrs = load_features(tmp_path / "dask" / f"{s.id}.zarr")
+        assert attrs["encoder"].startswith("resnet18 (random init, seed 0)")
+        assert np.array_equal(ca, cb) and np.allclose(a, b, atol=1e-5)

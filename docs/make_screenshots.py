@@ -2,10 +2,13 @@
 
     python docs/make_screenshots.py her2st --model MODEL_DIR [--section C2] [--gene ERBB2]
     python docs/make_screenshots.py segmenter --model SEG_DIR --section-dir DEMO_FOLDER
+    python docs/make_screenshots.py slide-level --model SLIDE_MODEL_DIR [--map ERBB2] [--name NAME]
 
 ``her2st``: a held-out HER2ST section (../shared/data/her2st) with the model's predicted heatmap and
 the measured spots of the same gene, plus the r table. ``segmenter``: the "Transcriptome segmenter"
 panel on a generated section with a segmentation, drawn ground-truth regions and the Dice table.
+``slide-level``: the "Slide-level" panel with a HE2RNA / G-HANet / multi-task model's heatmap over a
+generated slide none of them was trained on.
 """
 
 from __future__ import annotations
@@ -104,6 +107,34 @@ def segmenter(args) -> Path:
     return out
 
 
+def slide_level(args) -> Path:
+    import napari
+
+    from napari_histoexpr.data.synthetic import make_cohort
+    from napari_histoexpr.slide_level.cohort import read_cohort
+    from napari_histoexpr.viewer_app import wait_for, wait_until
+    from napari_histoexpr.widgets.slide_level import SlideLevelPanel
+    from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
+
+    slide = read_cohort(make_cohort(args.slide_dir, n_slides=1, size=2048, seed=321))[0].slide
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1600, 1000)
+    wait_for(SlideSpotsWidget(viewer).open(slide=str(slide)))
+    panel = SlideLevelPanel(viewer)
+    viewer.window.add_dock_widget(panel, name="Slide-level")
+    panel.load_model(args.model)
+    wait_for(panel.compute())
+    wait_until(lambda: panel._worker is None and panel.bag is not None, 600)
+    if args.map:
+        panel.show_map(args.map)
+    viewer.reset_view()
+    out = HERE / "images" / f"{args.name}.png"
+    viewer.screenshot(str(out), canvas_only=False)
+    print(out, panel._summary.value)
+    viewer.close()
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -115,8 +146,13 @@ def main(argv=None) -> int:
     s = sub.add_parser("segmenter")
     s.add_argument("--model", required=True)
     s.add_argument("--section-dir", default="benchmark-output/seg-section")
+    sl = sub.add_parser("slide-level")
+    sl.add_argument("--model", required=True)
+    sl.add_argument("--map", default=None, help="gene or attention map to show (default: the first)")
+    sl.add_argument("--name", default="slide_level")
+    sl.add_argument("--slide-dir", default="benchmark-output/slide-level-slide")
     args = ap.parse_args(argv)
-    (her2st if args.what == "her2st" else segmenter)(args)
+    {"her2st": her2st, "segmenter": segmenter, "slide-level": slide_level}[args.what](args)
     return 0
 
 

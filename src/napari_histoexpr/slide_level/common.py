@@ -182,6 +182,30 @@ def load_model_parts(model_dir: str | os.PathLike, kind: str, build: Callable[[d
     return net.eval(), proj, meta
 
 
+class SlideModel:
+    """A trained slide-level network with its feature projection and ``meta`` (model.json)."""
+
+    kind = ""
+
+    def __init__(self, net, projector: Projector, meta: dict, device="auto"):
+        from ..models.expression import resolve_device
+
+        self.device = resolve_device(device)
+        self.net, self.projector, self.meta = net.eval().to(self.device), projector, meta
+
+    @staticmethod
+    def build_net(meta: dict):
+        raise NotImplementedError
+
+    def save(self, out: str | os.PathLike) -> Path:
+        return save_model(out, self.kind, self.net, self.projector, self.meta)
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike, device: str = "auto"):
+        net, proj, meta = load_model_parts(model_dir, cls.kind, cls.build_net)
+        return cls(net, proj, meta, device)
+
+
 def load_slide_model(model_dir: str | os.PathLike, device: str = "auto"):
     """A HE2RNA, G-HANet or multi-task model, by the kind its model.json names."""
     import json

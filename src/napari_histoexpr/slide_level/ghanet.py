@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import HistoExprError, TrainingError
 from ..metrics import concordance_index
-from .common import Bag, Projector, feature_meta, cross_validate, load_model_parts, log_targets, save_model
+from .common import Bag, Projector, SlideModel, cross_validate, feature_meta, log_targets
 
 N_BINS = 4
 
@@ -146,14 +146,12 @@ def read_groups(path: str | os.PathLike) -> dict[str, list[str]]:
     return {str(k): [str(x) for x in v] for k, v in g.items()}
 
 
-class GHANet:
+class GHANet(SlideModel):
     kind = "ghanet"
+    build_net = staticmethod(build_ghanet)
 
     def __init__(self, net, projector: Projector, meta: dict, device="auto"):
-        from ..models.expression import resolve_device
-
-        self.device = resolve_device(device)
-        self.net, self.projector, self.meta = net.eval().to(self.device), projector, meta
+        super().__init__(net, projector, meta, device)
         self.groups: dict[str, list[str]] = meta["groups"]
 
     def _forward(self, feats: np.ndarray) -> dict:
@@ -190,14 +188,6 @@ class GHANet:
         for g, name in enumerate(self.groups):
             maps[f"attention:{name}"] = out["token_att"][g].float().cpu().numpy()
         return {k: maps[k] for k in (names or list(maps))}
-
-    def save(self, out: str | os.PathLike) -> Path:
-        return save_model(out, self.kind, self.net, self.projector, self.meta)
-
-    @classmethod
-    def load(cls, model_dir: str | os.PathLike, device: str = "auto") -> "GHANet":
-        net, proj, meta = load_model_parts(model_dir, cls.kind, build_ghanet)
-        return cls(net, proj, meta, device)
 
 
 def train_ghanet(bags: list[Bag], time: np.ndarray, event: np.ndarray, B, groups: dict[str, list[str]],

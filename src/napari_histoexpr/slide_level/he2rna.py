@@ -13,15 +13,13 @@ the multi-task model (:mod:`.multitask`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Generator
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import TrainingError
 from ..metrics import pearson_columns
-from .common import Bag, Projector, feature_meta, cross_validate, load_model_parts, log_targets, save_model
+from .common import Bag, Projector, SlideModel, cross_validate, feature_meta, log_targets
 
 KS = (1, 2, 5, 10, 20, 50, 100)
 
@@ -106,16 +104,14 @@ def fit_tile_net(X: list[np.ndarray], yz: np.ndarray, meta: dict, epochs: int = 
     return net.eval()
 
 
-class TileModel:
+class TileModel(SlideModel):
     """A trained tile network with its feature projection and target scaling (HE2RNA, multi-task)."""
 
     kind = "he2rna"
+    build_net = staticmethod(build_tile_net)
 
     def __init__(self, net, projector: Projector, meta: dict, device="auto"):
-        from ..models.expression import resolve_device
-
-        self.device = resolve_device(device)
-        self.net, self.projector, self.meta = net.eval().to(self.device), projector, meta
+        super().__init__(net, projector, meta, device)
         self.genes: list[str] = list(meta["genes"])
         self.mean = np.asarray(meta["target_mean"], np.float32)
         self.std = np.asarray(meta["target_std"], np.float32)
@@ -158,14 +154,6 @@ class TileModel:
     def heatmaps(self, bag: Bag, genes: list[str] | None = None, tissue=None) -> dict[str, np.ndarray]:
         s = self.tile_scores(bag.feats, tissue)
         return {g: s[:, self.genes.index(g)] for g in (genes or self.genes[:1])}
-
-    def save(self, out: str | os.PathLike) -> Path:
-        return save_model(out, self.kind, self.net, self.projector, self.meta)
-
-    @classmethod
-    def load(cls, model_dir: str | os.PathLike, device: str = "auto") -> "TileModel":
-        net, proj, meta = load_model_parts(model_dir, cls.kind, build_tile_net)
-        return cls(net, proj, meta, device)
 
 
 class HE2RNA(TileModel):

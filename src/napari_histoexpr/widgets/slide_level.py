@@ -62,6 +62,10 @@ class SlideLevelPanel(PanelMixin, Container):
         self._tissue.changed.connect(lambda *_: self._rescore())
         self._colormap.changed.connect(lambda *_: self._style())
         self._opacity.changed.connect(lambda *_: self._style())
+        for label in (self._status, self._summary):  # long lines wrap over the panel's full width
+            label.native.setWordWrap(True)
+            label.native.setMinimumWidth(320)
+            label.native.setMinimumHeight(36)
         self._stop_workers_on_close("_worker")
 
     def reset_choices(self, *_):
@@ -171,6 +175,8 @@ class SlideLevelPanel(PanelMixin, Container):
         if self._closed or bag is None:
             return
         self.bag = bag
+        self._status.value = (f"{len(bag.feats)} tissue tiles of {bag.tile_um:g} µm: "
+                              f"{len(self._map_names())} maps ready")
         self._rescore()
 
     def _rescore(self):

@@ -106,3 +106,26 @@ def test_cohort_features_on_a_dask_cluster_equal_in_process(small_cohort, tmp_pa
         b, cb, attrs = load_features(tmp_path / "dask" / f"{s.id}.zarr")
         assert attrs["encoder"].startswith("resnet18 (random init, seed 0)")
         assert np.array_equal(ca, cb) and np.allclose(a, b, atol=1e-5)
+
+
+def test_features_of_a_real_aperio_slide(shared_data, tmp_path):
+    """The default tiling (224 px at 0.5 µm/px) on CMU-1-Small-Region.svs; a broken slide in a
+    cohort is a named error and exit code 2."""
+    from napari_histoexpr.cli import main as cli
+    from napari_histoexpr.slide_level.common import bag_from_features, tile_raster
+
+    wsi = shared_data / "wsi"
+    (tmp_path / "cohort.csv").write_text(f"id,slide,patient\nCMU1,{wsi / 'cmu-1-small-region.svs'},P1\n")
+    assert cli(["features", "--cohort", str(tmp_path / "cohort.csv"), "--encoder", "resnet18",
+                "--out", str(tmp_path / "f"), "--device", "cpu"]) == 0
+    bag = bag_from_features(tmp_path / "f" / "CMU1.zarr")
+    assert bag.tile_um == 112.0 and bag.attrs["px"] == 224 and bag.world_mpp == pytest.approx(0.499, abs=1e-3)
+    # 2220 x 2967 px at 0.499 µm/px: at most 9 x 13 tiles of 112 µm, tissue only
+    assert 20 < len(bag.feats) < 9 * 13 and np.isfinite(bag.feats).all()
+    assert (bag.coords[:, 0] < 2220).all() and (bag.coords[:, 1] < 2967).all()
+    img, geo = tile_raster(bag, np.arange(len(bag.feats), dtype=float))
+    assert img.shape[0] <= 13 and img.shape[1] <= 9 and np.isfinite(img).sum() == len(bag.feats)
+    assert geo["scale"][0] == pytest.approx(112.0, rel=1e-6)
+    (tmp_path / "bad.csv").write_text(f"id,slide,patient\nB,{wsi / 'broken.svs'},P1\n")
+    assert cli(["features", "--cohort", str(tmp_path / "bad.csv"), "--encoder", "resnet18",
+                "--out", str(tmp_path / "g"), "--device", "cpu"]) == 2

@@ -70,7 +70,7 @@ def cmd_bulk_train(args) -> int:
     _, bags, B = _inputs(args)
     genes = _genes(args, B)
     model = _drain(train_he2rna(bags, B[genes].to_numpy(), genes, hidden=args.hidden, seed=args.seed,
-                                **_train_kw(args)))
+                                supertiles_n=args.supertiles, **_train_kw(args)))
     model.save(args.out)
     _progress(f"HE2RNA model ({len(genes)} genes, {len(bags)} slides) saved to {args.out}")
     return 0
@@ -85,7 +85,7 @@ def cmd_bulk_evaluate(args) -> int:
     slides, bags, B = _inputs(args)
     genes = _genes(args, B)
     rep = _drain(evaluate_he2rna_steps(slides, bags, B[genes].to_numpy(), genes, k=args.folds, seed=args.seed,
-                                       hidden=args.hidden, **_train_kw(args)))
+                                       hidden=args.hidden, supertiles_n=args.supertiles, **_train_kw(args)))
     logb = {s.id: dict(zip(genes, np.log1p(B.loc[s.id, genes].to_numpy(float)))) for s in slides}
     path = write_bulk_report(rep, args.out, logb)
     print(json.dumps(rep["summary"], indent=2))
@@ -215,6 +215,11 @@ def add_parsers(sub) -> None:
                 q.add_argument("--recon-weight", type=float, default=3.0,
                                help="weight of the genomic reconstruction loss (0: without it)")
             e.add_argument("--no-ablation", action="store_true", help="skip the run without reconstruction")
+        if name == "bulk":
+            for q in (t, e):
+                q.add_argument("--supertiles", type=int, default=0,
+                               help="pool each slide's tiles into N spatial super-tiles first, as HE2RNA did "
+                                    "for whole slides of thousands of tiles (0: tiles as they are)")
         if name == "multitask":
             e.add_argument("--no-single-task", action="store_true", help="skip the per-tissue single-task models")
         t.set_defaults(func=train)

@@ -132,14 +132,15 @@ class TileModel(SlideModel):
         tt = None if t is None else torch.tensor([t], device=self.device)
         return self.net(x, tt)
 
-    def predict(self, bags: list[np.ndarray], tissues: list | None = None) -> np.ndarray:
-        """Slide-level log1p expression, ``(n_slides, genes)``."""
+    def predict(self, bags: list[Bag], tissues: list | None = None) -> np.ndarray:
+        """Slide-level log1p expression, ``(n_slides, genes)`` (super-tiles first if trained so)."""
         import torch
 
+        n = int(self.meta.get("supertiles") or 0)
         out = []
         with torch.inference_mode():
             for i, b in enumerate(bags):
-                s = self._scores(b, None if tissues is None else tissues[i])
+                s = self._scores(supertiles(b, n), None if tissues is None else tissues[i])
                 out.append(pool(s, self.meta["pooling"])[0].float().cpu().numpy())
         return np.stack(out) * self.std + self.mean
 
@@ -160,10 +161,22 @@ class HE2RNA(TileModel):
     kind = "he2rna"
 
 
+def supertiles(bag: Bag, n: int, seed: int = 0) -> np.ndarray:
+    """HE2RNA's super-tiles: the tiles grouped into ``n`` spatial clusters (k-means on their
+    coordinates), features averaged per cluster; the tiles themselves when there are ``n`` or fewer."""
+    if not n or len(bag.feats) <= n:
+        return bag.feats
+    from scipy.cluster.vq import kmeans2
+
+    _, lab = kmeans2(bag.coords.astype(np.float64), n, seed=seed, minit="++")
+    return np.stack([bag.feats[lab == i].mean(0) for i in np.unique(lab)]).astype(np.float32)
+
+
 def train_he2rna(bags: list[Bag], Y: np.ndarray, genes: list[str], epochs: int = 150, lr: float = 1e-3,
                  hidden: int = 128, n_components: int = 32, seed: int = 0, device="auto",
-                 label: str = "") -> Generator[dict, None, HE2RNA]:
-    """HE2RNA on ``bags`` with raw bulk expression ``Y`` (slides x genes)."""
+                 label: str = "", supertiles_n: int = 0) -> Generator[dict, None, HE2RNA]:
+    """HE2RNA on ``bags`` with raw bulk expression ``Y`` (slides x genes); ``supertiles_n`` > 0 pools
+    each slide's tiles into that many super-tiles first (as HE2RNA did for whole TCGA slides)."""
     from ..models.expression import resolve_device
 
     if len(bags) < 4:
@@ -175,9 +188,9 @@ def train_he2rna(bags: list[Bag], Y: np.ndarray, genes: list[str], epochs: int =
     meta = {"kind": HE2RNA.kind, "genes": list(genes), "dim": proj.dim, "hidden": hidden, "pooling": "topk",
             "ks": list(KS), "target": "log1p(bulk expression)", "target_mean": mean.tolist(),
             "target_std": std.tolist(), "features": feature_meta(bags), "n_train_slides": len(bags),
-            "epochs": epochs, "seed": seed}
-    net = yield from fit_tile_net([proj(b.feats) for b in bags], (y - mean) / std, meta, epochs, lr, seed=seed,
-                                  device=dev, label=label)
+            "epochs": epochs, "seed": seed, "supertiles": int(supertiles_n)}
+    net = yield from fit_tile_net([proj(supertiles(b, supertiles_n)) for b in bags], (y - mean) / std, meta,
+                                  epochs, lr, seed=seed, device=dev, label=label)
     return HE2RNA(net, proj, meta, dev)
 
 
@@ -191,14 +204,15 @@ def evaluate_he2rna_steps(slides, bags: list[Bag], Y: np.ndarray, genes: list[st
     def run_fold(f, train, test):
         model = yield from train_he2rna([bags[i] for i in train], Y[train], genes, seed=seed + f,
                                         label=f"fold {f + 1}/{k}", **train_kw)
-        pred[test] = model.predict([bags[i].feats for i in test])
+        pred[test] = model.predict([bags[i] for i in test])
         r = pearson_columns(pred[test], y[test]) if len(test) > 2 else np.full(len(genes), np.nan)
         return {"pearson": _named(genes, r), "mean_r": _nanmean(r)}
 
     folds = yield from cross_validate(slides, k, seed, run_fold)
     pooled = pearson_columns(pred, y)
     per_gene = {g: _nanmean([f["pearson"][g] for f in folds]) for g in genes}
-    return {"model": "he2rna", "n_slides": len(slides), "k": k, "genes": genes, "folds": folds,
+    return {"model": "he2rna", "n_slides": len(slides), "k": k, "supertiles": int(train_kw.get("supertiles_n", 0)),
+            "genes": genes, "folds": folds,
             "per_gene_mean_r": per_gene, "pooled_pearson": _named(genes, pooled),
             "summary": {"mean_r": _nanmean(list(per_gene.values())),
                         "median_r": float(np.nanmedian([v for v in per_gene.values() if v is not None] or [np.nan])),

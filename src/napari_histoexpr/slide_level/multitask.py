@@ -67,7 +67,7 @@ def evaluate_multitask_steps(slides, bags: list[Bag], Y: np.ndarray, genes: list
     def run_fold(f, train, test):
         m = yield from train_multitask([bags[i] for i in train], Y[train], genes, [tissues[i] for i in train],
                                        seed=seed + f, label=f"multi-task fold {f + 1}/{k}", **train_kw)
-        pred["multi_task"][test] = m.predict([bags[i].feats for i in test], [tissues[i] for i in test])
+        pred["multi_task"][test] = m.predict([bags[i] for i in test], [tissues[i] for i in test])
         if single_task:
             for t in names:
                 tr = [i for i in train if tissues[i] == t]
@@ -79,7 +79,7 @@ def evaluate_multitask_steps(slides, bags: list[Bag], Y: np.ndarray, genes: list
                                         "a single-task model needs 4 (use fewer folds)")
                 st = yield from train_multitask([bags[i] for i in tr], Y[tr], genes, [t] * len(tr), seed=seed + f,
                                                 label=f"single-task {t} fold {f + 1}/{k}", **train_kw)
-                pred["single_task"][te] = st.predict([bags[i].feats for i in te], [t] * len(te))
+                pred["single_task"][te] = st.predict([bags[i] for i in te], [t] * len(te))
         rec = {}
         for v in variants:
             rec[f"sample_r_{v}"] = _nanmean(sample_level_r(pred[v][test], y[test]))

@@ -199,7 +199,7 @@ class SlideLevelPanel(PanelMixin, Container):
             self._summary.value = (f"risk {risk:.3f}; predicted survival per time bin: "
                                    + ", ".join(f"{s:.2f}" for s in surv))
         else:
-            pred = m.predict([self.bag.feats], None if tissue is None else [tissue])[0]
+            pred = m.predict([self.bag], None if tissue is None else [tissue])[0]
             g = self._map.value or m.genes[0]
             self._summary.value = f"slide-level {g}: {np.expm1(pred[m.genes.index(g)]):.1f} (predicted bulk)"
 

@@ -19,14 +19,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _drain(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
-
-
 def train_encoder(out: Path, device: str) -> Path:
     from napari_histoexpr.cli import main as cli
     from napari_histoexpr.data.synthetic import PLANTED_GENES, make_demo
@@ -47,6 +39,7 @@ def train_encoder(out: Path, device: str) -> Path:
 
 def main(argv=None) -> int:
     from napari_histoexpr.data.synthetic import PLANTED_GENES, make_cohort
+    from napari_histoexpr.infer.distributed import _drain
     from napari_histoexpr.metrics import concordance_index
     from napari_histoexpr.slide_level.cohort import bulk_matrix, read_cohort
     from napari_histoexpr.slide_level.common import load_bags

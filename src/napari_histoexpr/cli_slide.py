@@ -51,7 +51,20 @@ def _genes(args, B):
 
 
 def _train_kw(args) -> dict:
-    return {"epochs": args.epochs, "lr": args.lr, "n_components": args.components, "device": args.device}
+    return {"epochs": args.epochs, "lr": args.lr, "n_components": args.components, "device": args.device,
+            "hidden": args.hidden, "seed": args.seed}
+
+
+def _saved(model, args, what: str) -> int:
+    model.save(args.out)
+    _progress(f"{what} saved to {args.out}")
+    return 0
+
+
+def _reported(path, shown: dict) -> int:
+    print(json.dumps(shown, indent=2))
+    _progress(f"report: {path}")
+    return 0
 
 
 def cmd_features(args) -> int:
@@ -69,11 +82,8 @@ def cmd_bulk_train(args) -> int:
 
     _, bags, B = _inputs(args)
     genes = _genes(args, B)
-    model = _drain(train_he2rna(bags, B[genes].to_numpy(), genes, hidden=args.hidden, seed=args.seed,
-                                supertiles_n=args.supertiles, **_train_kw(args)))
-    model.save(args.out)
-    _progress(f"HE2RNA model ({len(genes)} genes, {len(bags)} slides) saved to {args.out}")
-    return 0
+    model = _drain(train_he2rna(bags, B[genes].to_numpy(), genes, supertiles_n=args.supertiles, **_train_kw(args)))
+    return _saved(model, args, f"HE2RNA model ({len(genes)} genes, {len(bags)} slides)")
 
 
 def cmd_bulk_evaluate(args) -> int:
@@ -84,13 +94,10 @@ def cmd_bulk_evaluate(args) -> int:
 
     slides, bags, B = _inputs(args)
     genes = _genes(args, B)
-    rep = _drain(evaluate_he2rna_steps(slides, bags, B[genes].to_numpy(), genes, k=args.folds, seed=args.seed,
-                                       hidden=args.hidden, supertiles_n=args.supertiles, **_train_kw(args)))
+    rep = _drain(evaluate_he2rna_steps(slides, bags, B[genes].to_numpy(), genes, k=args.folds,
+                                       supertiles_n=args.supertiles, **_train_kw(args)))
     logb = {s.id: dict(zip(genes, np.log1p(B.loc[s.id, genes].to_numpy(float)))) for s in slides}
-    path = write_bulk_report(rep, args.out, logb)
-    print(json.dumps(rep["summary"], indent=2))
-    _progress(f"report: {path}")
-    return 0
+    return _reported(write_bulk_report(rep, args.out, logb), rep["summary"])
 
 
 def _groups(args, B):
@@ -109,11 +116,8 @@ def cmd_survival_train(args) -> int:
     if any(s.time is None or s.event is None for s in slides):
         raise HistoExprError("survival training needs time and event for every slide of the cohort")
     model = _drain(train_ghanet(bags, np.array([s.time for s in slides]), np.array([s.event for s in slides]), B,
-                                _groups(args, B), recon_weight=args.recon_weight, hidden=args.hidden,
-                                seed=args.seed, **_train_kw(args)))
-    model.save(args.out)
-    _progress(f"G-HANet model ({len(model.groups)} genomic groups, {len(bags)} slides) saved to {args.out}")
-    return 0
+                                _groups(args, B), recon_weight=args.recon_weight, **_train_kw(args)))
+    return _saved(model, args, f"G-HANet model ({len(model.groups)} genomic groups, {len(bags)} slides)")
 
 
 def cmd_survival_evaluate(args) -> int:
@@ -121,13 +125,10 @@ def cmd_survival_evaluate(args) -> int:
     from .slide_level.report import write_survival_report
 
     slides, bags, B = _inputs(args)
-    rep = _drain(evaluate_ghanet_steps(slides, bags, B, _groups(args, B), k=args.folds, seed=args.seed,
+    rep = _drain(evaluate_ghanet_steps(slides, bags, B, _groups(args, B), k=args.folds,
                                        ablation=not args.no_ablation, recon_weight=args.recon_weight,
-                                       hidden=args.hidden, **_train_kw(args)))
-    path = write_survival_report(rep, args.out)
-    print(json.dumps(rep["summary"], indent=2))
-    _progress(f"report: {path}")
-    return 0
+                                       **_train_kw(args)))
+    return _reported(write_survival_report(rep, args.out), rep["summary"])
 
 
 def cmd_multitask_train(args) -> int:
@@ -136,10 +137,8 @@ def cmd_multitask_train(args) -> int:
     slides, bags, B = _inputs(args)
     genes = _genes(args, B)
     model = _drain(train_multitask(bags, B[genes].to_numpy(), genes, [s.tissue or "" for s in slides],
-                                   hidden=args.hidden, seed=args.seed, **_train_kw(args)))
-    model.save(args.out)
-    _progress(f"multi-task model ({', '.join(model.tissues)}; {len(genes)} genes) saved to {args.out}")
-    return 0
+                                   **_train_kw(args)))
+    return _saved(model, args, f"multi-task model ({', '.join(model.tissues)}; {len(genes)} genes)")
 
 
 def cmd_multitask_evaluate(args) -> int:
@@ -148,15 +147,11 @@ def cmd_multitask_evaluate(args) -> int:
 
     slides, bags, B = _inputs(args)
     genes = _genes(args, B)
-    rep = _drain(evaluate_multitask_steps(slides, bags, B[genes].to_numpy(), genes, k=args.folds, seed=args.seed,
-                                          single_task=not args.no_single_task, hidden=args.hidden,
-                                          **_train_kw(args)))
-    path = write_multitask_report(rep, args.out)
-    print(json.dumps({t: {v: {k: d[v][k] for k in ("sample_r_mean", "gene_r_mean")}
-                          for v in ("multi_task", "single_task") if v in d}
-                      for t, d in rep["per_tissue"].items()}, indent=2))
-    _progress(f"report: {path}")
-    return 0
+    rep = _drain(evaluate_multitask_steps(slides, bags, B[genes].to_numpy(), genes, k=args.folds,
+                                          single_task=not args.no_single_task, **_train_kw(args)))
+    shown = {t: {v: {k: d[v][k] for k in ("sample_r_mean", "gene_r_mean")} for v in ("multi_task", "single_task")
+                 if v in d} for t, d in rep["per_tissue"].items()}
+    return _reported(write_multitask_report(rep, args.out), shown)
 
 
 def _common(p: argparse.ArgumentParser, out_help: str, epochs: int, lr: float, hidden: int,

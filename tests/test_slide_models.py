@@ -203,16 +203,21 @@ def test_multitask_beats_single_task_on_the_smaller_tissue(tissue_cohort, tmp_pa
     assert (out / "multitask.png").stat().st_size > 10_000
 
 
-def test_multitask_model_is_tissue_conditioned(tissue_cohort, tmp_path):
+@pytest.fixture(scope="module")
+def mtm_model(tissue_cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mtm") / "m"
+    assert cli(["multitask", "train", "--cohort", str(tissue_cohort["csv"]), "--features",
+                str(tissue_cohort["features"]), "--out", str(out), "--genes", "ERBB2,ACTB", "--epochs", "40",
+                "--device", "cpu"]) == 0
+    return out
+
+
+def test_multitask_model_is_tissue_conditioned(tissue_cohort, mtm_model):
     from napari_histoexpr.errors import TrainingError
     from napari_histoexpr.slide_level.cohort import read_cohort
     from napari_histoexpr.slide_level.common import load_bags, load_slide_model
 
-    out = tmp_path / "m"
-    assert cli(["multitask", "train", "--cohort", str(tissue_cohort["csv"]), "--features",
-                str(tissue_cohort["features"]), "--out", str(out), "--genes", "ERBB2,ACTB", "--epochs", "40",
-                "--device", "cpu"]) == 0
-    model = load_slide_model(out, "cpu")
+    model = load_slide_model(mtm_model, "cpu")
     assert model.kind == "mtm" and model.tissues == ["breast", "lung"]
     bag = load_bags(read_cohort(tissue_cohort["csv"])[:1], tissue_cohort["features"])[0]
     a, b = model.predict([bag], ["breast"]), model.predict([bag], ["lung"])
@@ -325,3 +330,51 @@ def test_slide_level_panel_shows_heatmaps(make_napari_viewer, qtbot, he2rna_mode
     assert panel._summary.value.startswith("risk ")
     keys = [ly.metadata.get("histoexpr", {}).get("key") for ly in viewer.layers]
     assert keys.count("slide-level:heatmap") == 1
+
+
+def test_encoder_applies_the_models_stain_normalisation(survival_cohort, trained, tmp_path):
+    """An expression model trained with --stain-norm encodes tiles Macenko-normalised, as it saw them."""
+    import shutil
+
+    from napari_histoexpr.data.patches import extract_patches, macenko_fit
+    from napari_histoexpr.io.slides import open_slide
+    from napari_histoexpr.slide_level.cohort import read_cohort
+    from napari_histoexpr.slide_level.features import Encoder, extract_features_steps, load_features
+
+    slide = read_cohort(survival_cohort["csv"])[0].slide
+    pyr = open_slide(slide)
+    target = macenko_fit(extract_patches(pyr, np.array([[448.0, 448.0]]), 400.0, 256)[0])
+    stained = tmp_path / "m"
+    shutil.copytree(trained, stained)
+    meta = json.loads((stained / "model.json").read_text())
+    meta["stain_norm"] = {k: np.asarray(v).tolist() for k, v in target.items()}
+    (stained / "model.json").write_text(json.dumps(meta))
+    plain, norm = Encoder(str(trained), "cpu"), Encoder(str(stained), "cpu")
+    assert plain.transform is None and norm.transform is not None and "Macenko" in norm.describe
+    for enc, out in ((plain, tmp_path / "a.zarr"), (norm, tmp_path / "b.zarr")):
+        list(extract_features_steps(enc, pyr, out, 100.0, 64))
+    a, b = load_features(tmp_path / "a.zarr")[0], load_features(tmp_path / "b.zarr")[0]
+    assert a.shape == b.shape and not np.allclose(a, b, atol=1e-3)
+
+
+def test_slide_level_panel_multitask_tissue(make_napari_viewer, qtbot, mtm_model, tissue_cohort, tmp_path):
+    """A multi-task model in the panel: pick the tissue, the heatmap layer is re-scored in place."""
+    from napari_histoexpr.slide_level.cohort import read_cohort
+    from napari_histoexpr.widgets.slide_level import SlideLevelPanel
+
+    viewer = make_napari_viewer()
+    panel = SlideLevelPanel(viewer)
+    panel._device.value = "cpu"
+    panel._cache.value = str(tmp_path / "cache")
+    panel.load_model(mtm_model)
+    assert panel._tissue.choices == ("breast", "lung") and panel._chosen_tissue() == "breast"
+    panel._slide_edit.value = str(read_cohort(tissue_cohort["csv"])[-1].slide)
+    assert panel.compute() is not None
+    qtbot.waitUntil(lambda: panel._worker is None and panel.bag is not None, timeout=120_000)
+    layer = [ly for ly in viewer.layers if ly.name == "multi-task: ERBB2"][0]
+    before = layer.data.copy()
+    summary = panel._summary.value
+    panel._tissue.value = "lung"
+    assert [ly for ly in viewer.layers if ly.name == "multi-task: ERBB2"][0] is layer
+    assert not np.allclose(np.nan_to_num(layer.data), np.nan_to_num(before))
+    assert panel._summary.value != summary and "slide-level ERBB2" in panel._summary.value

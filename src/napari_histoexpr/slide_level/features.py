@@ -33,12 +33,16 @@ class Encoder:
         self.source = str(source)
         #: the patch geometry the encoder was trained on (an expression model's window), else None
         self.window_um, self.px = None, None
+        #: the stain normalisation an expression model was trained with, applied to every tile
+        self.transform = None
         p = Path(source)
         if p.is_dir() and (p / META).exists():
             m = ExpressionModel.load(p, self.device)
             self.net, self.mean, self.std = m.net.backbone, m.net.pixel_mean, m.net.pixel_std
             self.window_um, self.px = m.window_um, m.px
-            self.describe = f"expression model backbone {p} ({m.meta['backbone']})"
+            self.transform = m.patch_transform()
+            self.describe = (f"expression model backbone {p} ({m.meta['backbone']}"
+                             f"{', Macenko stain normalisation' if m.stain else ''})")
         else:
             name, _, weights = source.partition(":")
             if name not in BACKBONES:
@@ -116,7 +120,7 @@ def extract_features_steps(encoder: Encoder, slide, out: str | os.PathLike, tile
     todo = [i for i in range(0, len(centres), chunk) if not done[i:min(i + chunk, len(centres))].all()]
     for k, i in enumerate(todo):
         j = min(i + chunk, len(centres))
-        g["features"][i:j] = encoder(extract_patches(pyr, centres[i:j], tile_um, px))
+        g["features"][i:j] = encoder(extract_patches(pyr, centres[i:j], tile_um, px, transform=encoder.transform))
         g["done"][i:j] = 1
         yield {"stage": "tile", "done": k + 1, "total": len(todo)}
     g.attrs[ATTR] = dict(attrs, complete=True)

@@ -182,7 +182,7 @@ class SlideLevelPanel(PanelMixin, Container):
     def _rescore(self):
         if self.bag is None or self.model is None:
             return
-        tissue = self._tissue.value if self._tissue.visible else None
+        tissue = self._chosen_tissue()
         kw = {"tissue": tissue} if self.model.kind == "mtm" else {}
         try:
             self.maps = self.model.heatmaps(self.bag, self._map_names(), **kw)
@@ -190,6 +190,10 @@ class SlideLevelPanel(PanelMixin, Container):
             return self._fail(e)
         self._summarise(tissue)
         self.show_map()
+
+    def _chosen_tissue(self):
+        """The tissue picked for a multi-task model (``None`` for other models)."""
+        return self._tissue.value if self.model is not None and self.model.meta.get("tissues") else None
 
     def _summarise(self, tissue):
         m = self.model
@@ -224,7 +228,7 @@ class SlideLevelPanel(PanelMixin, Container):
             "image"), HEAT_KEY)
         layer.contrast_limits = (float(lo), float(hi if hi > lo else lo + 1e-6))
         if self.model.kind != "ghanet":
-            self._summarise(self._tissue.value if self._tissue.visible else None)
+            self._summarise(self._chosen_tissue())
         return layer
 
     def _style(self):

@@ -378,3 +378,41 @@ def test_slide_level_panel_multitask_tissue(make_napari_viewer, qtbot, mtm_model
     assert [ly for ly in viewer.layers if ly.name == "multi-task: ERBB2"][0] is layer
     assert not np.allclose(np.nan_to_num(layer.data), np.nan_to_num(before))
     assert panel._summary.value != summary and "slide-level ERBB2" in panel._summary.value
+
+
+def test_slide_level_measures_on_fixed_arrays():
+    """MTM's sample-level r against scipy; HE2RNA's top-k pooling and the discrete-time survival NLL
+    against direct numpy computations of their definitions."""
+    import torch
+    from scipy.stats import pearsonr
+
+    from napari_histoexpr.slide_level.ghanet import nll_discrete, risk_from_logits, time_bins
+    from napari_histoexpr.slide_level.he2rna import KS, pool, topk_mean
+    from napari_histoexpr.slide_level.multitask import sample_level_r
+
+    rng = np.random.default_rng(5)
+    pred, true = rng.normal(size=(6, 40)), rng.normal(size=(6, 40))
+    r = sample_level_r(pred, true)
+    assert all(r[i] == pytest.approx(pearsonr(pred[i], true[i])[0], abs=1e-12) for i in range(6))
+    scores = rng.normal(size=(2, 3, 30))
+    ref = np.sort(scores, axis=-1)[..., ::-1]
+    for k in (1, 5, 100):
+        got = topk_mean(torch.from_numpy(scores), k).numpy()
+        assert np.allclose(got, ref[..., :min(k, 30)].mean(-1))
+    assert np.allclose(pool(torch.from_numpy(scores), "topk").numpy(),
+                       np.mean([ref[..., :min(k, 30)].mean(-1) for k in KS], axis=0))
+    assert np.allclose(pool(torch.from_numpy(scores), "mean").numpy(), scores.mean(-1))
+    logits = np.array([0.3, -1.0, 0.5, 2.0])
+    h = 1 / (1 + np.exp(-logits))
+    s = np.cumprod(1 - h)
+    for label in range(4):
+        unc = -np.log(s[label - 1] if label else 1.0) - np.log(h[label])
+        cen = -np.log(s[label])
+        got_e = float(nll_discrete(torch.tensor(logits), label, censored=False, alpha=0.4))
+        got_c = float(nll_discrete(torch.tensor(logits), label, censored=True, alpha=0.4))
+        assert got_e == pytest.approx(unc, rel=1e-6)  # (1 - a) * unc + a * unc
+        assert got_c == pytest.approx(0.6 * cen, rel=1e-6)
+    assert risk_from_logits(torch.tensor(logits)) == pytest.approx(-s.sum(), rel=1e-6)
+    edges = time_bins(np.array([5.0, 1, 9, 3, 7, 2, 8]), np.array([1, 1, 1, 1, 0, 1, 1]))
+    assert edges[0] == -np.inf and edges[-1] == np.inf and np.allclose(edges[1:-1], np.quantile([5, 1, 9, 3, 2, 8],
+                                                                                             [0.25, 0.5, 0.75]))

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-
-def _progress(msg: str) -> None:
-    print(f"[histoexpr] {msg}", file=sys.stderr, flush=True)
+from .cli import _drain as _drain_with
+from .cli import _progress
 
 
 def _show(ev: dict) -> None:
@@ -26,11 +24,7 @@ def _show(ev: dict) -> None:
 
 
 def _drain(gen):
-    try:
-        while True:
-            _show(next(gen))
-    except StopIteration as stop:
-        return stop.value
+    return _drain_with(gen, _show)
 
 
 def _inputs(args, bulk: bool = True):

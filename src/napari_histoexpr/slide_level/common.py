@@ -34,30 +34,28 @@ def features_path(features_dir: str | os.PathLike, slide_id: str) -> Path:
 def load_bags(slides: list[CohortSlide], features_dir: str | os.PathLike) -> list[Bag]:
     """The cached features of every slide (``histoexpr features`` writes them); one named error for
     the slides that have none, and for features made by different encoders."""
-    from .features import load_features
-
     missing = [s.id for s in slides if not features_path(features_dir, s.id).exists()]
     if missing:
         raise HistoExprError(f"no tile features in {features_dir} for {len(missing)} slide(s): "
                              f"{', '.join(missing[:5])}; run `histoexpr features` first")
     bags, encoders = [], set()
     for s in slides:
-        f, c, a = load_features(features_path(features_dir, s.id))
-        if len(f) == 0:
+        bag = bag_from_features(features_path(features_dir, s.id), s.id)
+        if len(bag.feats) == 0:
             raise HistoExprError(f"slide {s.id}: no tissue tiles were found")
-        encoders.add((a["encoder"], a["tile_um"], a["px"]))
-        bags.append(Bag(s.id, f, c, float(a["tile_um"]), float(a["world_mpp"]), a))
+        encoders.add((bag.attrs["encoder"], bag.tile_um, bag.attrs["px"]))
+        bags.append(bag)
     if len(encoders) > 1:
         raise HistoExprError(f"the features in {features_dir} come from different encoders or tilings: "
                              f"{sorted(encoders)}")
     return bags
 
 
-def bag_from_features(path: str | os.PathLike) -> Bag:
+def bag_from_features(path: str | os.PathLike, slide_id: str | None = None) -> Bag:
     from .features import load_features
 
     f, c, a = load_features(path)
-    return Bag(Path(path).stem, f, c, float(a["tile_um"]), float(a["world_mpp"]), a)
+    return Bag(slide_id or Path(path).stem, f, c, float(a["tile_um"]), float(a["world_mpp"]), a)
 
 
 def feature_meta(bags: list[Bag]) -> dict:
@@ -154,9 +152,9 @@ def tile_raster(bag: Bag, values: np.ndarray) -> tuple[np.ndarray, dict]:
     row = np.floor(bag.coords[:, 1] / step).astype(int)
     img = np.full((row.max() + 1 if len(row) else 1, col.max() + 1 if len(col) else 1), np.nan, np.float32)
     img[row, col] = values
-    s = step * bag.world_mpp
-    t = (0.5 * step - 0.5) * bag.world_mpp
-    return img, {"scale": (s, s), "translate": (t, t)}
+    from ..infer.region import Grid, grid_layer_geometry
+
+    return img, grid_layer_geometry(Grid(step, *img.shape), bag.world_mpp)
 
 
 # ---- model files -----------------------------------------------------------------------------------

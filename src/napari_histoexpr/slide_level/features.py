@@ -127,6 +127,13 @@ def extract_features_steps(encoder: Encoder, slide, out: str | os.PathLike, tile
     return out
 
 
+def feature_count(path: str | os.PathLike) -> int:
+    """Number of tiles of a features folder (its attributes only)."""
+    import zarr
+
+    return int(dict(zarr.open_group(str(path), mode="r").attrs)[ATTR]["n_tiles"])
+
+
 def load_features(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
     import zarr
 
@@ -155,7 +162,7 @@ def _features_task(source, slide, out, tile_um, px, device, seed) -> dict:
         enc = Encoder(source, _worker_device(device), seed)
         for _ in extract_features_steps(enc, slide, out, tile_um, px):
             pass
-        return {"out": str(out), "tiles": int(load_features(out)[2]["n_tiles"])}
+        return {"out": str(out), "tiles": feature_count(out)}
 
 
 def extract_cohort_steps(slides, source: str, out_dir: str | os.PathLike, tile_um: float | None = None,
@@ -185,7 +192,7 @@ def extract_cohort_steps(slides, source: str, out_dir: str | os.PathLike, tile_u
         out = features_path(out_dir, s.id)
         for ev in extract_features_steps(enc, s.slide, out, tile_um, px):
             yield {**ev, "slide": s.id}
-        res[s.id] = {"out": str(out), "tiles": int(load_features(out)[2]["n_tiles"])}
+        res[s.id] = {"out": str(out), "tiles": feature_count(out)}
         yield {"stage": "slide", "done": i + 1, "total": len(slides),
                "msg": f"{s.id}: {res[s.id]['tiles']} tiles ({i + 1}/{len(slides)} slides)"}
     return res

@@ -34,6 +34,7 @@ class SlideLevelPanel(PanelMixin, Container):
         self.model = None
         self.bag = None
         self.maps: dict[str, np.ndarray] = {}
+        self._slide_pred = None  # slide-level prediction (genes) or survival curve (G-HANet) of self.bag
         self._worker = None
         self._model_edit = FileEdit(label="model", mode="d", nullable=True)
         self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
@@ -186,24 +187,26 @@ class SlideLevelPanel(PanelMixin, Container):
         kw = {"tissue": tissue} if self.model.kind == "mtm" else {}
         try:
             self.maps = self.model.heatmaps(self.bag, self._map_names(), **kw)
+            if self.model.kind == "ghanet":
+                self._slide_pred = self.model.survival_curves([self.bag.feats])[0]
+            else:
+                self._slide_pred = self.model.predict([self.bag], None if tissue is None else [tissue])[0]
         except HistoExprError as e:
             return self._fail(e)
-        self._summarise(tissue)
         self.show_map()
 
     def _chosen_tissue(self):
         """The tissue picked for a multi-task model (``None`` for other models)."""
         return self._tissue.value if self.model is not None and self.model.meta.get("tissues") else None
 
-    def _summarise(self, tissue):
-        m = self.model
+    def _summarise(self):
+        """The slide-level prediction computed by the last re-score: risk (= minus the summed survival
+        curve) and survival per bin for G-HANet, the shown gene's predicted bulk otherwise."""
+        m, pred = self.model, self._slide_pred
         if m.kind == "ghanet":
-            risk = float(m.risk([self.bag.feats])[0])
-            surv = m.survival_curves([self.bag.feats])[0]
-            self._summary.value = (f"risk {risk:.3f}; predicted survival per time bin: "
-                                   + ", ".join(f"{s:.2f}" for s in surv))
+            self._summary.value = (f"risk {-float(pred.sum()):.3f}; predicted survival per time bin: "
+                                   + ", ".join(f"{s:.2f}" for s in pred))
         else:
-            pred = m.predict([self.bag], None if tissue is None else [tissue])[0]
             g = self._map.value or m.genes[0]
             self._summary.value = f"slide-level {g}: {np.expm1(pred[m.genes.index(g)]):.1f} (predicted bulk)"
 
@@ -227,8 +230,7 @@ class SlideLevelPanel(PanelMixin, Container):
             "units": "µm", **geo, "metadata": {"histoexpr": {"map": name, "model": self.model.kind}}},
             "image"), HEAT_KEY)
         layer.contrast_limits = (float(lo), float(hi if hi > lo else lo + 1e-6))
-        if self.model.kind != "ghanet":
-            self._summarise(self._chosen_tissue())
+        self._summarise()
         return layer
 
     def _style(self):

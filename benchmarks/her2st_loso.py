@@ -4,7 +4,7 @@ For each held-out section, trains on the other three (the last of them is the va
 for early stopping) and evaluates on the held-out one with ``histoexpr evaluate`` (model and the
 two baselines). Writes every fold's model and report under ``--out``.
 
-    python benchmarks/her2st_loso.py [--data ../shared/data/her2st] [--device cuda] [--epochs 20]
+    python benchmarks/her2st_loso.py --data HER2ST_DIR [--device cuda] [--epochs 20]
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ def write_manifests(data: Path, out: Path, held: str) -> tuple[Path, Path]:
 
 
 def main(argv=None) -> int:
-    from napari_histoexpr.cli import _drain
-    from napari_histoexpr.evaluation import evaluate_steps, train_from_manifest_steps
-    from napari_histoexpr.train.expression import TrainConfig
+    from napari_histoexpr.cli import drain
+    from napari_histoexpr.evaluation import evaluate_steps
+    from napari_histoexpr.train.expression import TrainConfig, train_from_manifest_steps
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "her2st"))
+    ap.add_argument("--data", required=True, help="HER2ST data folder (images/, spots/, counts/, clusters/)")
     ap.add_argument("--out", default="benchmark-output/her2st")
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--epochs", type=int, default=20)
@@ -63,9 +63,9 @@ def main(argv=None) -> int:
         log = lambda ev: ev.get("stage") == "epoch" and print(  # noqa: E731
             f"[{held}] epoch {ev['epoch'] + 1}: val r {ev['val_mean_r']:.3f}, "
             f"{ev['patches_per_s']:.0f} patches/s", file=sys.stderr, flush=True)
-        summary = _drain(train_from_manifest_steps(tr, out / f"model_{held}", cfg), log)
+        summary = drain(train_from_manifest_steps(tr, out / f"model_{held}", cfg), log)
         t_train = time.perf_counter() - t0
-        rep = _drain(evaluate_steps(out / f"model_{held}", te, out / f"report_{held}", device=args.device),
+        rep = drain(evaluate_steps(out / f"model_{held}", te, out / f"report_{held}", device=args.device),
                      lambda ev: None)
         folds[held] = {"summary": rep["summary"], "baselines": {k: v["summary"] for k, v in rep["baselines"].items()},
                        "n_spots": rep["sections"][held]["n_spots"], "train_s": round(t_train, 1),

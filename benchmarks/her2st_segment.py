@@ -19,15 +19,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def main(argv=None) -> int:
     from her2st_loso import SECTIONS, write_manifests
-
-    from napari_histoexpr.cli import _drain
+    from napari_histoexpr.cli import drain
     from napari_histoexpr.io.manifest import read_manifest
     from napari_histoexpr.segment.classes import class_spec
     from napari_histoexpr.segment.evaluate import evaluate_segmenter_steps
-    from napari_histoexpr.segment.model import SegConfig, prepare_seg_sections, train_segmenter_steps
+    from napari_histoexpr.train.segmenter import (
+        SegConfig,
+        prepare_seg_sections,
+        train_segmenter_steps,
+    )
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "her2st"))
+    ap.add_argument("--data", required=True, help="HER2ST data folder (images/, spots/, counts/, clusters/)")
     ap.add_argument("--out", default="benchmark-output/her2st_segment")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--windows-um", default="50,100")
@@ -42,9 +45,9 @@ def main(argv=None) -> int:
         cfg = SegConfig(classes=class_spec("column"), windows_um=tuple(float(w) for w in args.windows_um.split(",")),
                         px=args.px, epochs=args.epochs, device=args.device)
         t0 = time.perf_counter()
-        secs = _drain(prepare_seg_sections(read_manifest(tr), cfg), lambda ev: None)
-        summ = _drain(train_segmenter_steps(secs, out / f"seg_{held}", cfg), lambda ev: None)
-        rep = _drain(evaluate_segmenter_steps(out / f"seg_{held}", te, out / f"report_{held}", device=args.device),
+        secs = drain(prepare_seg_sections(read_manifest(tr), cfg), lambda ev: None)
+        summ = drain(train_segmenter_steps(secs, out / f"seg_{held}", cfg), lambda ev: None)
+        rep = drain(evaluate_segmenter_steps(out / f"seg_{held}", te, out / f"report_{held}", device=args.device),
                      lambda ev: None)
         folds[held] = {"mean_dice": rep["summary"]["mean_dice"], "per_class": rep["summary"]["per_class"],
                        "mode": summ["mode"], "windows_um": summ["windows_um"], "val_bal_acc": summ["val_bal_acc"],

@@ -84,11 +84,12 @@ def first_level_for_screen(pyr, screen=(1080, 1920)) -> int:
 
 def bench_backend(path: Path, backend: str, reads: int, seed: int) -> dict:
     from napari_histoexpr.io.slides import open_slide
+    from napari_histoexpr.layerdata import slide_layer_data
 
     rss0 = rss_mb()
     t0 = time.perf_counter()
     pyr = open_slide(path, backend=backend)
-    pyr.layer_data()
+    slide_layer_data(pyr)
     t_open = time.perf_counter() - t0
     lv = first_level_for_screen(pyr)
     np.asarray(pyr.levels[lv])
@@ -125,13 +126,14 @@ def bench_viewer(path: Path) -> dict:
     from qtpy.QtWidgets import QApplication
 
     from napari_histoexpr.io.slides import open_slide
+    from napari_histoexpr.layerdata import slide_layer_data
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1600, 1000)
     QApplication.processEvents()
     t0 = time.perf_counter()
     pyr = open_slide(path)
-    data, kw, _ = pyr.layer_data()
+    data, kw, _ = slide_layer_data(pyr)
     viewer.add_image(data, **kw)
     viewer.reset_view()
     img = viewer.screenshot(canvas_only=True, flash=False)

@@ -39,7 +39,6 @@ def train_encoder(out: Path, device: str) -> Path:
 
 def main(argv=None) -> int:
     from napari_histoexpr.data.synthetic import PLANTED_GENES, make_cohort
-    from napari_histoexpr.infer.distributed import _drain
     from napari_histoexpr.metrics import concordance_index
     from napari_histoexpr.slide_level.cohort import bulk_matrix, read_cohort
     from napari_histoexpr.slide_level.common import load_bags
@@ -52,6 +51,7 @@ def main(argv=None) -> int:
         write_multitask_report,
         write_survival_report,
     )
+    from napari_histoexpr.steps import drain
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmark-output/slide_level")
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     res["cohorts_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     for c in (a, b):
-        _drain(extract_cohort_steps(read_cohort(c), str(encoder), c.parent / "features", device=args.device))
+        drain(extract_cohort_steps(read_cohort(c), str(encoder), c.parent / "features", device=args.device))
     res["features_s"] = round(time.perf_counter() - t, 1)
 
     slides = read_cohort(a)
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     genes = list(B.columns)
     planted = [g for gs in PLANTED_GENES.values() for g in gs]
     t = time.perf_counter()
-    rep = _drain(evaluate_he2rna_steps(slides, bags, B[genes].to_numpy(), genes, k=5, seed=0, device=args.device))
+    rep = drain(evaluate_he2rna_steps(slides, bags, B[genes].to_numpy(), genes, k=5, seed=0, device=args.device))
     logb = {s.id: dict(zip(genes, np.log1p(B.loc[s.id, genes].to_numpy(float)))) for s in slides}
     write_bulk_report(rep, out / "he2rna", logb)
     res["he2rna"] = {"s": round(time.perf_counter() - t, 1),
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
                      "events": int(sum(s.event for s in slides)), "runs": {}}
     for seed in [int(x) for x in args.seeds.split(",")]:
         t = time.perf_counter()
-        rep = _drain(evaluate_ghanet_steps(slides, bags, B, dict(PLANTED_GENES), k=5, seed=seed,
+        rep = drain(evaluate_ghanet_steps(slides, bags, B, dict(PLANTED_GENES), k=5, seed=seed,
                                            device=args.device))
         if seed == 0:
             write_survival_report(rep, out / "ghanet")
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     bags = load_bags(slides, b.parent / "features")
     genes = list(B.columns)
     t = time.perf_counter()
-    rep = _drain(evaluate_multitask_steps(slides, bags, B[genes].to_numpy(), genes, k=5, seed=0,
+    rep = drain(evaluate_multitask_steps(slides, bags, B[genes].to_numpy(), genes, k=5, seed=0,
                                           device=args.device, epochs=100))
     write_multitask_report(rep, out / "multitask")
     res["multitask"] = {"s": round(time.perf_counter() - t, 1), "per_tissue": {

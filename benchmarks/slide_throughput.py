@@ -78,6 +78,7 @@ def main(argv=None) -> int:
 
     from napari_histoexpr.infer.slide import predict_slide_steps
     from napari_histoexpr.models.expression import ExpressionModel
+    from napari_histoexpr.steps import drain
     from pan_large_slide import make_slide
 
     out = Path(args.out)
@@ -106,13 +107,8 @@ def main(argv=None) -> int:
     import shutil
 
     shutil.rmtree(out / "pred", ignore_errors=True)
-    gen = predict_slide_steps(model, slide, out / "pred", workers=args.workers, batch_size=args.batch_size,
-                              resume=False)
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        summ = stop.value
+    summ = drain(predict_slide_steps(model, slide, out / "pred", workers=args.workers, batch_size=args.batch_size,
+                                     resume=False))
     pipe = summ["patches"] / summ["seconds"]
 
     # naive, on the same cell centres (a random subset)

@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     from slide_throughput import make_model
 
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # a fresh clone has no benchmark-output/
     from pan_large_slide import make_slide
 
     slide = out / f"slide_{args.size}.tif"
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     wait_for(sp.open(slide=str(slide)))
     panel = ExpressionPanel(viewer)
     viewer.window.add_dock_widget(panel)
-    panel._device.value = args.device
+    panel.configure(device=args.device)
     panel.load_model(model_dir, genes=["G0", "G1"])
     cam = viewer.scene.camera
     cam.zoom = args.zoom

@@ -1,10 +1,13 @@
 """Make the docs' screenshots from real runs (needs a display: ``xvfb-run -a``).
 
-    python docs/make_screenshots.py her2st --model MODEL_DIR [--section C2] [--gene ERBB2]
+    python docs/make_screenshots.py slide-spots [--gene ERBB2]
+    python docs/make_screenshots.py her2st --model MODEL_DIR --data HER2ST_DIR [--section C2] [--gene ERBB2]
     python docs/make_screenshots.py segmenter --model SEG_DIR --section-dir DEMO_FOLDER
     python docs/make_screenshots.py slide-level --model SLIDE_MODEL_DIR [--map ERBB2] [--name NAME]
 
-``her2st``: a held-out HER2ST section (../shared/data/her2st) with the model's predicted heatmap and
+``slide-spots``: the "Slide & spots" panel on the built-in generated section (measured spots coloured
+by a gene, colorbar). ``her2st``: a held-out HER2ST section (a folder with ``images/``, ``spots/``,
+``counts/`` as published with the HER2ST study) with the model's predicted heatmap and
 the measured spots of the same gene, plus the r table. ``segmenter``: the "Transcriptome segmenter"
 panel on a generated section with a segmentation, drawn ground-truth regions and the Dice table.
 ``slide-level``: the "Slide-level" panel with a HE2RNA / G-HANet / multi-task model's heatmap over a
@@ -22,6 +25,28 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
+def slide_spots(args) -> Path:
+    import napari
+
+    from napari_histoexpr.data.synthetic import make_demo
+    from napari_histoexpr.viewer_app import wait_for
+    from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
+
+    demo = make_demo(Path(args.section_dir), size=1536, seed=1)
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1200, 900)
+    panel = SlideSpotsWidget(viewer)
+    viewer.window.add_dock_widget(panel, name="Slide & spots")
+    panel.configure(gene=args.gene)
+    wait_for(panel.open(slide=str(demo.slide), spots=str(demo.spots)))
+    viewer.reset_view()
+    out = HERE / "images" / "slide_spots.png"
+    viewer.screenshot(str(out), canvas_only=False, flash=False)
+    viewer.close()
+    print(out)
+    return out
+
+
 def her2st(args) -> Path:
     import napari
 
@@ -35,7 +60,7 @@ def her2st(args) -> Path:
     viewer.window.resize(1600, 1000)
     sp = SlideSpotsWidget(viewer)
     viewer.window.add_dock_widget(sp, name="Slide & spots")
-    sp._gene.value = args.gene
+    sp.configure(gene=args.gene)
     wait_for(sp.open(slide=str(d / "images" / f"{args.section}.jpg"),
                      spots=str(d / "spots" / f"{args.section}_selection.tsv")))
     panel = ExpressionPanel(viewer)
@@ -75,11 +100,11 @@ def segmenter(args) -> Path:
     wait_for(sp.open(slide=str(demo.slide), spots=str(demo.spots)))
     panel = SegmenterPanel(viewer)
     viewer.window.add_dock_widget(panel, name="Transcriptome segmenter")
-    panel._genes.value = "ERBB2,COL1A1,PTPRC"
+    panel.configure(genes="ERBB2,COL1A1,PTPRC")
     panel.show_classes()
     panel.load_model(args.model)
     wait_for(panel.segment(view=False))
-    wait_until(lambda: panel._worker is None, 600)
+    wait_until(lambda: not panel.busy, 600)
     gt = panel.truth_layer(create=True)
     # draw where a pathologist would: well inside a region of each planted class
     from scipy.ndimage import distance_transform_edt
@@ -93,7 +118,7 @@ def segmenter(args) -> Path:
         r, c = np.unravel_index(np.argmax(dist), dist.shape)
         spots.append(((r + 0.5) * ds, (c + 0.5) * ds, cls))
     for y, x, cls in spots:
-        panel._gt_class.value = cls
+        panel.configure(draw_class=cls)
         gt.add_polygons([np.array([[y - 150, x - 150], [y - 150, x + 150], [y + 150, x + 150], [y + 150, x - 150]],
                                   float)])
     for layer in viewer.layers:
@@ -124,13 +149,13 @@ def slide_level(args) -> Path:
     viewer.window.add_dock_widget(panel, name="Slide-level")
     panel.load_model(args.model)
     wait_for(panel.compute())
-    wait_until(lambda: panel._worker is None and panel.bag is not None, 600)
+    wait_until(lambda: not panel.busy and panel.bag is not None, 600)
     if args.map:
         panel.show_map(args.map)
     viewer.reset_view()
     out = HERE / "images" / f"{args.name}.png"
     viewer.screenshot(str(out), canvas_only=False)
-    print(out, panel._summary.value)
+    print(out, panel.summary)
     viewer.close()
     return out
 
@@ -138,9 +163,12 @@ def slide_level(args) -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="what", required=True)
+    ss = sub.add_parser("slide-spots")
+    ss.add_argument("--gene", default="ERBB2")
+    ss.add_argument("--section-dir", default="benchmark-output/slide-spots-section")
     h = sub.add_parser("her2st")
     h.add_argument("--model", required=True)
-    h.add_argument("--data", default=str(HERE.parents[1] / "shared" / "data" / "her2st"))
+    h.add_argument("--data", required=True, help="the HER2ST data folder (images/, spots/, counts/)")
     h.add_argument("--section", default="C2")
     h.add_argument("--gene", default="ERBB2")
     s = sub.add_parser("segmenter")
@@ -152,7 +180,7 @@ def main(argv=None) -> int:
     sl.add_argument("--name", default="slide_level")
     sl.add_argument("--slide-dir", default="benchmark-output/slide-level-slide")
     args = ap.parse_args(argv)
-    {"her2st": her2st, "segmenter": segmenter, "slide-level": slide_level}[args.what](args)
+    {"slide-spots": slide_spots, "her2st": her2st, "segmenter": segmenter, "slide-level": slide_level}[args.what](args)
     return 0
 
 

@@ -13,8 +13,10 @@ if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 STAMP=".venv/.histoexpr-installed"
 WANT="$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] || \
-   ! .venv/bin/python -c "import napari_histoexpr, napari, torch, pytestqt" >/dev/null 2>&1; then
+   ! .venv/bin/python -c "import napari_histoexpr, napari, torch, pytestqt" >/dev/null 2>&1 || \
+   [ ! -x .venv/bin/ruff ]; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q torch==2.13.0 "napari[pyqt6]==0.9.2" "pandas<3" pytest pytest-qt pytest-xvfb lifelines -e .
+  # one pip command, so the resolver sees every pin at once (pandas < 3 for anndata; the CPU torch wheel)
+  .venv/bin/pip install -q torch==2.13.0 "napari[pyqt6]==0.9.2" "pandas<3" -e ".[testing]"
   echo "$WANT" > "$STAMP"
 fi

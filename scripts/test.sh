@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run the whole test suite under a virtual X screen.
+# Set up (idempotent), lint (ruff: pyflakes, pycodestyle, import order), then run the whole test suite
+# under a virtual X screen, listing the slowest tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest tests "$@"
+echo "== ruff check"
+.venv/bin/ruff check .
+echo "== pytest"
+exec .venv/bin/python -m pytest tests --durations=15 "$@"

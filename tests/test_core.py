@@ -2,10 +2,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from napari_histoexpr.data.expression import find_gene, gene_values
 from napari_histoexpr.errors import SlideOpenError, UnknownGeneError
 from napari_histoexpr.io.slides import open_slide
-from napari_histoexpr.io.spots import (check_spots_in_image, find_gene, gene_values,
-                                       read_clusters, read_spots, visium_image)
+from napari_histoexpr.io.spots import check_spots_in_image, read_clusters, read_spots
+from napari_histoexpr.io.visium import visium_image
 
 
 @pytest.mark.parametrize("name", ["unopenable.tiff", "unreadable.svs", "broken.svs"])

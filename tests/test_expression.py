@@ -1,6 +1,7 @@
 """Expression model: backbones, patches, training that learns planted genes, artifacts, evaluation, CLI."""
 
 import json
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from napari_histoexpr.cli import main as cli
 from napari_histoexpr.data.synthetic import PLANTED_GENES
 from napari_histoexpr.errors import ModelFileError
+from napari_histoexpr.steps import drain
 
 PLANTED = [g for gs in PLANTED_GENES.values() for g in gs]
 FIRST_MARKERS = [gs[0] for gs in PLANTED_GENES.values()]
@@ -54,7 +56,7 @@ def test_init_weights_load_safely(tmp_path):
 
 
 def test_block_patch_reads_equal_single_reads(demo):
-    from napari_histoexpr.data.patches import _resize, extract_patches, patch_level
+    from napari_histoexpr.data.patches import extract_patches, patch_level, resize_patch
     from napari_histoexpr.io.slides import open_slide
 
     pyr = open_slide(demo.slide)
@@ -69,13 +71,17 @@ def test_block_patch_reads_equal_single_reads(demo):
         for k in (0, 7, 23):
             cx, cy = xy[k] / ds
             ref = pyr.read_region(int(np.floor(cy - win / 2)) * ds, int(np.floor(cx - win / 2)) * ds, w, w, lvl)
-            assert np.array_equal(got[k], _resize(ref, px))
+            assert np.array_equal(got[k], resize_patch(ref, px))
 
 
 def test_tissue_mask_and_augmentation(demo):
     import pandas as pd
 
-    from napari_histoexpr.data.patches import augment_batch, tissue_fraction_at, tissue_mask
+    from napari_histoexpr.data.patches import (
+        augment_batch,
+        tissue_fraction_at,
+        tissue_mask,
+    )
     from napari_histoexpr.io.slides import open_slide
 
     pyr = open_slide(demo.slide)
@@ -93,7 +99,11 @@ def test_tissue_mask_and_augmentation(demo):
 
 
 def test_macenko_moves_stain_towards_target(demo):
-    from napari_histoexpr.data.patches import extract_patches, macenko_fit, macenko_normaliser
+    from napari_histoexpr.data.patches import (
+        extract_patches,
+        macenko_fit,
+        macenko_normaliser,
+    )
     from napari_histoexpr.io.slides import open_slide
 
     pyr = open_slide(demo.slide)
@@ -183,19 +193,14 @@ def test_artifact_round_trip_and_corruption(trained, tmp_path, capsys):
 
 
 def test_resume_continues_and_checkpoint_is_plain_tensors(cohort, tmp_path):
-    from napari_histoexpr.evaluation import train_from_manifest_steps
-    from napari_histoexpr.train.expression import TrainConfig
+    from napari_histoexpr.train.expression import TrainConfig, train_from_manifest_steps
 
     def run(epochs, resume):
         cfg = TrainConfig(genes=FIRST_MARKERS, max_aux=0, window_um=100, px=32, epochs=epochs,
                           batch_size=64, device="cpu", baselines=False, patience=99)
         events = []
-        gen = train_from_manifest_steps(cohort["train"], tmp_path / "m", cfg, resume=resume)
-        try:
-            while True:
-                events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
+        return events, drain(train_from_manifest_steps(cohort["train"], tmp_path / "m", cfg, resume=resume),
+                             events.append)
 
     ev1, s1 = run(2, False)
     ck = torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=True)

@@ -8,21 +8,21 @@ import pandas as pd
 import pytest
 
 from napari_histoexpr.cli import main as cli
+from napari_histoexpr.data.expression import gene_values
 from napari_histoexpr.data.synthetic import make_demo
-from napari_histoexpr.errors import (BarcodeJoinError, MissingScalefactorsError, SlideOpenError,
-                                     SpotsOutsideImageError, SpotDataError)
-from napari_histoexpr.io.manifest import Section, load_section, read_manifest, write_manifest
-from napari_histoexpr.io.session import open_steps
+from napari_histoexpr.errors import (
+    BarcodeJoinError,
+    MissingScalefactorsError,
+    SlideOpenError,
+    SpotDataError,
+    SpotsOutsideImageError,
+)
+from napari_histoexpr.io.manifest import Section, read_manifest, write_manifest
+from napari_histoexpr.io.sections import load_section, open_steps
 from napari_histoexpr.io.slides import open_slide, pyramid_from_array
-from napari_histoexpr.io.spots import gene_values, read_spots
-
-
-def _run(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
+from napari_histoexpr.io.spots import read_spots
+from napari_histoexpr.layerdata import slide_layer_data
+from napari_histoexpr.steps import drain
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_spots_outside_image(layouts, tmp_path):
     pos["pxl_col_in_fullres"] += 5000  # spots aligned to some other, bigger image
     pos.to_csv(d / "spatial" / "tissue_positions.csv", index=False)
     with pytest.raises(SpotsOutsideImageError, match="outside"):
-        _run(open_steps(layouts["sr2"].slide, d))
+        drain(open_steps(layouts["sr2"].slide, d))
 
 
 def test_not_a_spot_file(tmp_path):
@@ -130,14 +130,14 @@ def test_plain_images_served_as_pyramid(tmp_path, ext):
     assert s.backend == "image" and s.n_levels >= 3 and s.mpp == 0.5
     top = np.asarray(s.levels[-1])
     assert top.shape[2] == 3 and abs(int(top[0, 0, 0]) - 200) < 8 and top[0, -1].max() < 8
-    lyr, kw, kind = s.layer_data()
+    lyr, kw, kind = slide_layer_data(s)
     assert kind == "image" and kw["rgb"] and kw["scale"] == pytest.approx((0.5, 0.5))
 
 
 def test_pyramid_levels_are_consistent():
-    from napari_histoexpr.io.slides import _MIN_LEVEL_SIDE
+    from napari_histoexpr.io.slides import MIN_LEVEL_SIDE
 
-    side = _MIN_LEVEL_SIDE * 8
+    side = MIN_LEVEL_SIDE * 8
     img = np.random.default_rng(0).integers(0, 255, (side, side, 3), dtype=np.uint8)
     p = pyramid_from_array(img, mpp=1.0)
     assert [lv.shape[0] for lv in p.levels] == [side, side // 2, side // 4, side // 8]

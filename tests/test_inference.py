@@ -6,8 +6,16 @@ import json
 import numpy as np
 import pytest
 
-from napari_histoexpr.infer.region import (Grid, LatestRequest, Raster, RegionPredictor, TileCache,
-                                           grid_layer_geometry, visible_box)
+from napari_histoexpr.infer.region import (
+    Grid,
+    LatestRequest,
+    Raster,
+    RegionPredictor,
+    TileCache,
+    grid_layer_geometry,
+    visible_box,
+)
+from napari_histoexpr.steps import drain
 
 
 def test_grid_geometry_aligns_cell_centres():
@@ -101,8 +109,8 @@ def test_whole_slide_prediction_resume_and_reader(model, cohort, trained, tmp_pa
     from napari_histoexpr.infer.slide import predict_slide_steps
 
     slide = cohort["demos"][3].slide
-    gen = predict_slide_steps(model, slide, tmp_path / "full", stride_um=50.0, tile_cells=8)
-    events = list(_exhaust(gen))
+    events = []
+    drain(predict_slide_steps(model, slide, tmp_path / "full", stride_um=50.0, tile_cells=8), events.append)
     full = np.asarray(__import__("zarr").open_group(str(tmp_path / "full" / "prediction.zarr"))["0"])
     # interrupted after 3 tiles, then resumed: only the rest is computed, the result is identical
     gen = predict_slide_steps(model, slide, tmp_path / "part", stride_um=50.0, tile_cells=8)
@@ -112,7 +120,8 @@ def test_whole_slide_prediction_resume_and_reader(model, cohort, trained, tmp_pa
         if k == 3:
             gen.close()
             break
-    ev2 = list(_exhaust(predict_slide_steps(model, slide, tmp_path / "part", stride_um=50.0, tile_cells=8)))
+    ev2 = []
+    drain(predict_slide_steps(model, slide, tmp_path / "part", stride_um=50.0, tile_cells=8), ev2.append)
     plan = ev2[0]
     total = events[0]["total"]
     assert plan["total"] == total - 3
@@ -132,15 +141,7 @@ def test_whole_slide_prediction_resume_and_reader(model, cohort, trained, tmp_pa
     from napari_histoexpr.errors import HistoExprError
 
     with pytest.raises(HistoExprError, match="another model"):
-        list(_exhaust(predict_slide_steps(model, slide, tmp_path / "full", stride_um=25.0, tile_cells=8)))
-
-
-def _exhaust(gen):
-    try:
-        while True:
-            yield next(gen)
-    except StopIteration:
-        return
+        drain(predict_slide_steps(model, slide, tmp_path / "full", stride_um=25.0, tile_cells=8))
 
 
 def test_cli_predict_many_slides_on_local_cluster(trained, cohort, tmp_path):
@@ -179,8 +180,7 @@ def panel_on_section(make_napari_viewer, qtbot, cohort, trained):
         pass
     panel = ExpressionPanel(viewer)
     viewer.window.add_dock_widget(panel)
-    panel._device.value = "cpu"
-    panel._stride.value = 25.0
+    panel.configure(device="cpu", stride_um=25.0)
     panel.load_model(trained, genes=["ERBB2", "COL1A1"])
     return viewer, panel, d
 
@@ -216,7 +216,7 @@ def test_panel_follows_the_camera(panel_on_section, qtbot):
     rr, cc = np.nonzero(np.isfinite(vals))
     xy = np.stack([(cc + c0 + 0.5) * g.stride, (rr + r0 + 0.5) * g.stride], 1)
     cls = _truth_class(demo, xy)
-    assert np.isfinite(vals).mean() > 0.3 and (cls > 0).mean() > 0.9, (panel._status.value, panel.view_box(0.0))
+    assert np.isfinite(vals).mean() > 0.3 and (cls > 0).mean() > 0.9, (panel.status, panel.view_box(0.0))
     # every tissue cell in view is predicted
     all_rr, all_cc = np.nonzero(np.ones_like(vals, bool))
     all_xy = np.stack([(all_cc + c0 + 0.5) * g.stride, (all_rr + r0 + 0.5) * g.stride], 1)
@@ -233,12 +233,11 @@ def test_panel_follows_the_camera(panel_on_section, qtbot):
 
 def test_stale_view_request_is_cancelled(panel_on_section, qtbot):
     viewer, panel, _ = panel_on_section
-    panel._follow.value = False
-    panel._stride.value = 10.0  # many small tiles: a slow request
+    panel.configure(follow=False, stride_um=10.0)  # many small tiles: a slow request
     cam = viewer.scene.camera
     cam.zoom = 0.35
     cam.center = (0, 1024.0, 1024.0)
-    panel._ensure_predictor()  # the tissue mask is found in a worker first
+    panel.build_predictor()  # the tissue mask is found in a worker first
     qtbot.waitUntil(lambda: panel.predictor is not None, timeout=60_000)
     finished = []
     first = panel.predict_view()
@@ -263,17 +262,12 @@ def test_compare_with_measured_spots(panel_on_section, qtbot):
     w = panel.compare_spots()
     with qtbot.waitSignal(w.finished, timeout=60_000):
         pass
-    from napari_histoexpr.widgets.layers import find_layer
-
-    resid = find_layer(viewer, "resid:ERBB2")
+    resid = panel.residual_layer("ERBB2")
     assert resid is not None and {"ERBB2 measured", "ERBB2 predicted", "COL1A1 predicted"} <= set(resid.features)
     assert resid.face_colorbar.visible
     rows = {g: (rv, ra, n) for g, rv, ra, n in panel.table_rows()}
     assert rows["ERBB2"][1] > 0.8 and rows["COL1A1"][1] > 0.8
     assert panel.table.rowCount() == 2 and panel.table.item(0, 0).text() == "ERBB2"
 
-    class Click:
-        position = tuple(resid.data[0])
-
-    panel._on_click(resid, Click())
-    assert "ERBB2 measured" in panel._picked.value and "ERBB2 predicted" in panel._picked.value
+    picked = panel.pick(resid, tuple(resid.data[0]))  # what a click on the first spot shows
+    assert "ERBB2 measured" in picked and "ERBB2 predicted" in panel.picked

@@ -8,9 +8,16 @@ import pandas as pd
 import pytest
 
 from napari_histoexpr.cli import main as cli
-from napari_histoexpr.segment.annotations import (from_geojson, load_regions, rasterise, save_regions,
-                                                  sidecar_path, to_geojson)
+from napari_histoexpr.segment.annotations import (
+    from_geojson,
+    load_regions,
+    rasterise,
+    save_regions,
+    sidecar_path,
+    to_geojson,
+)
 from napari_histoexpr.segment.evaluate import dice_scores
+from napari_histoexpr.steps import drain
 
 # planted class of each marker gene's "high" class
 GENE_CLASS = {"ERBB2 high": 1, "COL1A1 high": 2, "PTPRC high": 3, "background": 0}
@@ -27,7 +34,10 @@ def segmenter(cohort, tmp_path_factory):
 
 def test_classes_from_planted_genes(cohort):
     from napari_histoexpr.io.spots import read_spots
-    from napari_histoexpr.segment.classes import classes_from_clusters, classes_from_genes
+    from napari_histoexpr.segment.classes import (
+        classes_from_clusters,
+        classes_from_genes,
+    )
 
     d = cohort["demos"][0]
     ad = read_spots(d.spots)
@@ -68,8 +78,8 @@ def test_geojson_round_trip_and_rasterise(tmp_path):
 
 def test_segmenter_dice_on_unseen_section(segmenter, cohort, tmp_path):
     from napari_histoexpr.io.slides import open_slide
+    from napari_histoexpr.models.segmenter import Segmenter
     from napari_histoexpr.segment.evaluate import label_map, segment_region
-    from napari_histoexpr.segment.model import Segmenter
 
     meta = json.loads((segmenter / "model.json").read_text())
     assert meta["classes"][0] == "background" and set(meta["classes"][1:]) == set(GENE_CLASS) - {"background"}
@@ -82,12 +92,7 @@ def test_segmenter_dice_on_unseen_section(segmenter, cohort, tmp_path):
     # dense map against the planted class map of the unseen section
     model = Segmenter.load(segmenter, "cpu")
     demo = cohort["demos"][3]
-    gen = segment_region(model, open_slide(demo.slide), 25.0)
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        rp, ras = stop.value
+    rp, ras = drain(segment_region(model, open_slide(demo.slide), 25.0))
     lab = label_map(ras.data)
     mapped = np.vectorize(lambda i: GENE_CLASS[model.classes[i]])(lab)
     cm_path = next(demo.truth.glob("class_map_ds*.npy"))
@@ -114,8 +119,7 @@ def test_panel_segments_and_dice_from_drawn_regions(make_napari_viewer, qtbot, s
     sidecar = sidecar_path(d.slide)
     sidecar.unlink(missing_ok=True)
     panel = SegmenterPanel(viewer)
-    panel._device.value = "cpu"
-    panel._genes.value = "ERBB2,COL1A1,PTPRC"
+    panel.configure(device="cpu", genes="ERBB2,COL1A1,PTPRC")
     classes_layer = panel.show_classes()
     assert set(classes_layer.features["class"].unique()) >= {"ERBB2 high", "COL1A1 high"}
     panel.load_model(segmenter)
@@ -133,7 +137,7 @@ def test_panel_segments_and_dice_from_drawn_regions(make_napari_viewer, qtbot, s
     known[:, 10:] = b
     panel.seg_labels[:] = known
     gt = panel.truth_layer(create=True)
-    panel._gt_class.value = "ERBB2 high"
+    panel.configure(draw_class="ERBB2 high")
     s = g.stride
     # a square over cells rows 2..5, cols 8..11 (centres inside), in µm world (y, x)
     y0, y1, x0, x1 = 2 * s, 6 * s, 8 * s, 12 * s
@@ -171,9 +175,9 @@ def test_annotations_survive_a_crash(make_napari_viewer, qtbot, cohort, segmente
 
     _, p1 = session()
     gt = p1.truth_layer(create=True)
-    p1._gt_class.value = "PTPRC high"
+    p1.configure(draw_class="PTPRC high")
     gt.add_polygons([np.array([[100.0, 100.0], [100.0, 300.0], [300.0, 300.0]])])
-    p1._gt_class.value = "COL1A1 high"
+    p1.configure(draw_class="COL1A1 high")
     gt.add_polygons([np.array([[500.0, 500.0], [500.0, 700.0], [700.0, 700.0], [700.0, 500.0]])])
     before = p1.regions()
     _, p2 = session()
@@ -187,19 +191,14 @@ def test_annotations_survive_a_crash(make_napari_viewer, qtbot, cohort, segmente
 
 def test_drawn_regions_override_spot_classes(cohort):
     from napari_histoexpr.segment.classes import class_spec
-    from napari_histoexpr.segment.model import SegConfig, prepare_seg_sections
+    from napari_histoexpr.train.segmenter import SegConfig, prepare_seg_sections
 
     sec = cohort["sections"][0]
     square = np.array([[0.0, 0.0], [1024.0, 0.0], [1024.0, 1024.0], [0.0, 1024.0]])  # level-0 (x, y)
     cfg = SegConfig(classes=class_spec("genes", genes=["ERBB2", "COL1A1"]), windows_um=(50.0,), px=16)
 
     def run(regions):
-        gen = prepare_seg_sections([sec], cfg, regions=regions)
-        try:
-            while True:
-                next(gen)
-        except StopIteration as stop:
-            return stop.value[0]
+        return drain(prepare_seg_sections([sec], cfg, regions=regions))[0]
 
     plain, drawn = run(None), run({sec.section: [(square, "drawn class")]})
     tissue = plain.labels != "background"

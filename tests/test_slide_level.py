@@ -31,7 +31,11 @@ def small_cohort(tmp_path_factory):
 
 
 def test_generated_cohort_and_folds(small_cohort):
-    from napari_histoexpr.slide_level.cohort import bulk_matrix, patient_folds, read_cohort
+    from napari_histoexpr.slide_level.cohort import (
+        bulk_matrix,
+        patient_folds,
+        read_cohort,
+    )
 
     slides = read_cohort(small_cohort)
     assert len(slides) == 9 and len({s.patient for s in slides}) < 9  # some patients have two slides
@@ -65,7 +69,11 @@ def test_tile_features_are_cached_and_resumable(small_cohort, tmp_path):
 
     from napari_histoexpr.errors import HistoExprError
     from napari_histoexpr.slide_level.cohort import read_cohort
-    from napari_histoexpr.slide_level.features import Encoder, extract_features_steps, load_features
+    from napari_histoexpr.slide_level.features import (
+        Encoder,
+        extract_features_steps,
+        load_features,
+    )
 
     s = read_cohort(small_cohort)[0]
     enc = Encoder("resnet18", "cpu", seed=0)

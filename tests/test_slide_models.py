@@ -98,7 +98,8 @@ def test_he2rna_tile_heatmap_peaks_on_planted_regions(he2rna_model, tmp_path, tr
     planted tumour, COL1A1's on the stroma, PTPRC's on the immune regions."""
     from napari_histoexpr.data.synthetic import make_cohort
     from napari_histoexpr.slide_level.cohort import read_cohort
-    from napari_histoexpr.slide_level.common import load_bags, load_slide_model, tile_raster
+    from napari_histoexpr.slide_level.common import load_bags, tile_raster
+    from napari_histoexpr.slide_level.registry import load_slide_model
 
     csv = make_cohort(tmp_path / "new", n_slides=2, size=896, seed=99)
     slides = read_cohort(csv)
@@ -125,8 +126,9 @@ def test_he2rna_supertiles(survival_cohort, tmp_path):
     """HE2RNA's super-tiles (spatial k-means of the tiles, features averaged) for slides of thousands
     of tiles: the model records and reuses them; tile heatmaps stay per tile."""
     from napari_histoexpr.slide_level.cohort import bulk_matrix, read_cohort
-    from napari_histoexpr.slide_level.common import load_bags, load_slide_model
+    from napari_histoexpr.slide_level.common import load_bags
     from napari_histoexpr.slide_level.he2rna import supertiles
+    from napari_histoexpr.slide_level.registry import load_slide_model
 
     slides = read_cohort(survival_cohort["csv"])
     bags = load_bags(slides, survival_cohort["features"])
@@ -171,7 +173,8 @@ def ghanet_model(survival_cohort, tmp_path_factory):
 
 def test_ghanet_model_needs_the_slide_only(survival_cohort, ghanet_model):
     from napari_histoexpr.slide_level.cohort import read_cohort
-    from napari_histoexpr.slide_level.common import load_bags, load_slide_model
+    from napari_histoexpr.slide_level.common import load_bags
+    from napari_histoexpr.slide_level.registry import load_slide_model
 
     model = load_slide_model(ghanet_model, "cpu")
     slides = read_cohort(survival_cohort["csv"])
@@ -215,7 +218,8 @@ def mtm_model(tissue_cohort, tmp_path_factory):
 def test_multitask_model_is_tissue_conditioned(tissue_cohort, mtm_model):
     from napari_histoexpr.errors import TrainingError
     from napari_histoexpr.slide_level.cohort import read_cohort
-    from napari_histoexpr.slide_level.common import load_bags, load_slide_model
+    from napari_histoexpr.slide_level.common import load_bags
+    from napari_histoexpr.slide_level.registry import load_slide_model
 
     model = load_slide_model(mtm_model, "cpu")
     assert model.kind == "mtm" and model.tissues == ["breast", "lung"]
@@ -246,7 +250,7 @@ def test_km_and_logrank_match_lifelines():
 
 def test_bad_inputs_give_named_errors(survival_cohort, he2rna_model, trained, tmp_path, capsys):
     from napari_histoexpr.errors import ModelFileError
-    from napari_histoexpr.slide_level.common import load_slide_model
+    from napari_histoexpr.slide_level.registry import load_slide_model
 
     args = ["--cohort", str(survival_cohort["csv"]), "--out", str(tmp_path / "x"), "--device", "cpu"]
     assert cli(["bulk", "evaluate", "--features", str(survival_cohort["features"]), "--genes", "ERBB",
@@ -279,18 +283,17 @@ def test_slide_level_panel_shows_heatmaps(make_napari_viewer, qtbot, he2rna_mode
     slide = read_cohort(csv)[0]
     viewer = make_napari_viewer()
     panel = SlideLevelPanel(viewer)
-    panel._device.value = "cpu"
-    panel._cache.value = str(tmp_path / "cache")
+    panel.configure(device="cpu", features_folder=str(tmp_path / "cache"))
     panel.load_model(trained)  # an expression model is not a slide-level one
-    assert "not a slide-level model" in panel._status.value and panel.model is None
+    assert "not a slide-level model" in panel.status and panel.model is None
     panel.load_model(he2rna_model)
-    assert panel.model is not None and panel._encoder.value == str(trained)
-    assert panel._map.choices[:2] == ("ERBB2", "KRT8")
-    panel._slide_edit.value = str(slide.slide)
+    assert panel.model is not None and panel.setting("encoder") == str(trained)
+    assert panel.choices("heatmap")[:2] == ("ERBB2", "KRT8")
+    panel.configure(slide=str(slide.slide))
     # the panel's own finished handler is connected before the worker starts: wait on it (a fast
     # worker can finish before a waitSignal here would connect)
     assert panel.compute() is not None
-    qtbot.waitUntil(lambda: panel._worker is None and panel.bag is not None, timeout=120_000)
+    qtbot.waitUntil(lambda: not panel.busy and panel.bag is not None, timeout=120_000)
     heat = [ly for ly in viewer.layers if ly.name == "HE2RNA: ERBB2"]
     assert len(heat) == 1 and heat[0].scale[-1] == pytest.approx(100.0)
     slide_layer = [ly for ly in viewer.layers if ly.metadata.get("histoexpr", {}).get("key") == "slide"]
@@ -302,8 +305,8 @@ def test_slide_level_panel_shows_heatmaps(make_napari_viewer, qtbot, he2rna_mode
     cls = _tumour_at_tiles(csv, slide.id, centres)
     vals = img[rows, cols]
     assert vals[cls == 1].mean() > vals[(cls > 1)].mean()
-    assert "slide-level ERBB2" in panel._summary.value
-    panel._map.value = "COL1A1"
+    assert "slide-level ERBB2" in panel.summary
+    panel.configure(heatmap="COL1A1")
     layer = [ly for ly in viewer.layers if ly.name == "HE2RNA: COL1A1"]
     assert layer and layer[0] is heat[0]  # updated in place
     assert not np.allclose(layer[0].data[rows, cols], vals)
@@ -313,21 +316,21 @@ def test_slide_level_panel_shows_heatmaps(make_napari_viewer, qtbot, he2rna_mode
 
     shutil.rmtree(tmp_path / "cache")
     panel.compute().quit()
-    qtbot.waitUntil(lambda: panel._worker is None, timeout=60_000)
-    assert panel.bag is None and "cancelled" in panel._status.value
+    qtbot.waitUntil(lambda: not panel.busy, timeout=60_000)
+    assert panel.bag is None and "cancelled" in panel.status
     assert panel.compute() is not None
-    qtbot.waitUntil(lambda: panel._worker is None and panel.bag is not None, timeout=120_000)
+    qtbot.waitUntil(lambda: not panel.busy and panel.bag is not None, timeout=120_000)
     keys = [ly.metadata.get("histoexpr", {}).get("key") for ly in viewer.layers]
     assert keys.count("slide-level:heatmap") == 1
     # a G-HANet model on the same slide: attention maps (sum to 1) and the predicted risk
     panel.load_model(ghanet_model)
-    assert panel._map.choices[0] == "attention" and len(panel._map.choices) == 1 + len(panel.model.groups)
+    assert panel.choices("heatmap")[0] == "attention" and len(panel.choices("heatmap")) == 1 + len(panel.model.groups)
     panel.bag = None
     assert panel.compute() is not None  # the features are cached: this only reads them
-    qtbot.waitUntil(lambda: panel._worker is None and panel.bag is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: not panel.busy and panel.bag is not None, timeout=60_000)
     att = [ly for ly in viewer.layers if ly.name == "G-HANet: attention"]
     assert len(att) == 1 and np.nansum(att[0].data) == pytest.approx(1.0, abs=1e-4)
-    assert panel._summary.value.startswith("risk ")
+    assert panel.summary.startswith("risk ")
     keys = [ly.metadata.get("histoexpr", {}).get("key") for ly in viewer.layers]
     assert keys.count("slide-level:heatmap") == 1
 
@@ -339,7 +342,11 @@ def test_encoder_applies_the_models_stain_normalisation(survival_cohort, trained
     from napari_histoexpr.data.patches import extract_patches, macenko_fit
     from napari_histoexpr.io.slides import open_slide
     from napari_histoexpr.slide_level.cohort import read_cohort
-    from napari_histoexpr.slide_level.features import Encoder, extract_features_steps, load_features
+    from napari_histoexpr.slide_level.features import (
+        Encoder,
+        extract_features_steps,
+        load_features,
+    )
 
     slide = read_cohort(survival_cohort["csv"])[0].slide
     pyr = open_slide(slide)
@@ -364,20 +371,19 @@ def test_slide_level_panel_multitask_tissue(make_napari_viewer, qtbot, mtm_model
 
     viewer = make_napari_viewer()
     panel = SlideLevelPanel(viewer)
-    panel._device.value = "cpu"
-    panel._cache.value = str(tmp_path / "cache")
+    panel.configure(device="cpu", features_folder=str(tmp_path / "cache"))
     panel.load_model(mtm_model)
-    assert panel._tissue.choices == ("breast", "lung") and panel._chosen_tissue() == "breast"
-    panel._slide_edit.value = str(read_cohort(tissue_cohort["csv"])[-1].slide)
+    assert panel.choices("tissue") == ("breast", "lung") and panel.tissue == "breast"
+    panel.configure(slide=str(read_cohort(tissue_cohort["csv"])[-1].slide))
     assert panel.compute() is not None
-    qtbot.waitUntil(lambda: panel._worker is None and panel.bag is not None, timeout=120_000)
+    qtbot.waitUntil(lambda: not panel.busy and panel.bag is not None, timeout=120_000)
     layer = [ly for ly in viewer.layers if ly.name == "multi-task: ERBB2"][0]
     before = layer.data.copy()
-    summary = panel._summary.value
-    panel._tissue.value = "lung"
+    summary = panel.summary
+    panel.configure(tissue="lung")
     assert [ly for ly in viewer.layers if ly.name == "multi-task: ERBB2"][0] is layer
     assert not np.allclose(np.nan_to_num(layer.data), np.nan_to_num(before))
-    assert panel._summary.value != summary and "slide-level ERBB2" in panel._summary.value
+    assert panel.summary != summary and "slide-level ERBB2" in panel.summary
 
 
 def test_slide_level_measures_on_fixed_arrays():
@@ -386,7 +392,11 @@ def test_slide_level_measures_on_fixed_arrays():
     import torch
     from scipy.stats import pearsonr
 
-    from napari_histoexpr.slide_level.ghanet import nll_discrete, risk_from_logits, time_bins
+    from napari_histoexpr.slide_level.ghanet import (
+        nll_discrete,
+        risk_from_logits,
+        time_bins,
+    )
     from napari_histoexpr.slide_level.he2rna import KS, pool, topk_mean
     from napari_histoexpr.slide_level.multitask import sample_level_r
 

@@ -9,22 +9,15 @@ from napari_histoexpr.widgets.train_expression import SOURCES, TrainExpressionWi
 
 
 def _small(panel, out, epochs):
-    panel._genes.value = "ERBB2,COL1A1,PTPRC"
-    panel._epochs.value = epochs
-    panel._px.value = 32
-    panel._window.value = 100.0
-    panel._batch.value = 64
-    panel._aux.value = False
-    panel._device.value = "cpu"
-    panel._out.value = out
+    panel.configure(genes="ERBB2,COL1A1,PTPRC", epochs=epochs, px=32, window_um=100.0, batch_size=64, aux=False,
+                    device="cpu", out=out)
 
 
 def test_panel_trains_on_manifest(make_napari_viewer, qtbot, cohort, tmp_path):
     viewer = make_napari_viewer()
     panel = TrainExpressionWidget(viewer)
     viewer.window.add_dock_widget(panel)
-    panel._source.value = SOURCES[1]
-    panel._manifest.value = cohort["train"]
+    panel.configure(source=SOURCES[1], manifest=cohort["train"])
     _small(panel, tmp_path / "model", 2)
     worker = panel.start()
     with qtbot.waitSignal(worker.finished, timeout=120_000):
@@ -32,8 +25,8 @@ def test_panel_trains_on_manifest(make_napari_viewer, qtbot, cohort, tmp_path):
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
     assert meta["genes"] == ["ERBB2", "COL1A1", "PTPRC"] and meta["training"]["validation"] == "s1"
     assert len(panel.curve.epochs) == 2 and len(panel.curve.steps) >= 2
-    assert panel.summary is not None and "saved to" in panel._status.value
-    assert panel._train_btn.enabled and not panel._cancel_btn.enabled
+    assert panel.summary is not None and "saved to" in panel.status
+    assert panel.actions() == {"Train": True, "Cancel": False} and not panel.busy
 
 
 def test_panel_uses_open_section_and_cancel_keeps_state(make_napari_viewer, qtbot, demo, tmp_path):
@@ -48,7 +41,7 @@ def test_panel_uses_open_section_and_cancel_keeps_state(make_napari_viewer, qtbo
     qtbot.waitUntil(lambda: len(panel.curve.epochs) >= 1, timeout=120_000)
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         panel.cancel()
-    assert panel.summary is None and panel._status.value.startswith("cancelled")
+    assert panel.summary is None and panel.status.startswith("cancelled")
     assert (tmp_path / "m" / "model.json").exists()  # best so far
     ck = torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=True)
     assert int(ck["epoch"]) >= 0
@@ -65,7 +58,7 @@ def test_panel_without_sections_notifies(make_napari_viewer, tmp_path):
     try:
         viewer = make_napari_viewer()
         panel = TrainExpressionWidget(viewer)
-        panel._out.value = tmp_path
+        panel.configure(out=tmp_path)
         assert panel.start() is None
         assert any("Slide & spots" in str(n.message) for n in seen)
     finally:

@@ -7,8 +7,6 @@ import pytest
 
 from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
 
-DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
-
 
 @pytest.fixture
 def notifications():
@@ -58,7 +56,7 @@ def test_panel_opens_demo_in_worker(make_napari_viewer, qtbot, demo):
     # hover: status shows spot id and value
     status = spots.get_status(spots.data[0], world=True)
     assert panel.adata.obs_names[0] in str(status) and "value" in str(status)
-    assert panel._slide_edit.value == Path(demo.slide)
+    assert panel.setting("slide") == Path(demo.slide)
 
 
 def test_gene_change_updates_layer_in_place(make_napari_viewer, qtbot, demo, notifications):
@@ -67,27 +65,21 @@ def test_gene_change_updates_layer_in_place(make_napari_viewer, qtbot, demo, not
     _open(qtbot, panel, slide=str(demo.slide), spots=str(demo.spots))
     layer = panel.spots_layer
     # completion over all genes, case-insensitive "contains"
-    model = panel._completer.model()
-    genes = {model.index(i, 0).data() for i in range(model.rowCount())}
-    assert genes == set(panel.adata.var_names)
-    panel._completer.setCompletionPrefix("col1")
-    assert panel._completer.currentCompletion() in ("COL1A1", "COL1A2")
+    assert set(panel.gene_completions("")) == set(panel.adata.var_names)
+    assert {"COL1A1", "COL1A2"} <= set(panel.gene_completions("col1"))
 
-    panel._gene.value = "ERBB2"
-    panel.apply_gene()
+    panel.set_gene("ERBB2")
     erbb2 = layer.features["value"].to_numpy().copy()
-    panel._gene.value = "COL1A1"
-    panel._mode.value = "raw"  # the combo's change re-applies
+    panel.configure(gene="COL1A1", mode="raw")  # the combo's change re-applies
     assert panel.spots_layer is layer and "COL1A1" in layer.name
     col = layer.features["value"].to_numpy()
     assert np.corrcoef(erbb2, col)[0, 1] < 0  # tumour vs stroma marker
     assert np.allclose(col, np.asarray(panel.adata[:, "COL1A1"].X.todense()).ravel())
     # percentile contrast
-    panel._hi.value = 50.0
+    panel.configure(high_percentile=50.0)
     assert layer.face_contrast_limits[1] == pytest.approx(np.percentile(col, 50))
     # an unknown gene warns and keeps the layer
-    panel._gene.value = "NOTAGENE"
-    panel.apply_gene()
+    panel.set_gene("NOTAGENE")
     assert any("NOTAGENE" in str(n.message) for n in notifications)
     assert panel.spots_layer is layer and len(viewer.layers) == 2
 
@@ -98,9 +90,9 @@ def test_broken_slide_notifies_and_viewer_keeps_working(make_napari_viewer, qtbo
     panel = SlideSpotsWidget(viewer)
     _open(qtbot, panel, slide=str(shared_data / "wsi" / "broken.svs"))
     qtbot.waitUntil(lambda: any("broken.svs" in str(n.message) for n in notifications), timeout=5000)
-    assert panel._status.value.startswith("error:") and panel._open_btn.enabled
+    assert panel.status.startswith("error:") and panel.actions()["Open"]
     assert len(viewer.layers) == 0
-    panel._slide_edit.value = None  # the panel opens the next file fine
+    panel.configure(slide=None)  # the panel opens the next file fine
     _open(qtbot, panel, slide=str(demo.slide), spots=str(demo.spots))
     assert panel.slide_layer is not None
 
@@ -121,13 +113,14 @@ def test_reader_and_sample_data(make_napari_viewer, demo, monkeypatch):
     assert names[0] == "demo slide" and "planted classes" in names
 
 
-def test_screenshot_slide_spots_colorbar(make_napari_viewer, qtbot, demo):
-    """Render the real canvas and check the slide, spots and colorbar pixels; save for the docs."""
+def test_screenshot_slide_spots_colorbar(make_napari_viewer, qtbot, demo, tmp_path):
+    """Render the real canvas and check the slide, spots and colorbar pixels (the docs image is made by
+    ``docs/make_screenshots.py slide-spots``, not by the tests)."""
     viewer = make_napari_viewer(show=True)
     viewer.window.resize(1200, 900)
     panel = SlideSpotsWidget(viewer)
     viewer.window.add_dock_widget(panel, name="Slide & spots")
-    panel._gene.value = "ERBB2"
+    panel.configure(gene="ERBB2")
     _open(qtbot, panel, slide=str(demo.slide), spots=str(demo.spots))
     viewer.reset_view()
     qtbot.wait(200)
@@ -144,8 +137,5 @@ def test_screenshot_slide_spots_colorbar(make_napari_viewer, qtbot, demo):
     h, w = rgb.shape[:2]
     corner = rgb[: h // 3, -w // 6:]
     assert ((corner[..., 1] > 200) & (corner[..., 2] < 80)).sum() > 50
-    DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
-    full = viewer.screenshot(canvas_only=False, flash=False)
-    from PIL import Image
-
-    Image.fromarray(full).save(DOCS_IMAGES / "slide_spots.png")
+    full = viewer.screenshot(str(tmp_path / "slide_spots.png"), canvas_only=False, flash=False)
+    assert full.shape[0] > img.shape[0] and (tmp_path / "slide_spots.png").stat().st_size > 10_000

@@ -8,8 +8,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .data.expression import top_genes
+from .io.sections import open_section
 from .io.slides import is_slide_path, open_slide
-from .io.spots import is_visium_folder, read_spots, spots_layer_data, top_genes, visium_image
+from .io.spots import read_spots
+from .io.visium import is_visium_folder
+from .layerdata import slide_layer_data, spots_layer_data
 
 _GAP_UM = 500.0  # space between sections of a manifest laid out side by side
 
@@ -57,7 +61,7 @@ def _one(path):
 
 def read_slide_layers(path):
     pyr = open_slide(_one(path))
-    return [pyr.layer_data()]
+    return [slide_layer_data(pyr)]
 
 
 def _spot_layers(adata, mpp=None, gene=None, translate=None):
@@ -69,9 +73,8 @@ def _spot_layers(adata, mpp=None, gene=None, translate=None):
 
 
 def read_visium_layers(path):
-    adata = read_spots(_one(path))
-    pyr = visium_image(adata)
-    return [pyr.layer_data(name=Path(_one(path)).name), _spot_layers(adata, pyr.mpp)]
+    pyr, adata = open_section(None, _one(path))
+    return [slide_layer_data(pyr, name=Path(_one(path)).name), _spot_layers(adata, pyr.mpp)]
 
 
 def read_spot_layers(path):
@@ -81,13 +84,14 @@ def read_spot_layers(path):
 
 def read_manifest_layers(path):
     """Every section of a manifest, side by side (left to right) in one world."""
-    from .io.manifest import load_section, read_manifest
+    from .io.manifest import read_manifest
+    from .io.sections import load_section
 
     out = []
     offset_um = 0.0
     for sec in read_manifest(_one(path)):
         pyr, adata = load_section(sec)
-        data, kwargs, kind = pyr.layer_data(name=sec.section)
+        data, kwargs, kind = slide_layer_data(pyr, name=sec.section)
         t = kwargs.get("translate", (0.0, 0.0))
         kwargs["translate"] = (t[0], t[1] + offset_um)
         out.append((data, kwargs, kind))
@@ -100,6 +104,6 @@ def read_manifest_layers(path):
 
 def read_prediction_layers(path):
     """A ``histoexpr predict`` output: one aligned heatmap layer per gene (first three genes)."""
-    from .infer.slide import prediction_layers
+    from .layerdata import prediction_layers
 
     return prediction_layers(_one(path))

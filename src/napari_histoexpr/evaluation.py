@@ -1,6 +1,6 @@
-"""Training and evaluating expression models on section manifests (the CLI and the panel call these).
+"""Evaluating an expression model on held-out sections of a manifest.
 
-``evaluate_steps`` writes ``REPORT_DIR/report.json`` exactly as in ../shared/DESIGN.md (plus the
+``evaluate_steps`` writes ``REPORT_DIR/report.json`` exactly as in docs/formats.md (plus the
 baselines' numbers under ``"baselines"``), ``report.md`` and PNG plots.
 """
 
@@ -11,101 +11,44 @@ from pathlib import Path
 
 import numpy as np
 
-from .io.manifest import Section, load_section, read_manifest
-from .io.spots import shared_genes
-from .metrics import pearson_columns, summarise_pearson
-
-
-def _sections(manifest) -> list[Section]:
-    if isinstance(manifest, (list, tuple)):
-        return list(manifest)
-    return read_manifest(manifest)
-
-
-def prepare_sections_steps(sections: list[Section], window_um: float, px: int, min_tissue: float = 0.3,
-                           stain_norm: bool = False) -> Generator[dict, None, tuple]:
-    """Open every section and cut its spot patches; returns ``(list[SectionData], stain_target)``.
-
-    Genes are restricted to those all sections share (in the first section's order).
-    """
-    from .train.expression import prepare_section
-
-    opened = []
-    for i, sec in enumerate(sections):
-        yield {"stage": "open", "msg": f"opening {sec.section} ({i + 1}/{len(sections)})"}
-        opened.append((sec, *load_section(sec)))
-    shared = list(map(str, opened[0][2].var_names))
-    for _, _, ad in opened[1:]:
-        shared = shared_genes(shared, ad)
-    target, transform = None, None
-    out = []
-    for i, (sec, pyr, ad) in enumerate(opened):
-        if stain_norm and transform is None:
-            from .data.patches import extract_patches, macenko_fit, macenko_normaliser
-
-            sample = extract_patches(pyr, np.asarray(ad.obsm["spatial"])[:64], window_um, px)
-            target = macenko_fit(sample.reshape(-1, px, 3))
-            transform = macenko_normaliser(target)
-        yield {"stage": "patches", "msg": f"cutting {ad.n_obs} patches of {sec.section}"}
-        out.append(prepare_section(sec.section, pyr, ad, window_um, px, genes=shared,
-                                   min_tissue=min_tissue, transform=transform))
-        pyr.close()
-    return out, target
-
-
-def train_from_manifest_steps(manifest, out_dir, cfg, resume: bool = False) -> Generator[dict, None, dict]:
-    """Open the sections of ``manifest`` (a CSV path or Sections), then train (events as in train_steps)."""
-    from .train.expression import train_steps
-
-    data, target = yield from prepare_sections_steps(_sections(manifest), cfg.window_um, cfg.px,
-                                                     cfg.min_tissue, cfg.stain_norm)
-    if target is not None:
-        cfg.extra["stain_target"] = target
-    return (yield from train_steps(data, out_dir, cfg, resume=resume))
+from .io.manifest import as_sections
+from .metrics import named_values, pearson_columns, summarise_pearson
 
 
 def evaluate_steps(model_dir, manifest, out_dir, device: str = "auto",
                    baselines: bool = True, plots: bool = True) -> Generator[dict, None, dict]:
     """Per-gene Pearson across the spots of every section of ``manifest``; writes the report."""
+    from .infer.spots import predict_at_spots
+    from .io.sections import load_section
     from .models.artifact import atomic_write_json
     from .models.expression import ExpressionModel
     from .train.baselines import Baselines
-    from .train.expression import prepare_section
 
     model = ExpressionModel.load(model_dir, device)
     genes, hvg50 = model.genes, model.meta.get("hvg50", [])
     base = Baselines(model_dir, model.device) if baselines and Baselines.available(model_dir) else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    transform = model.patch_transform()
     per = {"model": {}, "ridge": {}, "mean": {}}
     sections_out, scatter = {}, {}
-    for i, sec in enumerate(_sections(manifest)):
+    for i, sec in enumerate(as_sections(manifest)):
         yield {"stage": "open", "msg": f"evaluating {sec.section} ({i + 1})"}
         pyr, ad = load_section(sec)
-        have = shared_genes(genes, ad)
-        if not have:
-            from .errors import UnknownGeneError
-
-            raise UnknownGeneError(genes[0], [])
-        sd = prepare_section(sec.section, pyr, ad, model.window_um, model.px, genes=have,
-                             min_tissue=model.meta["training"]["config"].get("min_tissue", 0.3),
-                             transform=transform)
+        sp = predict_at_spots(model, pyr, ad, sec.section)
         pyr.close()
-        gi = [genes.index(g) for g in have]
-        pred = model.predict(sd.patches)[:, gi]
-        r = pearson_columns(pred, sd.expr)
-        per["model"][sec.section] = {g: _f(v) for g, v in zip(have, r)}
-        sections_out[sec.section] = {"n_spots": int(len(sd.patches)), "pearson": per["model"][sec.section]}
-        scatter[sec.section] = (have, pred, sd.expr)
+        r = sp.pearson()
+        per["model"][sec.section] = named_values(sp.genes, r)
+        sections_out[sec.section] = {"n_spots": len(sp.spot_ids), "pearson": per["model"][sec.section]}
+        scatter[sec.section] = (sp.genes, sp.pred, sp.meas)
         if base is not None:
-            bp = base.predict(sd.patches)
-            per["ridge"][sec.section] = {g: _f(v) for g, v in zip(have, pearson_columns(bp["ridge"][:, gi], sd.expr))}
-            per["mean"][sec.section] = {g: 0.0 for g in have}  # constant prediction: r undefined -> 0
-            mse = {k: float(((bp[k][:, gi] - sd.expr) ** 2).mean()) for k in ("mean", "ridge")}
-            mse["model"] = float(((pred - sd.expr) ** 2).mean())
+            gi = [genes.index(g) for g in sp.genes]
+            bp = base.predict(sp.patches)
+            per["ridge"][sec.section] = named_values(sp.genes, pearson_columns(bp["ridge"][:, gi], sp.meas))
+            per["mean"][sec.section] = {g: 0.0 for g in sp.genes}  # constant prediction: r undefined -> 0
+            mse = {k: float(((bp[k][:, gi] - sp.meas) ** 2).mean()) for k in ("mean", "ridge")}
+            mse["model"] = float(((sp.pred - sp.meas) ** 2).mean())
             sections_out[sec.section]["mse"] = mse
-        yield {"stage": "section", "section": sec.section, "n_spots": int(len(sd.patches)),
+        yield {"stage": "section", "section": sec.section, "n_spots": len(sp.spot_ids),
                "mean_r": float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")}
     summary, med = summarise_pearson(per["model"], genes, hvg50)
     report = {"sections": sections_out, "summary": summary,
@@ -126,10 +69,6 @@ def evaluate_steps(model_dir, manifest, out_dir, device: str = "auto",
     (out / "report.md").write_text(_markdown(report, med))
     yield {"stage": "done", "msg": f"report written to {out}"}
     return report
-
-
-def _f(v) -> float | None:
-    return None if v is None or not np.isfinite(v) else float(v)
 
 
 def _json_safe(obj):

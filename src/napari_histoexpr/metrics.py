@@ -18,9 +18,20 @@ def pearson_columns(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return r
 
 
+def named_values(names, values) -> dict[str, float | None]:
+    """``{name: value}`` with NaN/inf as ``None`` (JSON-safe per-gene results)."""
+    return {n: (float(v) if v is not None and np.isfinite(v) else None) for n, v in zip(names, values)}
+
+
+def nanmean_or_none(values) -> float | None:
+    """Mean of the finite values (``None`` entries skipped); ``None`` when there are none."""
+    a = np.array([np.nan if x is None else x for x in values], float)
+    return float(np.nanmean(a)) if np.isfinite(a).any() else None
+
+
 def summarise_pearson(per_section: dict[str, dict[str, float]], genes: list[str],
                       hvg50: list[str] | None = None) -> dict:
-    """The ``summary`` block of ``report.json`` (see ../shared/DESIGN.md).
+    """The ``summary`` block of ``report.json`` (see docs/formats.md).
 
     Each gene's score is the median of its r over sections (sections where it is undefined are
     skipped); genes never defined count as not > 0.

@@ -89,13 +89,20 @@ def patch_level(pyr, window_um: float, px: int) -> int:
     return best
 
 
-def _resize(img: np.ndarray, px: int) -> np.ndarray:
-    if img.shape[0] == px and img.shape[1] == px:
+def resize_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``img`` resized to ``height x width``: bilinear when shrinking less than 2x (or enlarging),
+    box filter beyond (area averaging, as a pyramid level would)."""
+    if img.shape[0] == height and img.shape[1] == width:
         return img
     from PIL import Image
 
-    return np.asarray(Image.fromarray(img).resize((px, px), Image.Resampling.BILINEAR
-                                                  if img.shape[0] < 2 * px else Image.Resampling.BOX))
+    smooth = img.shape[0] < 2 * height
+    return np.asarray(Image.fromarray(img).resize((width, height), Image.Resampling.BILINEAR
+                                                  if smooth else Image.Resampling.BOX))
+
+
+def resize_patch(img: np.ndarray, px: int) -> np.ndarray:
+    return resize_to(img, px, px)
 
 
 def extract_patches(pyr, xy: np.ndarray, window_um: float, px: int, block_tiles: int = 4,
@@ -140,7 +147,7 @@ def extract_patches(pyr, xy: np.ndarray, window_um: float, px: int, block_tiles:
             py = int(np.floor(cy[k] - half)) - y0
             px0 = int(np.floor(cx[k] - half)) - x0
             patch = np.ascontiguousarray(region[py:py + wpx, px0:px0 + wpx])
-            patch = _resize(patch, px)
+            patch = resize_patch(patch, px)
             if transform is not None:
                 patch = transform(patch)
             out[k] = patch

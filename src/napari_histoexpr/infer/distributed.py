@@ -10,45 +10,33 @@ from pathlib import Path
 import numpy as np
 
 
-def _drain(gen, progress: Callable[[str], None] | None = None, label: str = ""):
-    last = -1
-    try:
-        while True:
-            ev = next(gen)
-            if progress is None:
-                continue
-            if ev.get("stage") == "tile":
-                pct = int(100 * ev["done"] / max(1, ev["total"]))
-                if pct // 10 != last:
-                    last = pct // 10
-                    progress(f"{label}{ev['done']}/{ev['total']} tiles ({pct} %)")
-            elif "msg" in ev:
-                progress(f"{label}{ev['msg']}")
-    except StopIteration as stop:
-        return stop.value
+def tile_progress(progress: Callable[[str], None] | None, label: str = "") -> Callable[[dict], None] | None:
+    """An event handler printing every 10 % of a tile job and every message, each behind ``label``."""
+    if progress is None:
+        return None
+    last = [-1]
 
+    def show(ev: dict) -> None:
+        if ev.get("stage") == "tile":
+            pct = int(100 * ev["done"] / max(1, ev["total"]))
+            if pct // 10 != last[0]:
+                last[0] = pct // 10
+                progress(f"{label}{ev['done']}/{ev['total']} tiles ({pct} %)")
+        elif "msg" in ev:
+            progress(f"{label}{ev['msg']}")
 
-def _worker_device(device: str) -> str:
-    import torch
-
-    if device not in ("auto", None, "") or not torch.cuda.is_available():
-        return device or "cpu"
-    try:
-        from distributed import get_worker
-
-        idx = int(str(get_worker().name).split("-")[-1])
-    except (ImportError, ValueError):
-        idx = 0
-    return f"cuda:{idx % torch.cuda.device_count()}"
+    return show
 
 
 def predict_one(model_dir, slide, out_dir, device: str = "auto", progress=None, **kw) -> dict:
     """Predict one slide in this process (a dask task or a plain call)."""
     from ..models.expression import ExpressionModel
+    from ..models.runtime import worker_device
+    from ..steps import drain
     from .slide import predict_slide_steps
 
-    model = ExpressionModel.load(model_dir, _worker_device(device))
-    return _drain(predict_slide_steps(model, slide, out_dir, **kw), progress, f"{Path(slide).name}: ")
+    model = ExpressionModel.load(model_dir, worker_device(device))
+    return drain(predict_slide_steps(model, slide, out_dir, **kw), tile_progress(progress, f"{Path(slide).name}: "))
 
 
 def _task(model_dir, slide, out_dir, device, kw: dict) -> dict:
@@ -63,34 +51,29 @@ def _task(model_dir, slide, out_dir, device, kw: dict) -> dict:
 
 
 def spot_report(model_dir, slide, spots, out_dir, device: str = "auto") -> dict:
-    """Predict at the measured spots of one slide; Pearson r per gene; writes spots_prediction.h5ad."""
-    from ..io.manifest import harmonise_mpp
-    from ..io.slides import open_slide
-    from ..io.spots import check_spots_in_image, read_spots, shared_genes
-    from ..metrics import pearson_columns, summarise_pearson
-    from ..models.artifact import atomic_write_json
-    from ..models.expression import ExpressionModel
-    from ..train.expression import prepare_section
-
-    model = ExpressionModel.load(model_dir, device)
-    pyr, adata = open_slide(slide), read_spots(spots)
-    harmonise_mpp(pyr, adata)
-    check_spots_in_image(adata, pyr.level0_shape)
-    genes = shared_genes(model.genes, adata)
-    sd = prepare_section(Path(slide).stem, pyr, adata, model.window_um, model.px, genes=genes,
-                         transform=model.patch_transform())
-    pred = model.predict(sd.patches)[:, [model.genes.index(g) for g in genes]]
-    r = pearson_columns(pred, sd.expr)
-    per = {g: (float(v) if np.isfinite(v) else None) for g, v in zip(genes, r)}
-    summary, _ = summarise_pearson({sd.name: per}, genes, model.meta.get("hvg50"))
+    """Predict at the measured spots of one slide; Pearson r per gene; writes spots_prediction.h5ad
+    and spots_report.json."""
     import anndata as ad
     import pandas as pd
 
-    out = ad.AnnData(X=pred.astype(np.float32), obs=pd.DataFrame(index=sd.spot_ids),
-                     var=pd.DataFrame(index=genes), layers={"measured": sd.expr})
-    out.obsm["spatial"] = sd.xy
-    out.write_h5ad(Path(out_dir) / "spots_prediction.h5ad")
-    rep = {"n_spots": len(sd.spot_ids), "pearson": per, "summary": summary}
+    from ..io.sections import open_section
+    from ..metrics import summarise_pearson
+    from ..models.artifact import atomic_write_json
+    from ..models.expression import ExpressionModel
+    from .spots import predict_at_spots
+
+    model = ExpressionModel.load(model_dir, device)
+    pyr, adata = open_section(slide, spots)
+    sp = predict_at_spots(model, pyr, adata, Path(slide).stem)
+    per = sp.pearson_by_gene()
+    summary, _ = summarise_pearson({sp.section: per}, sp.genes, model.meta.get("hvg50"))
+    out = ad.AnnData(X=sp.pred.astype(np.float32), obs=pd.DataFrame(index=sp.spot_ids),
+                     var=pd.DataFrame(index=sp.genes), layers={"measured": sp.meas})
+    out.obsm["spatial"] = sp.xy
+    tmp = Path(out_dir) / ".spots_prediction.h5ad.part"
+    out.write_h5ad(tmp)
+    os.replace(tmp, Path(out_dir) / "spots_prediction.h5ad")
+    rep = {"n_spots": len(sp.spot_ids), "pearson": per, "summary": summary}
     atomic_write_json(Path(out_dir) / "spots_report.json", rep)
     return rep
 

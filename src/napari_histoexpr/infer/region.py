@@ -133,7 +133,8 @@ class TileCache:
 
 
 class RegionPredictor:
-    """Tile predictions of one model on one slide, cached; background tiles are skipped."""
+    """Tile predictions of one :class:`~napari_histoexpr.models.protocol.MapModel` on one slide,
+    cached; background tiles are skipped."""
 
     def __init__(self, model, pyr, stride_um: float | None = None, tile_cells: int = 16,
                  cache_bytes: int = 256 * 2**20, batch_size: int = 256, min_tissue: float = 0.05):
@@ -146,7 +147,6 @@ class RegionPredictor:
         self.batch_size = batch_size
         self.mask, self.mask_ds = tissue_mask(pyr)
         self.min_tissue = min_tissue
-        self._transform = model.patch_transform()
         self._lock = threading.Lock()  # one model call at a time
 
     @property
@@ -171,8 +171,6 @@ class RegionPredictor:
         hit = self.cache.get(key)
         if hit is not None:
             return hit
-        from ..data.patches import extract_patches
-
         rs, cs = self.grid.tile_slices(ti, tj)
         shape = (len(self.genes), rs.stop - rs.start, cs.stop - cs.start)
         out = np.full(shape, np.nan, np.float32)
@@ -181,12 +179,7 @@ class RegionPredictor:
             on = self.cell_tissue(centres) >= self.min_tissue
             if on.any():
                 with self._lock:
-                    if hasattr(self.model, "predict_centres"):  # e.g. a multi-window segmenter
-                        pred = self.model.predict_centres(self.pyr, centres[on], self.batch_size)
-                    else:
-                        patches = extract_patches(self.pyr, centres[on], self.model.window_um, self.model.px,
-                                                  transform=self._transform)
-                        pred = self.model.predict(patches, batch_size=self.batch_size)
+                    pred = self.model.predict_centres(self.pyr, centres[on], self.batch_size)
                 flat = out.reshape(len(self.genes), -1)
                 flat[:, on] = pred.T
         self.cache.put(key, out)

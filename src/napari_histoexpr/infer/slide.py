@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HistoExprError
-from .region import Grid, RegionPredictor, grid_layer_geometry
+from .region import Grid, RegionPredictor
 
 ATTR = "histoexpr_prediction"
 
@@ -93,7 +93,6 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
     import anndata as ad
     import pandas as pd
 
-    from ..data.patches import extract_patches
     from ..io.slides import open_slide
     from ..models.artifact import atomic_write_json
     from ..models.expression import ExpressionModel
@@ -114,14 +113,11 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
     yield {"stage": "plan", "msg": f"{len(tiles)} tissue tiles ({len(tiles) - len(todo)} already done), "
            f"grid {grid.rows} x {grid.cols} cells of {grid.stride * pyr.world_mpp:.1f} µm",
            "total": len(todo)}
-    transform = model.patch_transform()
 
     def load(t):
         centres = grid.cell_centres(*t)
         on = rp.cell_tissue(centres) >= rp.min_tissue
-        patches = extract_patches(pyr, centres[on], model.window_um, model.px, transform=transform) \
-            if on.any() else None
-        return t, on, patches
+        return t, on, (model.read_patches(pyr, centres[on]) if on.any() else None)
 
     arr = g["0"]
     t0 = time.perf_counter()
@@ -187,40 +183,3 @@ def is_prediction(path) -> bool:
         return ATTR in zarr.open_group(str(p), mode="r").attrs
     except Exception:
         return False
-
-
-def prediction_layers(path, genes: list[str] | None = None, colormap: str = "inferno") -> list:
-    """LayerData (one multiscale Image per gene, µm world, aligned with the slide) of a prediction."""
-    import dask.array as da
-    import zarr
-
-    p = Path(path)
-    if (p / "prediction.zarr").is_dir():
-        p = p / "prediction.zarr"
-    g = zarr.open_group(str(p), mode="r")
-    a = dict(g.attrs)[ATTR]
-    mpp = float(a["world_mpp"])
-    grid = Grid(float(a["stride_px"]), int(a["rows"]), int(a["cols"]), int(a["tile_cells"]))
-    geo = grid_layer_geometry(grid, mpp)
-    levels = [da.from_zarr(g[str(i)]) for i in range(int(a.get("levels", 1))) if str(i) in g]
-    out = []
-    for gene in genes or a["genes"][:3]:
-        if gene not in a["genes"]:
-            from ..errors import UnknownGeneError
-            import difflib
-
-            raise UnknownGeneError(gene, difflib.get_close_matches(gene, a["genes"], 3))
-        k = a["genes"].index(gene)
-        data = [lv[k] for lv in levels]
-        sample = np.asarray(levels[-1][k])
-        fin = sample[np.isfinite(sample)]
-        lim = (float(np.percentile(fin, 1)), float(np.percentile(fin, 99))) if fin.size else (0.0, 1.0)
-        if lim[1] <= lim[0]:
-            lim = (lim[0], lim[0] + 1e-3)
-        # each display level halves the grid: its first cell is centred on 2x2 level-0 cells
-        out.append((data if len(data) > 1 else data[0], {
-            "name": f"predicted: {gene}", "multiscale": len(data) > 1, "colormap": colormap,
-            "opacity": 0.6, "blending": "translucent", "contrast_limits": lim, "units": "µm",
-            "metadata": {"histoexpr": {"kind": "prediction", "gene": gene, "source": str(p)}}, **geo},
-            "image"))
-    return out

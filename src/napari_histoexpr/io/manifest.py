@@ -1,4 +1,4 @@
-"""The section manifest: one CSV row per tissue section (see docs/formats.md).
+"""The section manifest: one CSV row per tissue section (see docs/formats.md; opened by :mod:`.sections`).
 
 ```
 section,patient,image,spots,counts,clusters,mpp
@@ -116,34 +116,8 @@ def write_manifest(path: str | os.PathLike, sections: list[Section]) -> Path:
     return path
 
 
-def load_section(section: Section):
-    """Open a section's slide and spots, consistent in scale: returns ``(SlidePyramid, AnnData)``.
-
-    The mpp comes from the manifest if given, else from the slide's metadata, else from the spot
-    geometry (ST pitch / Visium spot size). Spots outside the image raise an error.
-    """
-    from .slides import open_slide
-    from .spots import check_spots_in_image, read_clusters, read_spots
-
-    slide = open_slide(section.image, mpp=section.mpp)
-    adata = read_spots(section.spots, counts=section.counts, mpp=section.mpp)
-    harmonise_mpp(slide, adata)
-    check_spots_in_image(adata, slide.level0_shape)
-    if section.clusters is not None:
-        read_clusters(adata, section.clusters)
-    adata.uns["histoexpr"]["section"] = section.section
-    adata.uns["histoexpr"]["patient"] = section.patient
-    return slide, adata
-
-
-def harmonise_mpp(slide, adata) -> float | None:
-    """Make slide and spots agree on µm per level-0 pixel (slide metadata wins over estimates)."""
-    info = adata.uns["histoexpr"]
-    if slide.mpp_source in ("metadata", "override"):
-        if info.get("mpp_source") != "given" or slide.mpp_source == "override":
-            info["mpp"] = slide.mpp
-            info["mpp_source"] = f"slide {slide.mpp_source}"
-    elif info.get("mpp"):
-        slide.mpp = float(info["mpp"])
-        slide.mpp_source = f"spots: {info.get('mpp_source', 'given')}"
-    return slide.mpp
+def as_sections(manifest) -> list[Section]:
+    """A manifest CSV path read, or a list of :class:`Section` as it is."""
+    if isinstance(manifest, (list, tuple)):
+        return list(manifest)
+    return read_manifest(manifest)

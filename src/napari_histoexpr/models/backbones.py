@@ -5,8 +5,9 @@ not install beside the CPU torch this project pins. The parameter names match to
 a ``state_dict`` saved from a torchvision model (e.g. an ImageNet or pathology checkpoint the user
 already has) loads into these with :func:`load_init_weights`. Nothing is ever downloaded.
 
-Each ``build_backbone(name)`` returns a module mapping ``(N, 3, H, W)`` to ``(N, F)`` features and
-sets ``module.num_features = F``.
+Each ``build_backbone(name)`` returns a module mapping ``(N, 3, H, W)`` to ``(N, F)`` features (the
+global average of ``module.feature_map(x)``, a ``(N, F, H/32, W/32)`` map: every backbone here has
+total stride :data:`STRIDE`) and sets ``module.num_features = F``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from functools import partial
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+#: total stride of every backbone's feature map (input px per feature cell)
+STRIDE = 32
 
 # -------------------------------------------------------------------------------------------------
 # ResNet
@@ -100,10 +104,12 @@ class ResNet(nn.Module):
             elif isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
 
-    def forward(self, x):
+    def feature_map(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(self.avgpool(x), 1)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x):
+        return torch.flatten(self.avgpool(self.feature_map(x)), 1)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -172,9 +178,11 @@ class DenseNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def feature_map(self, x):
+        return F.relu(self.features(x), inplace=True)
+
     def forward(self, x):
-        x = F.relu(self.features(x), inplace=True)
-        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return torch.flatten(F.adaptive_avg_pool2d(self.feature_map(x), 1), 1)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -267,8 +275,11 @@ class EfficientNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def feature_map(self, x):
+        return self.features(x)
+
     def forward(self, x):
-        return torch.flatten(self.avgpool(self.features(x)), 1)
+        return torch.flatten(self.avgpool(self.feature_map(x)), 1)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from torch import nn
 
 from .artifact import load_artifact, load_state_strict
 from .backbones import build_backbone
+from .runtime import predict_batches, resolve_device, uses_amp
 
 KIND = "expression"
 
@@ -40,23 +41,6 @@ class ExpressionNet(nn.Module):
         return self.head(f), aux
 
 
-def to_tensor(patches: np.ndarray, device="cpu", channels_last: bool = False) -> torch.Tensor:
-    """uint8 ``(N, H, W, 3)`` -> float ``(N, 3, H, W)`` in [0, 1] on ``device``."""
-    t = torch.from_numpy(np.ascontiguousarray(patches)).to(device, non_blocking=True)
-    t = t.permute(0, 3, 1, 2).float().div_(255)
-    return t.contiguous(memory_format=torch.channels_last) if channels_last else t
-
-
-def resolve_device(device: str | None = "auto") -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        from ..errors import HistoExprError
-
-        raise HistoExprError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
-    return torch.device(device)
-
-
 class ExpressionModel:
     """A trained expression model loaded from ``MODEL_DIR`` for inference (no code unpickled)."""
 
@@ -70,7 +54,8 @@ class ExpressionModel:
         self.mean = np.asarray(meta["target"]["mean"], np.float32)
         self.std = np.asarray(meta["target"]["std"], np.float32)
         self.stain = meta.get("stain_norm")
-        self.amp = device.type == "cuda"
+        self._transform = None
+        self.amp = uses_amp(device)
         if self.amp:
             self.net = self.net.to(memory_format=torch.channels_last)
 
@@ -83,25 +68,27 @@ class ExpressionModel:
 
     def patch_transform(self):
         """The stain normalisation the model was trained with (or ``None``)."""
-        if not self.stain:
-            return None
-        from ..data.patches import macenko_normaliser
+        if self.stain and self._transform is None:
+            from ..data.patches import macenko_normaliser
 
-        return macenko_normaliser(self.stain)
+            self._transform = macenko_normaliser(self.stain)
+        return self._transform
 
-    @torch.inference_mode()
+    def read_patches(self, pyr, centres: np.ndarray) -> np.ndarray:
+        """The model's input patches (its window, size and stain normalisation) at level-0 ``centres``."""
+        from ..data.patches import extract_patches
+
+        return extract_patches(pyr, centres, self.window_um, self.px, transform=self.patch_transform())
+
     def predict(self, patches: np.ndarray, batch_size: int = 128, features: bool = False) -> np.ndarray:
         """Predicted log1p-normalised expression ``(N, genes)`` (or backbone features)."""
-        outs = []
-        for i in range(0, len(patches), batch_size):
-            x = to_tensor(patches[i:i + batch_size], self.device, self.amp)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                y = self.net.features(x) if features else self.net(x)[0]
-            outs.append(y.float().cpu().numpy())
-        if not outs:
-            return np.zeros((0, len(self.genes)), np.float32)
-        y = np.concatenate(outs)
+        fn = self.net.features if features else (lambda x: self.net(x)[0])
+        dim = self.net.backbone.num_features if features else len(self.genes)
+        y = predict_batches(fn, patches, self.device, batch_size, dim)
         return y if features else y * self.std + self.mean
+
+    def predict_centres(self, pyr, centres: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return self.predict(self.read_patches(pyr, centres), batch_size)
 
 
 def build_net(meta: dict) -> ExpressionNet:

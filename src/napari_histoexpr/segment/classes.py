@@ -23,7 +23,7 @@ OTHER = "other tissue"
 
 
 def classes_from_genes(adata, genes: list[str], quantile: float = 0.5) -> pd.Series:
-    from ..io.spots import find_gene, log1p_normalised
+    from ..data.expression import find_gene, log1p_normalised
 
     names = [find_gene(adata, g) for g in genes]
     x = log1p_normalised(adata, names)
@@ -86,6 +86,9 @@ def class_spec(source: str, genes=None, quantile=0.5, method="leiden", n_cluster
     """A JSON-able description of how classes were made (stored in the model, re-applied at test)."""
     return {"source": source, "genes": list(genes or []), "quantile": quantile, "method": method,
             "n_clusters": n_clusters, "resolution": resolution, "column": column}
+
+
+CLASSES_HELP = "clusters (the manifest's labels) | leiden[:RES] | kmeans[:K] | genes:G1,G2[@QUANTILE]"
 
 
 def parse_classes_arg(arg: str) -> dict:

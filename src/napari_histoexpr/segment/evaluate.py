@@ -37,19 +37,26 @@ def dice_scores(pred: np.ndarray, true: np.ndarray, classes: list[str], valid: n
             "predicted_only": only}
 
 
-def segment_region(model, pyr, stride_um: float | None = None, box=None, cancelled=lambda: False
-                   ) -> Generator[dict, None, tuple]:
+def segment_region(model, pyr, stride_um: float | None = None, box=None, cancelled=lambda: False,
+                   predictor: RegionPredictor | None = None, tile_cells: int = 16) -> Generator[dict, None, tuple]:
     """Class probabilities on the tiles of ``box`` (level-0 y0, x0, y1, x1; whole slide if None).
 
-    Returns ``(predictor, raster)``; ``raster.data`` is ``(classes, rows, cols)``, NaN off tissue.
+    Reuses ``predictor`` (and its tile cache) when it is for this model and slide; otherwise builds
+    one and announces it with a first ``{"stage": "ready", "predictor", "raster"}`` event. Then one
+    ``tile`` event per tile with its ``values`` and ``labels``. Returns ``(predictor, raster)``;
+    ``raster.data`` is ``(classes, rows, cols)``, NaN off tissue.
     """
-    rp = RegionPredictor(model, pyr, stride_um or min(model.windows) / 2)
+    rp = predictor
+    if rp is None or rp.pyr is not pyr or rp.model is not model:
+        rp = RegionPredictor(model, pyr, stride_um or min(model.windows) / 2, tile_cells=tile_cells)
     ras = Raster(rp.grid, model.classes)
+    if rp is not predictor:
+        yield {"stage": "ready", "predictor": rp, "raster": ras}
     h, w = pyr.level0_shape
     tiles = rp.view_tiles(box or (0, 0, h, w))
     for k, (t, v) in enumerate(rp.run(tiles, cancelled)):
         ras.put(t, v)
-        yield {"stage": "tile", "done": k + 1, "total": len(tiles), "tile": t, "values": v}
+        yield {"stage": "tile", "done": k + 1, "total": len(tiles), "tile": t, "values": v, "labels": label_map(v)}
     return rp, ras
 
 
@@ -82,10 +89,11 @@ def evaluate_segmenter_steps(model_dir, manifest, out_dir, device="auto",
                              stride_um=None) -> Generator[dict, None, dict]:
     """Spot-level Dice of a segmenter on every section of ``manifest``; writes report.json + PNG maps."""
     from ..errors import HistoExprError
-    from ..io.manifest import load_section, read_manifest
+    from ..io.manifest import as_sections
+    from ..io.sections import load_section
     from ..models.artifact import atomic_write_json
+    from ..models.segmenter import Segmenter
     from .classes import spot_classes
-    from .model import Segmenter
 
     model = Segmenter.load(model_dir, device)
     spec = model.meta["class_spec"]
@@ -94,20 +102,14 @@ def evaluate_segmenter_steps(model_dir, manifest, out_dir, device="auto",
                              "on sections with cluster labels in the manifest (--classes clusters) or gene rules")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    secs = read_manifest(manifest) if not isinstance(manifest, list) else manifest
+    secs = as_sections(manifest)
     cidx = {c: i for i, c in enumerate(model.classes)}
     all_p, all_t, sections = [], [], {}
     for sec in secs:
         yield {"stage": "open", "msg": f"segmenting {sec.section}"}
         pyr, adata = load_section(sec)
         truth = spot_classes(adata, spec).to_numpy()
-        gen = segment_region(model, pyr, stride_um)
-        try:
-            while True:
-                ev = next(gen)
-                yield {k: v for k, v in ev.items() if k != "values"}
-        except StopIteration as stop:
-            rp, ras = stop.value
+        rp, ras = yield from _progress_only(segment_region(model, pyr, stride_um))
         labels = label_map(ras.data)
         xy = np.asarray(adata.obsm["spatial"], float)
         radius = float(adata.uns["histoexpr"].get("spot_diameter_px") or 55.0 / pyr.world_mpp) / 2
@@ -129,6 +131,16 @@ def evaluate_segmenter_steps(model_dir, manifest, out_dir, device="auto",
     atomic_write_json(out / "report.json", report)
     yield {"stage": "done", "msg": f"mean Dice {summary['mean_dice']:.3f}"}
     return report
+
+
+def _progress_only(gen: Generator[dict, None, tuple]) -> Generator[dict, None, tuple]:
+    """Re-yield ``gen``'s progress without its arrays (for the CLI); return its value."""
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield {k: v for k, v in ev.items() if k in ("stage", "done", "total", "msg")}
 
 
 def _save_map(path: Path, pyr, labels: np.ndarray, classes: list[str], stride: float) -> None:

@@ -27,13 +27,11 @@ class Bag:
     attrs: dict = field(default_factory=dict)  # how the features were made (encoder, tile size)
 
 
-def features_path(features_dir: str | os.PathLike, slide_id: str) -> Path:
-    return Path(features_dir) / f"{slide_id}.zarr"
-
-
 def load_bags(slides: list[CohortSlide], features_dir: str | os.PathLike) -> list[Bag]:
     """The cached features of every slide (``histoexpr features`` writes them); one named error for
     the slides that have none, and for features made by different encoders."""
+    from .features import features_path
+
     missing = [s.id for s in slides if not features_path(features_dir, s.id).exists()]
     if missing:
         raise HistoExprError(f"no tile features in {features_dir} for {len(missing)} slide(s): "
@@ -186,7 +184,7 @@ class SlideModel:
     kind = ""
 
     def __init__(self, net, projector: Projector, meta: dict, device="auto"):
-        from ..models.expression import resolve_device
+        from ..models.runtime import resolve_device
 
         self.device = resolve_device(device)
         self.net, self.projector, self.meta = net.eval().to(self.device), projector, meta
@@ -202,27 +200,3 @@ class SlideModel:
     def load(cls, model_dir: str | os.PathLike, device: str = "auto"):
         net, proj, meta = load_model_parts(model_dir, cls.kind, cls.build_net)
         return cls(net, proj, meta, device)
-
-
-def load_slide_model(model_dir: str | os.PathLike, device: str = "auto"):
-    """A HE2RNA, G-HANet or multi-task model, by the kind its model.json names."""
-    import json
-
-    from ..models.artifact import META
-
-    p = Path(model_dir)
-    p = p.parent if p.is_file() else p
-    try:
-        kind = json.loads((p / META).read_text()).get("kind")
-    except (OSError, ValueError) as e:
-        raise ModelFileError(f"{p}: not a model folder ({e})") from e
-    if kind == "he2rna":
-        from .he2rna import HE2RNA
-        return HE2RNA.load(p, device)
-    if kind == "ghanet":
-        from .ghanet import GHANet
-        return GHANet.load(p, device)
-    if kind == "mtm":
-        from .multitask import MultiTask
-        return MultiTask.load(p, device)
-    raise ModelFileError(f"{p}: a {kind!r} model is not a slide-level model (he2rna, ghanet, mtm)")

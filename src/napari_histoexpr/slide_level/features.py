@@ -18,6 +18,11 @@ from ..errors import HistoExprError
 ATTR = "histoexpr_features"
 
 
+def features_path(features_dir: str | os.PathLike, slide_id: str) -> Path:
+    """Where a cohort slide's tile features live: ``FEATURES_DIR/<id>.zarr``."""
+    return Path(features_dir) / f"{slide_id}.zarr"
+
+
 class Encoder:
     """Backbone features of uint8 patches: a trained expression model's backbone, a user's weights
     file (torchvision-style), or a randomly initialised backbone (seeded)."""
@@ -27,7 +32,8 @@ class Encoder:
 
         from ..models.artifact import META
         from ..models.backbones import BACKBONES, build_backbone, load_init_weights
-        from ..models.expression import ExpressionModel, resolve_device
+        from ..models.expression import ExpressionModel
+        from ..models.runtime import resolve_device
 
         self.device = resolve_device(device)
         self.source = str(source)
@@ -60,18 +66,9 @@ class Encoder:
         self.dim = int(self.net.num_features)
 
     def __call__(self, patches: np.ndarray, batch: int = 256) -> np.ndarray:
-        import torch
+        from ..models.runtime import predict_batches
 
-        from ..models.expression import to_tensor
-
-        amp = self.device.type == "cuda"
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(patches), batch):
-                x = (to_tensor(patches[i:i + batch], self.device, amp) - self.mean) / self.std
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                    out.append(self.net(x).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        return predict_batches(lambda x: self.net((x - self.mean) / self.std), patches, self.device, batch, self.dim)
 
 
 def tile_centres(pyr, tile_um: float, min_tissue: float = 0.5) -> np.ndarray:
@@ -156,12 +153,12 @@ def _features_task(source, slide, out, tile_um, px, device, seed) -> dict:
     """One slide in a dask worker (its lazy slide reads run on the worker's own threads)."""
     import dask
 
-    from ..infer.distributed import _worker_device
+    from ..models.runtime import worker_device
+    from ..steps import drain
 
     with dask.config.set(scheduler="threads"):
-        enc = Encoder(source, _worker_device(device), seed)
-        for _ in extract_features_steps(enc, slide, out, tile_um, px):
-            pass
+        enc = Encoder(source, worker_device(device), seed)
+        drain(extract_features_steps(enc, slide, out, tile_um, px))
         return {"out": str(out), "tiles": feature_count(out)}
 
 
@@ -173,7 +170,6 @@ def extract_cohort_steps(slides, source: str, out_dir: str | os.PathLike, tile_u
     In this process by default (one encoder, slide after slide); on dask.distributed with
     ``scheduler`` (an address) or ``cluster=True`` (a LocalCluster, one worker per GPU)."""
     from ..infer.distributed import run_on_cluster
-    from .common import features_path
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

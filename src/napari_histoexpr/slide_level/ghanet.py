@@ -25,51 +25,22 @@ import numpy as np
 
 from ..errors import HistoExprError, TrainingError
 from ..metrics import concordance_index
-from .common import Bag, Projector, SlideModel, cross_validate, feature_meta, log_targets
+from .common import (
+    Bag,
+    Projector,
+    SlideModel,
+    cross_validate,
+    feature_meta,
+    log_targets,
+)
 
 N_BINS = 4
 
 
-def _net_class():
-    import torch
-    from torch import nn
-
-    class GHANetNet(nn.Module):
-        def __init__(self, dim: int, group_sizes: list[int], hidden: int = 64, n_bins: int = N_BINS,
-                     dropout: float = 0.25):
-            super().__init__()
-            self.hidden = hidden
-            self.embed = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout))
-            self.tokens = nn.Parameter(torch.randn(len(group_sizes), hidden) * 0.1)
-            self.q, self.k, self.v = (nn.Linear(hidden, hidden) for _ in range(3))
-            self.recon = nn.ModuleList(nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n))
-                                       for n in group_sizes)
-            self.att_a, self.att_b = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
-            self.att_c = nn.Linear(hidden, 1)
-            self.fuse_q = nn.Linear(hidden, hidden)
-            self.head = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                      nn.Linear(hidden, n_bins))
-
-        def forward(self, x):
-            """``x`` (N, F) one slide's tiles -> dict of logits (n_bins,), recon (list), attentions."""
-            h = self.embed(x)  # N, H
-            scale = self.hidden ** -0.5
-            tok_att = torch.softmax(self.q(self.tokens) @ self.k(h).T * scale, dim=-1)  # G, N
-            z = tok_att @ self.v(h)  # G, H: the genomic groups as seen in the slide
-            recon = [m(z[g]) for g, m in enumerate(self.recon)]
-            a = self.att_c(torch.tanh(self.att_a(h)) * torch.sigmoid(self.att_b(h)))[:, 0]
-            tile_att = torch.softmax(a, dim=0)  # N
-            wsi = tile_att @ h  # H
-            tok_w = torch.softmax(self.fuse_q(wsi) @ z.T * scale, dim=-1)  # G: which groups matter
-            fused = torch.cat([wsi, tok_w @ z])
-            return {"logits": self.head(fused), "recon": recon, "tile_att": tile_att, "token_att": tok_att,
-                    "token_w": tok_w}
-
-    return GHANetNet
-
-
 def build_ghanet(meta: dict):
-    return _net_class()(meta["dim"], [len(g) for g in meta["groups"].values()], meta["hidden"],
+    from ..models.slide_nets import GHANetNet
+
+    return GHANetNet(meta["dim"], [len(g) for g in meta["groups"].values()], meta["hidden"],
                         len(meta["bin_edges"]) - 1, meta.get("dropout", 0.25))
 
 
@@ -198,7 +169,7 @@ def train_ghanet(bags: list[Bag], time: np.ndarray, event: np.ndarray, B, groups
     DataFrame, rows in bag order) for the reconstruction targets."""
     import torch
 
-    from ..models.expression import resolve_device
+    from ..models.runtime import resolve_device
 
     if len(bags) < 6:
         raise TrainingError(f"survival training needs at least 6 slides, got {len(bags)}")

@@ -18,42 +18,22 @@ from collections.abc import Generator
 import numpy as np
 
 from ..errors import TrainingError
-from ..metrics import pearson_columns
-from .common import Bag, Projector, SlideModel, cross_validate, feature_meta, log_targets
+from ..metrics import named_values, nanmean_or_none, pearson_columns
+from .common import (
+    Bag,
+    Projector,
+    SlideModel,
+    cross_validate,
+    feature_meta,
+    log_targets,
+)
 
 KS = (1, 2, 5, 10, 20, 50, 100)
 
 
-def _torch_modules():
-    import torch
-    from torch import nn
-
-    class TileNet(nn.Module):
-        """Per-tile MLP as 1x1 convolutions over ``(B, F, N)`` bags; optional per-tissue FiLM."""
-
-        def __init__(self, dim: int, n_genes: int, hidden: int = 128, dropout: float = 0.25, n_tissues: int = 0):
-            super().__init__()
-            self.inp = nn.Conv1d(dim, hidden, 1)
-            self.drop = nn.Dropout(dropout)
-            self.out = nn.Conv1d(hidden, n_genes, 1)
-            nn.init.zeros_(self.out.bias)  # targets are z-scored: start at the training mean
-            self.film = None
-            if n_tissues:
-                self.film = nn.Embedding(n_tissues, 2 * hidden)
-                nn.init.zeros_(self.film.weight)  # scale 1 + 0, shift 0: starts as the shared model
-
-        def forward(self, x, tissue=None):
-            h = torch.relu(self.inp(x))
-            if self.film is not None:
-                gamma, beta = self.film(tissue).chunk(2, dim=-1)
-                h = h * (1 + gamma[..., None]) + beta[..., None]
-            return self.out(self.drop(h))
-
-    return torch, TileNet
-
-
 def build_tile_net(meta: dict):
-    _, TileNet = _torch_modules()
+    from ..models.slide_nets import TileNet
+
     return TileNet(meta["dim"], len(meta["genes"]), meta["hidden"], meta.get("dropout", 0.25),
                    len(meta.get("tissues", [])))
 
@@ -79,7 +59,8 @@ def fit_tile_net(X: list[np.ndarray], yz: np.ndarray, meta: dict, epochs: int = 
                  weight_decay: float = 1e-2, noise: float = 0.1, seed: int = 0, device="cpu",
                  tissue: np.ndarray | None = None, label: str = "") -> Generator[dict, None, object]:
     """Train a tile network on projected bags ``X`` (one slide per step, shuffled each epoch)."""
-    torch, _ = _torch_modules()
+    import torch
+
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = build_tile_net(meta).to(device)
@@ -177,7 +158,7 @@ def train_he2rna(bags: list[Bag], Y: np.ndarray, genes: list[str], epochs: int =
                  label: str = "", supertiles_n: int = 0) -> Generator[dict, None, HE2RNA]:
     """HE2RNA on ``bags`` with raw bulk expression ``Y`` (slides x genes); ``supertiles_n`` > 0 pools
     each slide's tiles into that many super-tiles first (as HE2RNA did for whole TCGA slides)."""
-    from ..models.expression import resolve_device
+    from ..models.runtime import resolve_device
 
     if len(bags) < 4:
         raise TrainingError(f"HE2RNA needs at least 4 training slides, got {len(bags)}")
@@ -206,25 +187,16 @@ def evaluate_he2rna_steps(slides, bags: list[Bag], Y: np.ndarray, genes: list[st
                                         label=f"fold {f + 1}/{k}", **train_kw)
         pred[test] = model.predict([bags[i] for i in test])
         r = pearson_columns(pred[test], y[test]) if len(test) > 2 else np.full(len(genes), np.nan)
-        return {"pearson": _named(genes, r), "mean_r": _nanmean(r)}
+        return {"pearson": named_values(genes, r), "mean_r": nanmean_or_none(r)}
 
     folds = yield from cross_validate(slides, k, seed, run_fold)
     pooled = pearson_columns(pred, y)
-    per_gene = {g: _nanmean([f["pearson"][g] for f in folds]) for g in genes}
+    per_gene = {g: nanmean_or_none([f["pearson"][g] for f in folds]) for g in genes}
     return {"model": "he2rna", "n_slides": len(slides), "k": k, "supertiles": int(train_kw.get("supertiles_n", 0)),
             "genes": genes, "folds": folds,
-            "per_gene_mean_r": per_gene, "pooled_pearson": _named(genes, pooled),
-            "summary": {"mean_r": _nanmean(list(per_gene.values())),
+            "per_gene_mean_r": per_gene, "pooled_pearson": named_values(genes, pooled),
+            "summary": {"mean_r": nanmean_or_none(list(per_gene.values())),
                         "median_r": float(np.nanmedian([v for v in per_gene.values() if v is not None] or [np.nan])),
                         "genes_r_gt_0_5": int(sum(1 for v in per_gene.values() if v is not None and v > 0.5)),
-                        "pooled_mean_r": _nanmean(pooled)},
+                        "pooled_mean_r": nanmean_or_none(pooled)},
             "predictions": {slides[i].id: dict(zip(genes, map(float, pred[i]))) for i in range(len(slides))}}
-
-
-def _named(genes, r) -> dict:
-    return {g: (float(v) if np.isfinite(v) else None) for g, v in zip(genes, r)}
-
-
-def _nanmean(v) -> float | None:
-    a = np.array([np.nan if x is None else x for x in v], float)
-    return float(np.nanmean(a)) if np.isfinite(a).any() else None

@@ -14,9 +14,9 @@ from collections.abc import Generator
 import numpy as np
 
 from ..errors import TrainingError
-from ..metrics import pearson_columns
-from .common import Bag, Projector, feature_meta, cross_validate, log_targets
-from .he2rna import TileModel, _named, _nanmean, fit_tile_net
+from ..metrics import named_values, nanmean_or_none, pearson_columns
+from .common import Bag, Projector, cross_validate, feature_meta, log_targets
+from .he2rna import TileModel, fit_tile_net
 
 
 class MultiTask(TileModel):
@@ -27,7 +27,7 @@ def train_multitask(bags: list[Bag], Y: np.ndarray, genes: list[str], tissues: l
                     lr: float = 1e-3, hidden: int = 128, n_components: int = 32, seed: int = 0, device="auto",
                     label: str = "") -> Generator[dict, None, MultiTask]:
     """Train on ``bags`` of slides from ``tissues`` (one name per slide) with raw bulk ``Y``."""
-    from ..models.expression import resolve_device
+    from ..models.runtime import resolve_device
 
     if len(bags) < 4:
         raise TrainingError(f"multi-task training needs at least 4 slides, got {len(bags)}")
@@ -82,7 +82,7 @@ def evaluate_multitask_steps(slides, bags: list[Bag], Y: np.ndarray, genes: list
                 pred["single_task"][te] = st.predict([bags[i] for i in te], [t] * len(te))
         rec = {}
         for v in variants:
-            rec[f"sample_r_{v}"] = _nanmean(sample_level_r(pred[v][test], y[test]))
+            rec[f"sample_r_{v}"] = nanmean_or_none(sample_level_r(pred[v][test], y[test]))
         return rec
 
     folds = yield from cross_validate(slides, k, seed, run_fold)
@@ -92,9 +92,9 @@ def evaluate_multitask_steps(slides, bags: list[Bag], Y: np.ndarray, genes: list
         per_tissue[t] = {"n_slides": int(len(idx))}
         for v in variants:
             g = pearson_columns(pred[v][idx], y[idx]) if len(idx) > 2 else np.full(len(genes), np.nan)
-            per_tissue[t][v] = {"sample_r_mean": _nanmean(sample_level_r(pred[v][idx], y[idx])),
-                                "gene_r_mean": _nanmean(g), "gene_r_median": float(np.nanmedian(g)),
-                                "gene_r": _named(genes, g)}
+            per_tissue[t][v] = {"sample_r_mean": nanmean_or_none(sample_level_r(pred[v][idx], y[idx])),
+                                "gene_r_mean": nanmean_or_none(g), "gene_r_median": float(np.nanmedian(g)),
+                                "gene_r": named_values(genes, g)}
     return {"model": "mtm", "n_slides": len(slides), "k": k, "tissues": names, "genes": genes, "folds": folds,
             "per_tissue": per_tissue,
             "predictions": {v: {slides[i].id: dict(zip(genes, map(float, pred[v][i]))) for i in range(len(slides))}

@@ -21,8 +21,9 @@ def _figure(w=9.0, h=4.0, n=2):
 
 
 def _save(plt, fig, path: Path) -> str:
-    from ..models.artifact import atomic_write_bytes
     import io
+
+    from ..models.artifact import atomic_write_bytes
 
     fig.tight_layout()
     buf = io.BytesIO()

@@ -32,17 +32,11 @@ def _encoder(backbone: str, init: str | None, seed: int):
 
 
 def encode(enc, patches: np.ndarray, device, batch: int = 128) -> np.ndarray:
-    import torch
+    from ..models.runtime import predict_batches
 
-    from ..models.expression import to_tensor
-
-    enc = enc.to(device)
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(patches), batch):
-            x = (to_tensor(patches[i:i + batch], device) - 0.5) / 0.25
-            out.append(enc(x).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, getattr(enc, "num_features", 0)), np.float32)
+    enc = enc.to(device).eval()
+    return predict_batches(lambda x: enc((x - 0.5) / 0.25), patches, device, batch,
+                           getattr(enc, "num_features", 0))
 
 
 def _ridge(Z: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -57,13 +51,12 @@ def fit_baselines(out: Path, cfg, train_secs, val_secs, genes: list[str], device
     from safetensors.torch import save_file
 
     from ..metrics import pearson_columns
-    from .expression import _select
 
     enc = _encoder(cfg.backbone, cfg.init, cfg.seed)
     Xtr = np.concatenate([s.patches for s in train_secs])
-    Ytr = np.concatenate([_select(s, genes) for s in train_secs])
+    Ytr = np.concatenate([s.select(genes) for s in train_secs])
     Xva = np.concatenate([s.patches for s in val_secs])
-    Yva = np.concatenate([_select(s, genes) for s in val_secs])
+    Yva = np.concatenate([s.select(genes) for s in val_secs])
     Ftr, Fva = encode(enc, Xtr, device), encode(enc, Xva, device)
     fmean = Ftr.mean(0)
     fstd = Ftr.std(0) + 1e-6

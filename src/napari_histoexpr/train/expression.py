@@ -13,15 +13,14 @@ import hashlib
 import json
 import math
 import os
-import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..data.sections import SectionData
 from ..errors import TrainingError
-from ..io.spots import log1p_normalised
 from ..metrics import pearson_columns
 
 
@@ -51,33 +50,6 @@ class TrainConfig:
     seed: int = 0
     baselines: bool = True
     extra: dict = field(default_factory=dict)
-
-
-@dataclass
-class SectionData:
-    name: str
-    patches: np.ndarray  # (N, px, px, 3) uint8
-    expr: np.ndarray  # (N, G) log1p-normalised expression of the shared genes
-    spot_ids: list[str]
-    xy: np.ndarray  # (N, 2) level-0 px
-    genes: list[str]
-
-
-def prepare_section(name: str, pyr, adata, window_um: float, px: int, genes: list[str] | None = None,
-                    min_tissue: float = 0.3, transform=None, progress=None) -> SectionData:
-    """Patches at the section's spots (background spots dropped) with their expression."""
-    from ..data.patches import extract_patches, tissue_fraction_at, tissue_mask
-
-    xy = np.asarray(adata.obsm["spatial"], float)
-    mask, mds = tissue_mask(pyr)
-    frac = tissue_fraction_at(mask, mds, xy, window_um / 2 / pyr.world_mpp * 0.5)
-    h, w = pyr.level0_shape
-    keep = (frac >= min_tissue) & (xy[:, 0] >= 0) & (xy[:, 1] >= 0) & (xy[:, 0] < w) & (xy[:, 1] < h)
-    ad = adata[keep]
-    genes = list(map(str, ad.var_names)) if genes is None else genes
-    patches = extract_patches(pyr, xy[keep], window_um, px, progress=progress, transform=transform)
-    return SectionData(name, patches, log1p_normalised(ad, genes), list(map(str, ad.obs_names)),
-                       xy[keep], list(genes))
 
 
 def choose_genes(train: list[SectionData], n_genes: int, max_aux: int, aux_min_detect: float,
@@ -110,11 +82,6 @@ def choose_genes(train: list[SectionData], n_genes: int, max_aux: int, aux_min_d
     return [shared[i] for i in target_idx], [shared[i] for i in aux_idx], hvg
 
 
-def _select(sec: SectionData, genes: list[str]) -> np.ndarray:
-    idx = {g: i for i, g in enumerate(sec.genes)}
-    return sec.expr[:, [idx[g] for g in genes]]
-
-
 def data_digest(sections: list[SectionData], cfg: TrainConfig) -> str:
     h = hashlib.sha256()
     for s in sections:
@@ -126,84 +93,49 @@ def data_digest(sections: list[SectionData], cfg: TrainConfig) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def raw_throughput(net, px: int, batch: int, device, steps: int = 5, amp: bool = False) -> float:
-    """Forward+backward patches/s of ``net`` on random input (no data pipeline), for comparison."""
-    import torch
-
-    x = torch.rand((batch, 3, px, px), device=device)
-    if amp:
-        x = x.contiguous(memory_format=torch.channels_last)
-    net.train()
-    for i in range(steps + 1):
-        if i == 1:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            y, aux = net(x)
-            loss = y.float().pow(2).mean() + (aux.float().pow(2).mean() if aux is not None else 0)
-        loss.backward()
-        net.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - t0)
-
-
 def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: TrainConfig,
                 resume: bool = False) -> Generator[dict, None, dict]:
     """Train on ``sections`` (already prepared); yields events, returns the summary dict."""
+    import copy
+
     import torch
 
     from ..data.patches import augment_batch
     from ..models.artifact import atomic_write_json, save_artifact
     from ..models.backbones import load_init_weights
-    from ..models.expression import KIND, ExpressionNet, resolve_device, to_tensor
+    from ..models.expression import KIND, ExpressionNet
+    from ..models.runtime import predict_batches, resolve_device, uses_amp
+    from .loop import (
+        atomic_torch_save,
+        epoch_batches,
+        fit_epoch,
+        make_optimizer,
+        pixel_stats,
+        raw_throughput,
+        split_validation,
+        warmup_cosine,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not sections or sum(len(s.patches) for s in sections) < 8:
         raise TrainingError("too few spots under tissue to train (need at least 8)")
     device = resolve_device(cfg.device)
-    amp = device.type == "cuda"
+    amp = uses_amp(device)
     torch.manual_seed(cfg.seed)
-    rng_split = np.random.default_rng(cfg.seed)
 
     # ---- split: a validation section (early stopping), else a random 15 % of spots -------------
-    names = [s.name for s in sections]
-    if cfg.val_section is not None and cfg.val_section not in names:
-        raise TrainingError(f"validation section {cfg.val_section!r} is not among {names}")
-    if len(sections) > 1:
-        val_name = cfg.val_section or names[-1]
-        train_secs = [s for s in sections if s.name != val_name]
-        val_secs = [s for s in sections if s.name == val_name]
-    else:
-        s = sections[0]
-        perm = rng_split.permutation(len(s.patches))
-        nv = max(2, int(0.15 * len(perm)))
-        vi, ti = np.sort(perm[:nv]), np.sort(perm[nv:])
-        sub = lambda ix, tag: SectionData(f"{s.name}{tag}", s.patches[ix], s.expr[ix],  # noqa: E731
-                                          [s.spot_ids[i] for i in ix], s.xy[ix], s.genes)
-        train_secs, val_secs = [sub(ti, "")], [sub(vi, ":val")]
-        val_name = val_secs[0].name
+    train_secs, val_secs, val_name = split_validation(sections, cfg.val_section, 0.15, cfg.seed)
     genes, aux_genes, hvg50 = choose_genes(train_secs, cfg.n_genes, cfg.max_aux, cfg.aux_min_detect,
                                            cfg.genes)
     Xtr = np.concatenate([s.patches for s in train_secs])
-    Ytr = np.concatenate([_select(s, genes) for s in train_secs])
-    Atr = np.concatenate([_select(s, aux_genes) for s in train_secs]) if aux_genes else None
+    Ytr = np.concatenate([s.select(genes) for s in train_secs])
+    Atr = np.concatenate([s.select(aux_genes) for s in train_secs]) if aux_genes else None
     Xva = np.concatenate([s.patches for s in val_secs])
-    Yva = np.concatenate([_select(s, genes) for s in val_secs])
+    Yva = np.concatenate([s.select(genes) for s in val_secs])
     mean, std = Ytr.mean(0), Ytr.std(0) + 1e-6
     amean, astd = (Atr.mean(0), Atr.std(0) + 1e-6) if Atr is not None else (None, None)
-    pix = Xtr.reshape(-1, 3)[:: max(1, Xtr.size // 3 // 200_000)].astype(np.float32) / 255
-    pixel_mean, pixel_std = pix.mean(0).tolist(), (pix.std(0) + 1e-3).tolist()
+    pixel_mean, pixel_std = pixel_stats(Xtr, 200_000)
     digest = data_digest(sections, cfg)
     yield {"stage": "data", "msg": f"{len(Xtr)} training / {len(Xva)} validation spots ({val_name}), "
            f"{len(genes)} genes + {len(aux_genes)} aux", "n_train": len(Xtr), "n_val": len(Xva)}
@@ -216,22 +148,15 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
     net = net.to(device)
     if amp:
         net = net.to(memory_format=torch.channels_last)
-    params = [p for p in net.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
-    elif cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        raise TrainingError(f"unknown optimizer {cfg.optimizer!r} (adamw or sgd)")
+    opt = make_optimizer(cfg.optimizer, [p for p in net.parameters() if p.requires_grad], cfg.lr,
+                         cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(Xtr) / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
-    warm = min(steps_per_epoch, total // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warm) if s < warm else
-        0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    sched = warmup_cosine(opt, total, min(steps_per_epoch, total // 10))
 
     ckpt_path = out / "checkpoint.pt"
     start_epoch, best, best_epoch, history, bad = 0, -np.inf, -1, [], 0
+    gen = torch.Generator().manual_seed(cfg.seed)  # augmentation draws
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=True)
         if ck.get("digest") != digest:
@@ -243,18 +168,24 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
         start_epoch, best, best_epoch = int(ck["epoch"]) + 1, float(ck["best"]), int(ck["best_epoch"])
         history, bad = json.loads(ck["history"]), int(ck["bad"])
         torch.set_rng_state(ck["torch_rng"])
+        if "aug_rng" in ck:
+            gen.set_state(ck["aug_rng"])
         yield {"stage": "resume", "msg": f"resuming after epoch {start_epoch}", "epoch": start_epoch}
-
-    import copy
 
     # on a copy: the timing run must not touch the weights' batch-norm statistics
     raw = raw_throughput(copy.deepcopy(net), cfg.px, min(cfg.batch_size, 64), device,
-                         steps=3 if device.type == "cpu" else 20, amp=amp)
-    gen = torch.Generator().manual_seed(cfg.seed)  # augmentation draws
-    if resume and ckpt_path.exists() and "aug_rng" in ck:
-        gen.set_state(ck["aug_rng"])
+                         steps=3 if device.type == "cpu" else 20)
     ytr_z = torch.from_numpy((Ytr - mean) / std)
     atr_z = torch.from_numpy((Atr - amean) / astd) if Atr is not None else None
+
+    def loss_of(net, x, idx):
+        pred, aux = net(x)
+        loss = torch.nn.functional.mse_loss(pred.float(), ytr_z[idx].to(device))
+        if aux is not None:
+            loss = loss + cfg.aux_weight * torch.nn.functional.mse_loss(aux.float(), atr_z[idx].to(device))
+        return loss
+
+    augment = (lambda x: augment_batch(x, gen, hed_sigma=cfg.hed_sigma)) if cfg.augment else None
     meta_base = {
         "kind": KIND, "backbone": cfg.backbone, "genes": genes, "aux_genes": aux_genes,
         "hvg50": hvg50, "target": {"transform": "log1p(counts / total * 1e4)", "zscore": True,
@@ -267,46 +198,13 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
                      "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}, "init": init_info},
     }
     for epoch in range(start_epoch, cfg.epochs):
-        net.train()
-        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.randperm(len(Xtr), generator=g).numpy()
-        t0, seen, tot_loss = time.perf_counter(), 0, 0.0
-        for step in range(steps_per_epoch):
-            idx = np.sort(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
-            if len(idx) < 2:
-                continue
-            x = to_tensor(Xtr[idx], device)
-            if cfg.augment:
-                x = augment_batch(x, gen, hed_sigma=cfg.hed_sigma)
-            if amp:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = ytr_z[idx].to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                pred, aux = net(x)
-                loss = torch.nn.functional.mse_loss(pred.float(), y)
-                if aux is not None:
-                    loss = loss + cfg.aux_weight * torch.nn.functional.mse_loss(aux.float(), atr_z[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 5.0)
-            opt.step()
-            sched.step()
-            seen += len(idx)
-            tot_loss += float(loss.detach()) * len(idx)
-            yield {"stage": "step", "epoch": epoch, "step": step + 1, "steps": steps_per_epoch,
-                   "loss": float(loss.detach())}
-        dt = time.perf_counter() - t0
+        batches = epoch_batches(len(Xtr), cfg.batch_size, cfg.seed * 1000 + epoch)
+        fit = yield from fit_epoch(net, Xtr, batches, loss_of, opt, sched, device, augment, clip=5.0,
+                                   info={"epoch": epoch})
         # ---- validation ----------------------------------------------------------------------
         net.eval()
-        with torch.inference_mode():
-            preds = []
-            for i in range(0, len(Xva), 128):
-                xv = to_tensor(Xva[i:i + 128], device, amp)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    preds.append(net(xv)[0].float().cpu().numpy())
-        pv = np.concatenate(preds) * std + mean
-        r = pearson_columns(pv, Yva)
-        val_r = float(np.nan_to_num(r).mean())
+        pv = predict_batches(lambda x: net(x)[0], Xva, device, 128, len(genes)) * std + mean
+        val_r = float(np.nan_to_num(pearson_columns(pv, Yva)).mean())
         val_loss = float((((pv - Yva) / std) ** 2).mean())
         improved = val_r > best
         if improved:
@@ -315,13 +213,13 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
                 "val_mean_r": val_r, "val_loss": val_loss, "epoch": epoch}))
         else:
             bad += 1
-        rec = {"epoch": epoch, "train_loss": tot_loss / max(1, seen), "val_loss": val_loss,
-               "val_mean_r": val_r, "patches_per_s": seen / dt, "lr": sched.get_last_lr()[0]}
+        rec = {"epoch": epoch, "train_loss": fit["loss"], "val_loss": val_loss, "val_mean_r": val_r,
+               "patches_per_s": fit["seen"] / fit["seconds"], "lr": sched.get_last_lr()[0]}
         history.append(rec)
-        _atomic_torch_save({"model": net.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
-                            "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
-                            "history": json.dumps(history), "digest": digest,
-                            "torch_rng": torch.get_rng_state(), "aug_rng": gen.get_state()}, ckpt_path)
+        atomic_torch_save({"model": net.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
+                           "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
+                           "history": json.dumps(history), "digest": digest,
+                           "torch_rng": torch.get_rng_state(), "aug_rng": gen.get_state()}, ckpt_path)
         yield dict(rec, stage="epoch", epochs=cfg.epochs, best=improved)
         if bad >= cfg.patience:
             yield {"stage": "early_stop", "msg": f"no improvement for {bad} epochs; best epoch {best_epoch}"}
@@ -337,3 +235,16 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
         fit_baselines(out, cfg, train_secs, val_secs, genes, device)
     atomic_write_json(out / "training.json", summary)
     return summary
+
+
+def train_from_manifest_steps(manifest, out_dir, cfg: TrainConfig, resume: bool = False
+                              ) -> Generator[dict, None, dict]:
+    """Open the sections of ``manifest`` (a CSV path or Sections), then train (events as in train_steps)."""
+    from ..data.sections import prepare_sections_steps
+    from ..io.manifest import as_sections
+
+    data, target = yield from prepare_sections_steps(as_sections(manifest), cfg.window_um, cfg.px,
+                                                     cfg.min_tissue, cfg.stain_norm)
+    if target is not None:
+        cfg.extra["stain_target"] = target
+    return (yield from train_steps(data, out_dir, cfg, resume=resume))

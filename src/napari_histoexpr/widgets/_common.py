@@ -1,7 +1,10 @@
-"""What every dock panel does the same way: turn errors into a status line and a notification, and
-load a model folder named in a file field."""
+"""What every dock panel does the same way: a public API over its settings and state, errors as a
+status line and a notification, loading a model folder named in a file field, workers, tables."""
 
 from __future__ import annotations
+
+import functools
+import time
 
 from ..errors import HistoExprError
 
@@ -14,9 +17,49 @@ def notify_error(e) -> None:
 
 
 class PanelMixin:
-    """For panels with ``self._status`` (a Label) and, to load models, ``self._model_edit``/``_device``."""
+    """For panels with ``self._status`` (a Label) and, to load models, ``self._model_edit``/``_device``.
+
+    ``SETTINGS`` maps the public names of a panel's settings to its widgets: scripts and tests use
+    :meth:`configure`, :meth:`setting` and :meth:`choices`, never the widgets themselves.
+    """
 
     _closed = False
+    _worker = None
+    SETTINGS: dict[str, str] = {}
+
+    def _setting_widget(self, name: str):
+        try:
+            return getattr(self, self.SETTINGS[name])
+        except KeyError:
+            raise TypeError(f"{type(self).__name__} has no setting {name!r}; "
+                            f"settings: {', '.join(self.SETTINGS)}") from None
+
+    def configure(self, **values) -> None:
+        """Set settings by name, as a user would in the panel (their change handlers run)."""
+        for name, value in values.items():
+            self._setting_widget(name).value = value
+
+    def setting(self, name: str):
+        return self._setting_widget(name).value
+
+    def choices(self, name: str) -> tuple:
+        return tuple(self._setting_widget(name).choices)
+
+    @property
+    def status(self) -> str:
+        """The panel's status line."""
+        return str(self._status.value)
+
+    @property
+    def busy(self) -> bool:
+        """A worker of this panel is running."""
+        return self._worker is not None
+
+    def actions(self) -> dict[str, bool]:
+        """Each button's text and whether it can be pressed now."""
+        from magicgui.widgets import PushButton
+
+        return {w.text: bool(w.enabled) for w in self if isinstance(w, PushButton)}
 
     def _stop_workers_on_close(self, *names: str) -> None:
         """When the panel's widget is destroyed (viewer closed), stop its workers and ignore their
@@ -74,3 +117,47 @@ def start_worker(func, *args, desc: str | None = None, total: int | None = None,
             getattr(worker, signal).connect(handler)
     worker.start()
     return worker
+
+
+def timed(fn):
+    """Record how long a Qt-thread slot of a panel ran in ``panel.gui_timings`` (for benchmarks);
+    a worker's late signal after the viewer closed is ignored."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *a, **kw):
+        if self._closed:
+            return None
+        t0 = time.perf_counter()
+        try:
+            return fn(self, *a, **kw)
+        finally:
+            self.gui_timings.append((fn.__name__, time.perf_counter() - t0))
+
+    return wrapper
+
+
+def fill_table(table, rows: list[tuple]) -> None:
+    """Fill a QTableWidget with ``rows`` of already formatted cells."""
+    from qtpy.QtWidgets import QTableWidgetItem
+
+    table.setRowCount(len(rows))
+    for i, row in enumerate(rows):
+        for j, v in enumerate(row):
+            table.setItem(i, j, QTableWidgetItem(str(v)))
+
+
+def make_table(panel, headers: list[str]):
+    """A small QTableWidget added under ``panel``."""
+    from qtpy.QtWidgets import QTableWidget
+
+    table = QTableWidget(0, len(headers))
+    table.setHorizontalHeaderLabels(headers)
+    table.setMinimumHeight(120)
+    panel.native.layout().addWidget(table)
+    return table
+
+
+def fmt(v: float) -> str:
+    import math
+
+    return "–" if v is None or not math.isfinite(v) else f"{v:.3f}"

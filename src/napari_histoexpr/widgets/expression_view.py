@@ -1,16 +1,17 @@
 """The "Predicted expression" dock panel: live heatmaps of a trained model on the visible region,
 next to the measured spots, with their agreement.
 
-Wiring only: the work is :mod:`napari_histoexpr.infer.region` (grid, tiles, cache, latest-wins)
-run in napari workers; results fill each gene's raster in place and the layers are refreshed.
+Wiring only: the work is :mod:`napari_histoexpr.infer.region` (grid, tiles, cache, latest-wins) and
+:func:`napari_histoexpr.infer.spots.predict_at_spots`, run in napari workers; results fill each
+gene's raster in place and the layers are refreshed.
 """
 
 from __future__ import annotations
 
 import functools
+from collections import deque
 from pathlib import Path
 
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -24,53 +25,38 @@ from magicgui.widgets import (
 )
 
 from ..errors import HistoExprError
-from ._common import PanelMixin, start_worker
-from .layers import core_of, find_layer
+from ..models.catalog import DEVICES
+from ._common import PanelMixin, make_table, start_worker, timed
+from ._session import Session
+from ._spot_compare import SpotComparison
+from .layers import find_layer
 
 COLORMAPS = ("inferno", "viridis", "magma", "plasma", "turbo", "gray")
 DEBOUNCE_MS = 200
 
 
-def _timed(fn):
-    """Record how long a Qt-thread slot of the panel ran (``panel.gui_timings``, for benchmarks)."""
-    import functools
-    import time
-
-    @functools.wraps(fn)
-    def wrapper(self, *a, **kw):
-        if self._closed:  # a worker's late signal after the viewer closed
-            return None
-        t0 = time.perf_counter()
-        try:
-            return fn(self, *a, **kw)
-        finally:
-            self.gui_timings.append((fn.__name__, time.perf_counter() - t0))
-
-    return wrapper
-
-
-class ExpressionPanel(PanelMixin, Container):
+class ExpressionPanel(SpotComparison, PanelMixin, Container):
     """Load a model; predicted gene layers follow the view; compare with the measured spots."""
 
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
-        self._viewer = viewer
-        self.model = None
-        self.predictor = None
-        self.raster = None
-        self.spot_pred = None  # (spot ids, xy, predictions (N, genes), measured (N, genes))
-        from collections import deque
+    SETTINGS = {"model": "_model_edit", "genes": "_genes", "device": "_device", "stride_um": "_stride",
+                "follow": "_follow", "display_gene": "_current", "opacity": "_opacity", "colormap": "_cmap",
+                "low_percentile": "_lo", "high_percentile": "_hi"}
 
+    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
+        from qtpy.QtCore import QTimer
+
+        self._viewer = viewer
+        self.session = Session(viewer)
+        self.model = self.predictor = self.raster = None
+        self.spot_pred = None  # a SpotPrediction of the open section
         self.gui_timings: deque = deque(maxlen=10000)
-        self._worker = None
-        self._building = None
-        self._spot_worker = None
-        self._requests = None
+        self._building = self._spot_worker = self._requests = None
         self.last_request_tiles: list = []
         self._model_edit = FileEdit(label="model", mode="d", nullable=True)
         self._load_btn = PushButton(text="Load model")
         self._genes = Select(label="genes", choices=[], allow_multiple=True)
         self._genes.native.setMinimumHeight(90)
-        self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self._device = ComboBox(label="device", choices=list(DEVICES), value="auto")
         self._stride = FloatSpinBox(label="grid step µm", value=0.0, min=0.0, max=1000.0, step=5.0)
         self._stride.tooltip = "Distance between predicted cells (0 = half the model's window)"
         self._follow = CheckBox(label="follow view", value=True)
@@ -88,13 +74,7 @@ class ExpressionPanel(PanelMixin, Container):
             self._predict_btn, self._current, self._opacity, self._cmap, self._lo, self._hi,
             self._compare_btn, self._status, self._picked,
         ])
-        from qtpy.QtCore import QTimer
-        from qtpy.QtWidgets import QTableWidget
-
-        self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["gene", "r (view)", "r (section)", "spots"])
-        self.table.setMinimumHeight(120)
-        self.native.layout().addWidget(self.table)
+        self.table = make_table(self, ["gene", "r (view)", "r (section)", "spots"])
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
@@ -123,40 +103,27 @@ class ExpressionPanel(PanelMixin, Container):
                                         "choose a model folder (model.safetensors + model.json)")
         if model is None:
             return None
-        self.model, path = model, self._model_edit.value
-        self.predictor = None
-        self.spot_pred = None
-        g = list(self.model.genes)
+        self.model, self.predictor, self.spot_pred = model, None, None
+        g = list(model.genes)
         self._genes.choices = g
         self._genes.value = genes or g[:1]
-        self._status.value = (f"{Path(str(path)).name}: {len(g)} genes, {self.model.meta['backbone']}, "
-                              f"{self.model.window_um:g} µm window, on {self.model.device}")
-        return self.model
+        self._status.value = (f"{Path(str(self._model_edit.value)).name}: {len(g)} genes, {model.meta['backbone']}, "
+                              f"{model.window_um:g} µm window, on {model.device}")
+        return model
 
-    def _slide(self):
-        layer = find_layer(self._viewer, "slide")
-        pyr = core_of(layer)
-        if pyr is None and layer is not None:
-            from ..io.slides import open_slide
-
-            info = layer.metadata["histoexpr"]
-            pyr = open_slide(info["path"], mpp=info.get("mpp"))
-        return pyr
-
-    def _ensure_predictor(self):
+    def build_predictor(self):
         """The predictor for the open slide; ``None`` while one is being built in a worker (the
         tissue mask reads the slide: never on the Qt thread), after which the view is predicted."""
         from ..infer.region import LatestRequest, Raster, RegionPredictor
 
         if self.model is None:
             raise HistoExprError("load a model first")
-        pyr = self._slide()
-        if pyr is None:
-            raise HistoExprError("open a slide with the 'Slide & spots' panel first")
+        pyr = self.session.require_slide()
         stride = self._stride.value or None
-        if self.predictor is not None and self.predictor.pyr is pyr and self.predictor.model is self.model and \
-                not (stride and abs(self.predictor.stride_um - stride) > 1e-6):
-            return self.predictor
+        p = self.predictor
+        same_stride = not (stride and p is not None and abs(p.stride_um - stride) > 1e-6)
+        if p is not None and p.pyr is pyr and p.model is self.model and same_stride:
+            return p
         if self._building is not None:
             return None
 
@@ -164,16 +131,14 @@ class ExpressionPanel(PanelMixin, Container):
             self._building = None
             if self._closed:
                 return
-            self.predictor = pred
-            self.raster = Raster(pred.grid, self.model.genes)
-            self._requests = LatestRequest()
-            for g in self._selected():
+            self.predictor, self.raster, self._requests = pred, Raster(pred.grid, self.model.genes), LatestRequest()
+            for g in self.selected_genes():
                 self._gene_layer(g, create=True)
             self.predict_view()
 
         def failed(exc):
             self._building = None
-            self._on_error(exc)
+            self._fail(exc)
 
         self._building = start_worker(functools.partial(RegionPredictor, tile_cells=8), self.model, pyr, stride,
                                       returned=ready, errored=failed)
@@ -185,7 +150,7 @@ class ExpressionPanel(PanelMixin, Container):
         """Work in flight: building the predictor, predicting the view, or a pending debounce."""
         return self._building is not None or self._worker is not None or self._timer.isActive()
 
-    def _selected(self) -> list[str]:
+    def selected_genes(self) -> list[str]:
         return list(self._genes.value or [])
 
     # -- layers --------------------------------------------------------------------------------------
@@ -193,7 +158,7 @@ class ExpressionPanel(PanelMixin, Container):
         return find_layer(self._viewer, f"pred:{gene}")
 
     def _gene_layer(self, gene: str, create: bool = False):
-        from ..infer.region import grid_layer_geometry
+        from ..layerdata import grid_image_kwargs
 
         layer = self.gene_layer(gene)
         if layer is not None and layer.data.shape == self.raster.gene(gene).shape:
@@ -202,16 +167,12 @@ class ExpressionPanel(PanelMixin, Container):
             return None
         if layer is not None:
             self._viewer.layers.remove(layer)
-        geo = grid_layer_geometry(self.predictor.grid, self.predictor.pyr.world_mpp)
-        layer = self._viewer.add_image(
-            self.raster.gene(gene), name=f"predicted: {gene}", colormap=self._cmap.value,
-            opacity=float(self._opacity.value), blending="translucent", contrast_limits=(0.0, 1.0),
-            units="µm", metadata={"histoexpr": {"key": f"pred:{gene}", "kind": "prediction", "gene": gene}},
-            **geo)
-        return layer
+        return self._viewer.add_image(self.raster.gene(gene), **grid_image_kwargs(
+            self.predictor.grid, self.predictor.pyr.world_mpp, f"predicted: {gene}", self._cmap.value,
+            float(self._opacity.value), {"key": f"pred:{gene}", "kind": "prediction", "gene": gene}))
 
     def _on_genes(self, *_):
-        genes = self._selected()
+        genes = self.selected_genes()
         self._current.choices = genes
         if genes and self._current.value not in genes:
             self._current.value = genes[0]
@@ -224,21 +185,19 @@ class ExpressionPanel(PanelMixin, Container):
     def _style_current(self, *_):
         g = self._current.value
         layer = self.gene_layer(g) if g else None
-        if layer is None:
-            return
-        layer.opacity = float(self._opacity.value)
-        layer.colormap = self._cmap.value
-        self._contrast(layer, g)
+        if layer is not None:
+            layer.opacity = float(self._opacity.value)
+            layer.colormap = self._cmap.value
+            self._contrast(layer, g)
 
     def _contrast(self, layer, gene):
-        v = self.raster.gene(gene)
-        fin = v[np.isfinite(v)]
-        if fin.size:
-            lo, hi = np.percentile(fin, [self._lo.value, max(self._hi.value, self._lo.value + 0.5)])
-            layer.contrast_limits = (float(lo), float(hi if hi > lo else lo + 1e-3))
+        from ..data.expression import percentile_limits
+
+        layer.contrast_limits = percentile_limits(self.raster.gene(gene), self._lo.value,
+                                                  max(self._hi.value, self._lo.value + 0.5))
 
     def _refresh_layers(self):
-        for g in self._selected():
+        for g in self.selected_genes():
             layer = self._gene_layer(g)
             if layer is not None:
                 layer.refresh()
@@ -249,32 +208,29 @@ class ExpressionPanel(PanelMixin, Container):
         from ..infer.region import visible_box
 
         cam = self._viewer.scene.camera
-        size = self._viewer.canvas.size
-        return visible_box(cam.center, cam.zoom, size, self.predictor.pyr.world_mpp, margin)
+        return visible_box(cam.center, cam.zoom, self._viewer.canvas.size, self.predictor.pyr.world_mpp, margin)
 
-    @_timed
+    @timed
     def _on_camera(self, *_):
-        if self._follow.value and self.model is not None:
+        if (self._follow.value and self.model is not None) or self.spot_pred is not None:
             self._timer.start()  # debounce: restart on every camera event
-        if self.spot_pred is not None:
-            self._timer.start()
 
-    @_timed
+    @timed
     def _on_view_settled(self):
         if self._follow.value and self.model is not None:
             self.predict_view()
         self.update_table()
 
-    @_timed
+    @timed
     def predict_view(self):
         """Predict the tiles in view (cached ones at once, the rest in a worker); returns the worker."""
         try:
-            pred = self._ensure_predictor()
+            pred = self.build_predictor()
         except HistoExprError as e:
             return self._fail(e)
         if pred is None:
             return self._building  # predicts the view when the predictor is ready
-        genes = self._selected()
+        genes = self.selected_genes()
         if not genes:
             return None
         for g in genes:
@@ -298,141 +254,23 @@ class ExpressionPanel(PanelMixin, Container):
         this = []  # the worker, for its own finished handler (which runs after we return)
         self._worker = start_worker(
             pred.run, todo, cancelled, desc="Predicting view", total=len(todo),
-            yielded=lambda item, c=cancelled: self._on_tile(item, c), errored=self._on_error,
+            yielded=lambda item, c=cancelled: self._on_tile(item, c), errored=self._fail,
             finished=lambda: self._on_view_done(this[0], len(todo)))
         this.append(self._worker)
         self._status.value = f"predicting {len(todo)} of {len(tiles)} tiles in view…"
         return self._worker
 
-    @_timed
+    @timed
     def _on_tile(self, item, cancelled):
         tile, values = item
         self.raster.put(tile, values)  # a stale request's tiles are still right: keep them
         if not cancelled():
             self._refresh_layers()
 
-    @_timed
+    @timed
     def _on_view_done(self, worker, n):
         if self._worker is worker:
             self._worker = None
             self._status.value = f"view predicted ({n} new tiles, {len(self.predictor.cache)} cached)"
             self._refresh_layers()
             self.update_table()
-
-    def _on_error(self, exc):
-        self._fail(exc)
-
-    # -- measured vs predicted -------------------------------------------------------------------------
-    def compare_spots(self):
-        """Predict at every measured spot (as in evaluation), add residual layers and the r table."""
-        spots_layer = find_layer(self._viewer, "spots")
-        adata = core_of(spots_layer)
-        try:
-            if self.model is None:
-                raise HistoExprError("load a model first")
-            if adata is None:
-                raise HistoExprError("open the measured spots with the 'Slide & spots' panel first")
-            pyr = self._slide()
-            if pyr is None:
-                raise HistoExprError("open the slide with the 'Slide & spots' panel first")
-        except HistoExprError as e:
-            return self._fail(e)
-        model = self.model
-
-        def job():
-            from ..io.spots import shared_genes
-            from ..train.expression import prepare_section
-
-            genes = shared_genes(model.genes, adata)
-            if not genes:
-                from ..errors import UnknownGeneError
-
-                raise UnknownGeneError(model.genes[0], [])
-            yield "cutting spot patches"
-            sd = prepare_section("view", pyr, adata, model.window_um, model.px, genes=genes, min_tissue=0.0,
-                                 transform=model.patch_transform())
-            yield "predicting at spots"
-            pred = model.predict(sd.patches)[:, [model.genes.index(g) for g in genes]]
-            return sd.spot_ids, sd.xy, genes, pred, sd.expr
-
-        self._spot_worker = start_worker(job, desc="Predicting at spots", total=2,
-                                         yielded=lambda msg: setattr(self._status, "value", msg),
-                                         returned=self._on_spots, errored=self._on_error)
-        return self._spot_worker
-
-    def _on_spots(self, result):
-        import pandas as pd
-
-        if self._closed:
-            return
-        ids, xy, genes, pred, meas = result
-        self.spot_pred = {"ids": ids, "xy": xy, "genes": genes, "pred": pred, "meas": meas}
-        mpp = self.predictor.pyr.world_mpp if self.predictor else self._slide().world_mpp
-        spots_layer = find_layer(self._viewer, "spots")
-        size = float(np.mean(spots_layer.size)) if spots_layer is not None else 55.0
-        data = np.asarray(xy)[:, ::-1] * mpp
-        for g in self._selected() or genes[:1]:
-            if g not in genes:
-                continue
-            j = genes.index(g)
-            feats = pd.DataFrame({"spot": ids})
-            for k in self._selected():
-                if k in genes:
-                    feats[f"{k} measured"] = meas[:, genes.index(k)]
-                    feats[f"{k} predicted"] = pred[:, genes.index(k)]
-            feats["residual"] = pred[:, j] - meas[:, j]
-            lim = float(np.percentile(np.abs(feats["residual"]), 98)) or 1.0
-            key = f"resid:{g}"
-            layer = find_layer(self._viewer, key)
-            kw = dict(features=feats, face_color="residual", face_colormap="PiYG",
-                      face_contrast_limits=(-lim, lim), size=size, border_width=0, name=f"residual: {g}")
-            if layer is None:
-                layer = self._viewer.add_points(data, metadata={"histoexpr": {"key": key, "kind": "residual"}},
-                                                units="µm", **kw)
-                layer.mouse_drag_callbacks.append(self._on_click)
-            else:
-                from .layers import update_points
-
-                update_points(layer, data, kw)
-            layer.face_colorbar.visible = True
-        self._status.value = f"compared {len(ids)} spots"
-        self.update_table()
-
-    def _on_click(self, layer, event):
-        idx = layer.get_value(event.position, world=True)
-        if idx is None:
-            return
-        row = layer.features.iloc[int(idx)]
-        self._picked.value = "\n".join([f"spot {row['spot']}"] + [
-            f"{c}: {row[c]:.3f}" for c in layer.features.columns if c not in ("spot",)])
-
-    def table_rows(self) -> list[tuple[str, float, float, int]]:
-        """``(gene, r over spots in view, r over the section, spots in view)`` per selected gene."""
-        from ..metrics import pearson_columns
-
-        sp = self.spot_pred
-        if sp is None:
-            return []
-        xy = np.asarray(sp["xy"])
-        if self.predictor is not None:
-            y0, x0, y1, x1 = self.view_box(0.0)
-            inside = (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
-        else:
-            inside = np.ones(len(xy), bool)
-        r_all = pearson_columns(sp["pred"], sp["meas"])
-        r_view = pearson_columns(sp["pred"][inside], sp["meas"][inside]) if inside.sum() > 2 else \
-            np.full(len(sp["genes"]), np.nan)
-        return [(g, float(r_view[sp["genes"].index(g)]), float(r_all[sp["genes"].index(g)]), int(inside.sum()))
-                for g in (self._selected() or sp["genes"]) if g in sp["genes"]]
-
-    def update_table(self):
-        from qtpy.QtWidgets import QTableWidgetItem
-
-        if self._closed:
-            return
-        rows = self.table_rows()
-        self.table.setRowCount(len(rows))
-        for i, (g, rv, ra, n) in enumerate(rows):
-            for j, v in enumerate((g, "–" if not np.isfinite(rv) else f"{rv:.3f}",
-                                   "–" if not np.isfinite(ra) else f"{ra:.3f}", str(n))):
-                self.table.setItem(i, j, QTableWidgetItem(v))

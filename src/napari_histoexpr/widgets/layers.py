@@ -2,22 +2,8 @@
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import pandas as pd
-
-# core objects behind the layers this plugin made (a SlidePyramid, an AnnData), so other panels
-# can use them without re-reading files; weak, so removing a layer frees them
-_CORE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def attach_core(layer, obj) -> None:
-    _CORE[layer] = obj
-
-
-def core_of(layer):
-    return _CORE.get(layer) if layer is not None else None
 
 
 def find_layer(viewer, key: str):
@@ -96,18 +82,3 @@ def update_points(layer, data: np.ndarray, kwargs: dict) -> None:
     if "name" in kwargs:
         layer.name = kwargs["name"]
     layer.refresh()
-
-
-def current_section(viewer, name: str = "viewer"):
-    """The section (slide + spots) opened by the "Slide & spots" panel, as a manifest Section."""
-    from ..io.manifest import Section
-
-    layer = find_layer(viewer, "slide")
-    info = (layer.metadata.get("histoexpr", {}) if layer is not None else {}).get("section")
-    if not info or not info.get("image") or not info.get("spots"):
-        return None
-    from pathlib import Path
-
-    return Section(section=Path(info["image"]).stem or name, patient="", image=Path(info["image"]),
-                   spots=Path(info["spots"]), counts=Path(info["counts"]) if info.get("counts") else None,
-                   mpp=float(info["mpp"]) if info.get("mpp") else None)

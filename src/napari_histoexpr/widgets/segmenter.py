@@ -1,5 +1,8 @@
 """The "Transcriptome segmenter" dock panel: classes from the transcriptome -> train -> segment the
-view or the slide -> live Dice against regions the user draws (autosaved as GeoJSON)."""
+view or the slide -> live Dice against regions the user draws (autosaved as GeoJSON).
+
+Wiring only: training is :mod:`napari_histoexpr.train.segmenter`, segmentation
+:func:`napari_histoexpr.segment.evaluate.segment_region`, both run in napari workers."""
 
 from __future__ import annotations
 
@@ -19,23 +22,30 @@ from magicgui.widgets import (
 )
 
 from ..errors import HistoExprError
-from ._common import PanelMixin, notify_error, start_worker
-from .layers import core_of, find_layer
-from .train_expression import SOURCES, LossCurve, chosen_sections
+from ..models.catalog import DEVICES
+from ..train.segmenter import SegConfig
+from . import _annotations as gt
+from ._common import PanelMixin, fill_table, make_table, notify_error, start_worker
+from ._plots import LossCurve
+from ._session import Session
+from .layers import find_layer
+from .train_expression import SOURCES, chosen_sections
 
 CLASS_SOURCES = ("genes", "leiden clusters", "k-means clusters", "spot labels (clusters file)")
-GT_KEY = "seg:truth"
 MAP_KEY = "seg:map"
 
 
 class SegmenterPanel(PanelMixin, Container):
+    SETTINGS = {"classes_from": "_source", "genes": "_genes", "quantile": "_quantile", "k": "_k",
+                "resolution": "_resolution", "train_on": "_sections", "use_regions": "_use_regions",
+                "manifest": "_manifest", "windows_um": "_windows", "px": "_px", "epochs": "_epochs",
+                "device": "_device", "out": "_out", "segmenter": "_model_edit", "draw_class": "_gt_class"}
+
     def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
+        d = SegConfig()
         self._viewer = viewer
-        self.model = None
-        self.predictor = None
-        self.raster = None
-        self.seg_labels = None
-        self._worker = None
+        self.session = Session(viewer)
+        self.model = self.predictor = self.raster = self.seg_labels = None
         self._source = ComboBox(label="classes from", choices=list(CLASS_SOURCES), value=CLASS_SOURCES[0])
         self._genes = LineEdit(label="genes", value="ERBB2,COL1A1")
         self._quantile = FloatSpinBox(label="quantile", value=0.5, min=0.0, max=0.99, step=0.05)
@@ -47,10 +57,10 @@ class SegmenterPanel(PanelMixin, Container):
         self._use_regions.tooltip = ("Spots inside regions drawn on the open section take the region's class "
                                      "(overriding the transcriptome class) for training")
         self._manifest = FileEdit(label="manifest", mode="r", filter="*.csv", nullable=True)
-        self._windows = LineEdit(label="patch sizes µm", value="50,100")
-        self._px = SpinBox(label="patch px", value=64, min=16, max=512)
-        self._epochs = SpinBox(label="epochs", value=10, min=1, max=500)
-        self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self._windows = LineEdit(label="patch sizes µm", value=",".join(f"{w:g}" for w in d.windows_um))
+        self._px = SpinBox(label="patch px", value=d.px, min=16, max=512)
+        self._epochs = SpinBox(label="epochs", value=d.epochs, min=1, max=500)
+        self._device = ComboBox(label="device", choices=list(DEVICES), value=d.device)
         self._out = FileEdit(label="save to", mode="d", nullable=True)
         self._train_btn = PushButton(text="Train")
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
@@ -64,21 +74,15 @@ class SegmenterPanel(PanelMixin, Container):
         super().__init__(widgets=[
             self._source, self._genes, self._quantile, self._k, self._resolution, self._show_btn,
             self._sections, self._use_regions, self._manifest, self._windows, self._px, self._epochs,
-            self._device, self._out,
-            self._train_btn, self._cancel_btn, self._model_edit, self._load_btn, self._seg_view_btn,
-            self._seg_slide_btn, self._gt_class, self._gt_btn, self._status,
+            self._device, self._out, self._train_btn, self._cancel_btn, self._model_edit, self._load_btn,
+            self._seg_view_btn, self._seg_slide_btn, self._gt_class, self._gt_btn, self._status,
         ])
-        from qtpy.QtWidgets import QTableWidget
-
         self.curve = LossCurve("val balanced acc")
         self.native.layout().addWidget(self.curve.canvas)
-        self.table = QTableWidget(0, 3)
-        self.table.setHorizontalHeaderLabels(["class", "Dice", "cells"])
-        self.table.setMinimumHeight(120)
-        self.native.layout().addWidget(self.table)
+        self.table = make_table(self, ["class", "Dice", "cells"])
         self._show_btn.changed.connect(lambda *_: self.show_classes())
         self._train_btn.changed.connect(lambda *_: self.train())
-        self._cancel_btn.changed.connect(lambda *_: self._worker is not None and self._worker.quit())
+        self._cancel_btn.changed.connect(lambda *_: self.cancel())
         self._load_btn.changed.connect(lambda *_: self.load_model())
         self._seg_view_btn.changed.connect(lambda *_: self.segment(view=True))
         self._seg_slide_btn.changed.connect(lambda *_: self.segment(view=False))
@@ -88,6 +92,10 @@ class SegmenterPanel(PanelMixin, Container):
 
     def reset_choices(self, *_):
         """Our choices are class names, not layers: keep them when napari's layers change."""
+
+    def cancel(self):
+        if self._worker is not None:
+            self._worker.quit()
 
     # -- classes -----------------------------------------------------------------------------------
     def class_spec(self) -> dict:
@@ -107,33 +115,22 @@ class SegmenterPanel(PanelMixin, Container):
 
     def show_classes(self):
         """Colour the open section's spots by their transcriptome class (categorical Points layer)."""
-        import pandas as pd
-
+        from ..layerdata import class_points_layer_data
         from ..segment.classes import spot_classes
         from .layers import upsert_layer
 
-        adata = core_of(find_layer(self._viewer, "spots"))
-        slide = core_of(find_layer(self._viewer, "slide"))
         try:
-            if adata is None or slide is None:
-                raise HistoExprError("open a slide and its spots with the 'Slide & spots' panel first")
+            adata, slide = self.session.require_spots(), self.session.require_slide()
             lab = spot_classes(adata, self.class_spec())
         except HistoExprError as e:
             return self._fail(e)
-        xy = np.asarray(adata.obsm["spatial"], float)
-        feats = pd.DataFrame({"spot": adata.obs_names.astype(str), "class": pd.Categorical(lab.astype(str))})
-        spots = find_layer(self._viewer, "spots")
-        layer = upsert_layer(self._viewer, (xy[:, ::-1] * slide.world_mpp, {
-            "name": "transcriptome classes", "features": feats, "face_color": "class",
-            "size": float(np.mean(spots.size)) if spots is not None else 55.0, "border_width": 0,
-            "units": "µm"}, "points"), "seg:classes")
+        layer = upsert_layer(self._viewer, class_points_layer_data(adata, lab, slide.world_mpp,
+                                                                   self.session.spot_size_um()), "seg:classes")
         self._status.value = ", ".join(f"{k}: {v}" for k, v in lab.value_counts().items())
         return layer
 
     # -- training ----------------------------------------------------------------------------------
-    def config(self):
-        from ..segment.model import SegConfig
-
+    def config(self) -> SegConfig:
         try:
             windows = tuple(float(w) for w in self._windows.value.split(",") if w.strip())
         except ValueError:
@@ -143,20 +140,18 @@ class SegmenterPanel(PanelMixin, Container):
                          epochs=int(self._epochs.value), device=self._device.value)
 
     def train(self):
-        from ..io.manifest import read_manifest
-        from ..segment.model import prepare_seg_sections, train_segmenter_steps
+        from ..io.manifest import as_sections
+        from ..train.segmenter import prepare_seg_sections, train_segmenter_steps
 
         if self._worker is not None:
             return None
         try:
-            secs = chosen_sections(self._viewer, self._sections.value, self._manifest.value)
-            secs = read_manifest(secs) if isinstance(secs, str) else secs
+            secs = as_sections(chosen_sections(self._viewer, self._sections.value, self._manifest.value))
             if not self._out.value:
                 raise HistoExprError("choose a folder to save the segmenter to")
             cfg, out = self.config(), Path(self._out.value)
         except HistoExprError as e:
             return self._fail(e)
-
         regions = None
         if self._use_regions.value and self.regions() and self._sections.value == SOURCES[0]:
             regions = {secs[0].section: self.regions()}
@@ -168,7 +163,7 @@ class SegmenterPanel(PanelMixin, Container):
         self.curve.reset()
         self._train_btn.enabled, self._cancel_btn.enabled = False, True
         self._worker = start_worker(job, desc="Training segmenter", yielded=self._on_event,
-                                    returned=lambda summary: self.load_model(out), errored=self._on_error,
+                                    returned=lambda summary: self.load_model(out), errored=self._fail,
                                     finished=self._on_finished)
         return self._worker
 
@@ -184,9 +179,6 @@ class SegmenterPanel(PanelMixin, Container):
         elif "msg" in ev:
             self._status.value = ev["msg"]
 
-    def _on_error(self, exc):
-        self._fail(exc)
-
     def _on_finished(self):
         self._worker = None
         if not self._closed:
@@ -194,174 +186,112 @@ class SegmenterPanel(PanelMixin, Container):
 
     # -- model and segmentation ----------------------------------------------------------------------
     def load_model(self, path=None):
-        from ..segment.model import Segmenter
+        from ..models.segmenter import Segmenter
 
         model = self._load_model_folder(Segmenter.load, path, "choose a segmenter folder")
         if model is None:
             return None
-        self.model = model
-        self.predictor = None
-        self._gt_class.choices = self.model.classes
-        self._status.value = (f"segmenter: {', '.join(self.model.classes)} ({self.model.meta['mode']}, "
-                              f"patches {', '.join(f'{w:g}' for w in self.model.windows)} µm)")
-        layer = self.truth_layer(create=False)
-        if layer is not None:
+        self.model, self.predictor = model, None
+        self._gt_class.choices = model.classes
+        self._status.value = (f"segmenter: {', '.join(model.classes)} ({model.meta['mode']}, "
+                              f"patches {', '.join(f'{w:g}' for w in model.windows)} µm)")
+        if self.truth_layer(create=False) is not None:
             self._set_draw_class()
-        return self.model
-
-    def _slide(self):
-        layer = find_layer(self._viewer, "slide")
-        return layer, core_of(layer)
+        return model
 
     def segment(self, view: bool = True):
         """Segment the visible region or the whole slide in a worker; the Labels layer fills in."""
-        from ..infer.region import Raster, RegionPredictor, grid_layer_geometry, visible_box
-        from ..segment.evaluate import label_map
-        from .layers import upsert_layer
+        from ..infer.region import visible_box
+        from ..segment.evaluate import segment_region
 
-        _, pyr = self._slide()
         try:
             if self.model is None:
                 raise HistoExprError("train or load a segmenter first")
-            if pyr is None:
-                raise HistoExprError("open a slide with the 'Slide & spots' panel first")
+            pyr = self.session.require_slide()
         except HistoExprError as e:
             return self._fail(e)
         if self._worker is not None:
             self._worker.quit()
-        model = self.model
         cam = self._viewer.scene.camera
-        box = visible_box(cam.center, cam.zoom, self._viewer.canvas.size, pyr.world_mpp, 0.05) if view else \
-            (0, 0, *pyr.level0_shape)
-
-        current = self.predictor
-
-        def job():
-            rp = current
-            if rp is None or rp.pyr is not pyr or rp.model is not model:
-                rp = RegionPredictor(model, pyr, min(model.windows) / 2, tile_cells=8)
-                yield ("ready", rp)
-            tiles = rp.view_tiles(box)
-            for t, v in rp.run(tiles):
-                yield ("tile", (t, v))
-            return len(tiles)
-
-        def on_item(item):
-            if self._closed:
-                return
-            kind, val = item
-            if kind == "ready":
-                self.predictor = val
-                self.raster = Raster(val.grid, model.classes)
-                self.seg_labels = np.zeros((val.grid.rows, val.grid.cols), np.int32)
-                geo = grid_layer_geometry(val.grid, pyr.world_mpp)
-                layer = upsert_layer(self._viewer, (self.seg_labels, dict(name="segmentation", opacity=0.5, units="µm",
-                                                                      **geo), "labels"), MAP_KEY)
-                layer.data = self.seg_labels
-                return
-            t, v = val
-            self.raster.put(t, v)
-            rs, cs = self.predictor.grid.tile_slices(*t)
-            self.seg_labels[rs, cs] = label_map(v)
-            find_layer(self._viewer, MAP_KEY).refresh()
-
+        box = visible_box(cam.center, cam.zoom, self._viewer.canvas.size, pyr.world_mpp, 0.05) if view else None
         self._status.value = "segmenting…"
-        self._worker = start_worker(job, desc="Segmenting", yielded=on_item, errored=self._on_error,
+        self._worker = start_worker(segment_region, self.model, pyr, None, box, lambda: False, self.predictor, 8,
+                                    desc="Segmenting", yielded=self._on_segment_event, errored=self._fail,
                                     finished=self._on_segmented)
         return self._worker
 
-    def _on_segmented(self):
-        self._worker = None
+    def _on_segment_event(self, ev):
+        from ..infer.region import grid_layer_geometry
+        from .layers import upsert_layer
+
         if self._closed:
             return
-        self._status.value = "segmented"
-        self.update_dice()
+        if ev["stage"] == "ready":
+            self.predictor, self.raster = ev["predictor"], ev["raster"]
+            grid = self.predictor.grid
+            self.seg_labels = np.zeros((grid.rows, grid.cols), np.int32)
+            geo = grid_layer_geometry(grid, self.predictor.pyr.world_mpp)
+            upsert_layer(self._viewer, (self.seg_labels, dict(name="segmentation", opacity=0.5, units="µm", **geo),
+                                        "labels"), MAP_KEY).data = self.seg_labels
+        elif ev["stage"] == "tile":
+            self.raster.put(ev["tile"], ev["values"])
+            rs, cs = self.predictor.grid.tile_slices(*ev["tile"])
+            self.seg_labels[rs, cs] = ev["labels"]
+            find_layer(self._viewer, MAP_KEY).refresh()
+
+    def _on_segmented(self):
+        self._worker = None
+        if not self._closed:
+            self._status.value = "segmented"
+            self.update_dice()
 
     # -- ground truth and Dice -----------------------------------------------------------------------
     def truth_layer(self, create: bool = False):
-        import pandas as pd
-
-        layer = find_layer(self._viewer, GT_KEY)
+        layer = find_layer(self._viewer, gt.GT_KEY)
         if layer is not None or not create:
             return layer
-        slide_layer, pyr = self._slide()
+        pyr = self.session.slide()
         if pyr is None:
             notify_error(HistoExprError("open a slide first: annotations belong to a slide"))
             return None
-        from ..segment.annotations import load_regions, sidecar_path
-
-        path = sidecar_path(pyr.path)
-        classes = list(self._gt_class.choices) or ["region"]
-        regions = load_regions(path) if path.exists() else []
-        data = [np.asarray(p, float)[:, ::-1] * pyr.world_mpp for p, _ in regions]
-        labels = [c for _, c in regions]
-        for c in labels:
-            if c not in classes:
-                classes.append(c)
-        feats = pd.DataFrame({"class": pd.Categorical(labels, categories=classes)})
-        layer = self._viewer.add_shapes(
-            data or None, shape_type="polygon", name="ground truth", edge_width=4.0, face_color="transparent",
-            edge_color="class" if labels else "yellow", features=feats if labels else None, units="µm",
-            metadata={"histoexpr": {"key": GT_KEY, "kind": "annotations", "sidecar": str(path)}})
-        if not labels:
-            layer.features = pd.DataFrame({"class": pd.Categorical([], categories=classes)})
-            layer.edge_color = "class"
+        layer, classes, restored, path = gt.truth_layer(self._viewer, pyr, list(self._gt_class.choices))
         self._gt_class.choices = classes
         self._set_draw_class()
         layer.events.data.connect(self._on_truth_changed)
         layer.events.features.connect(self._on_truth_changed)
-        layer.mode = "add_polygon"
-        self._status.value = (f"restored {len(regions)} regions from {path.name}" if regions else
+        self._status.value = (f"restored {restored} regions from {path.name}" if restored else
                               f"draw regions; they are saved to {path}")
         return layer
 
     def _set_draw_class(self, *_):
-        layer = find_layer(self._viewer, GT_KEY)
+        layer = find_layer(self._viewer, gt.GT_KEY)
         if layer is not None and self._gt_class.value:
             layer.feature_defaults = {"class": self._gt_class.value}
 
     def regions(self) -> list:
         """Drawn regions as ``(polygon level-0 (x, y), class)``."""
-        layer = find_layer(self._viewer, GT_KEY)
-        _, pyr = self._slide()
-        if layer is None or pyr is None:
-            return []
-        cls = layer.features["class"].astype(str).tolist() if "class" in layer.features else []
-        return [(np.asarray(d)[:, -2:][:, ::-1] / pyr.world_mpp, c) for d, c in zip(layer.data, cls)]
+        return gt.drawn_regions(self._viewer, self.session.slide())
 
     def _on_truth_changed(self, *_):
-        from ..segment.annotations import save_regions
-
-        layer = find_layer(self._viewer, GT_KEY)
-        if layer is None:
-            return
-        save_regions(layer.metadata["histoexpr"]["sidecar"], self.regions())  # autosave, atomic
+        gt.autosave(self._viewer, self.session.slide())  # atomic
         self.update_dice()
 
     def dice(self) -> dict | None:
         from ..segment.annotations import rasterise
         from ..segment.evaluate import dice_scores
 
-        if self.seg_labels is None or self.model is None:
-            return None
         regions = self.regions()
-        if not regions:
+        if self.seg_labels is None or self.model is None or not regions:
             return None
         g = self.predictor.grid
         truth = rasterise(regions, self.model.classes, g.stride, g.rows, g.cols)
-        valid = truth >= 0
-        d = dice_scores(self.seg_labels, truth, self.model.classes, valid=valid)
+        d = dice_scores(self.seg_labels, truth, self.model.classes, valid=truth >= 0)
         d["cells"] = {c: int((truth == i).sum()) for i, c in enumerate(self.model.classes)}
         return d
 
     def update_dice(self):
-        from qtpy.QtWidgets import QTableWidgetItem
-
         d = self.dice()
-        rows = [] if d is None else [(c, v, d["cells"].get(c, 0)) for c, v in d["per_class"].items()] + \
-            [("mean", d["mean_dice"], sum(d["cells"].values()))]
-        self.table.setRowCount(len(rows))
-        for i, (c, v, n) in enumerate(rows):
-            for j, txt in enumerate((c, f"{v:.3f}", str(n))):
-                self.table.setItem(i, j, QTableWidgetItem(txt))
+        rows = [] if d is None else [(c, f"{v:.3f}", d["cells"].get(c, 0)) for c, v in d["per_class"].items()] + \
+            [("mean", f"{d['mean_dice']:.3f}", sum(d["cells"].values()))]
+        fill_table(self.table, rows)
         return d

@@ -12,11 +12,21 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSlider, Label, LineEdit, PushButton
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    Label,
+    LineEdit,
+    PushButton,
+)
 
 from ..errors import HistoExprError
+from ..models.catalog import DEVICES
 from ._common import PanelMixin, start_worker
-from .layers import core_of, find_layer, upsert_layer
+from ._session import Session
+from .layers import find_layer, upsert_layer
 
 HEAT_KEY = "slide-level:heatmap"
 KIND_NAMES = {"he2rna": "HE2RNA", "ghanet": "G-HANet", "mtm": "multi-task"}
@@ -29,15 +39,20 @@ def default_cache(slide_path, encoder_source: str, tile_um: float, px: int) -> P
 
 
 class SlideLevelPanel(PanelMixin, Container):
+    SETTINGS = {"model": "_model_edit", "device": "_device", "slide": "_slide_edit", "encoder": "_encoder",
+                "features_folder": "_cache", "tissue": "_tissue", "heatmap": "_map", "colormap": "_colormap",
+                "opacity": "_opacity"}
+
     def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
         self._viewer = viewer
+        self.session = Session(viewer)
         self.model = None
         self.bag = None
         self.maps: dict[str, np.ndarray] = {}
         self._slide_pred = None  # slide-level prediction (genes) or survival curve (G-HANet) of self.bag
         self._worker = None
         self._model_edit = FileEdit(label="model", mode="d", nullable=True)
-        self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self._device = ComboBox(label="device", choices=list(DEVICES), value="auto")
         self._load_btn = PushButton(text="Load model")
         self._slide_edit = FileEdit(label="slide (if none open)", mode="r", nullable=True)
         self._encoder = LineEdit(label="encoder", value="")
@@ -74,7 +89,7 @@ class SlideLevelPanel(PanelMixin, Container):
 
     # -- model ---------------------------------------------------------------------------------------
     def load_model(self, path=None):
-        from ..slide_level.common import load_slide_model
+        from ..slide_level.registry import load_slide_model
 
         model = self._load_model_folder(load_slide_model, path, "choose a slide-level model folder")
         if model is None:
@@ -105,16 +120,13 @@ class SlideLevelPanel(PanelMixin, Container):
         """The slide open in the viewer (opened by this plugin), else the one chosen here (opened now)."""
         from ..io.slides import open_slide
 
-        pyr = core_of(find_layer(self._viewer, "slide"))
+        pyr = self.session.slide()
         if pyr is not None:
             return pyr
         if not self._slide_edit.value or not Path(self._slide_edit.value).is_file():
             raise HistoExprError("open a slide (Slide & spots panel) or choose one here")
         pyr = open_slide(self._slide_edit.value)
-        from .layers import attach_core
-
-        layer = upsert_layer(self._viewer, pyr.layer_data(), "slide")
-        attach_core(layer, pyr)
+        self.session.show_slide(pyr)
         self._viewer.reset_view()
         return pyr
 
@@ -183,7 +195,7 @@ class SlideLevelPanel(PanelMixin, Container):
     def _rescore(self):
         if self.bag is None or self.model is None:
             return
-        tissue = self._chosen_tissue()
+        tissue = self.tissue
         kw = {"tissue": tissue} if self.model.kind == "mtm" else {}
         try:
             self.maps = self.model.heatmaps(self.bag, self._map_names(), **kw)
@@ -195,7 +207,13 @@ class SlideLevelPanel(PanelMixin, Container):
             return self._fail(e)
         self.show_map()
 
-    def _chosen_tissue(self):
+    @property
+    def summary(self) -> str:
+        """The slide-level result shown under the status: predicted bulk of the map's gene, or risk."""
+        return str(self._summary.value)
+
+    @property
+    def tissue(self):
         """The tissue picked for a multi-task model (``None`` for other models)."""
         return self._tissue.value if self.model is not None and self.model.meta.get("tissues") else None
 

@@ -12,23 +12,26 @@ from magicgui.widgets import (
     PushButton,
 )
 
-from ..errors import HistoExprError, UnknownGeneError
-from ..io.session import N_OPEN_STEPS, open_steps
-from ..io.spots import VALUE_MODES, spots_layer_data
-from ._common import notify_error as _notify_error
-from ._common import start_worker
-from .layers import attach_core, find_layer, upsert_layer
+from ..data.expression import VALUE_MODES
+from ..errors import UnknownGeneError
+from ..io.sections import N_OPEN_STEPS, open_steps
+from ..layerdata import spots_layer_data
+from ._common import PanelMixin, notify_error, start_worker
+from ._session import Session
 
-SLIDE_KEY = "slide"
-SPOTS_KEY = "spots"
 COLORMAPS = ("viridis", "magma", "inferno", "plasma", "turbo", "cividis", "gray")
 
 
-class SlideSpotsWidget(Container):
+class SlideSpotsWidget(PanelMixin, Container):
     """Open a slide + spots off the GUI thread; pick a gene with completion; set value mode/contrast."""
+
+    SETTINGS = {"slide": "_slide_edit", "spots": "_spots_edit", "counts": "_counts_edit", "mpp": "_mpp",
+                "gene": "_gene", "mode": "_mode", "low_percentile": "_lo", "high_percentile": "_hi",
+                "colormap": "_cmap"}
 
     def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
         self._viewer = viewer
+        self.session = Session(viewer)
         self.slide = None
         self.adata = None
         self._worker = None
@@ -82,7 +85,7 @@ class SlideSpotsWidget(Container):
             if value and str(edit.value) != str(value):
                 edit.value = value
         if not slide and not spots:
-            _notify_error("Slide & spots: choose a slide and/or spot data first")
+            notify_error("Slide & spots: choose a slide and/or spot data first")
             return None
         self._open_btn.enabled = False
         self._status.value = "opening…"
@@ -90,33 +93,31 @@ class SlideSpotsWidget(Container):
         self._worker = start_worker(
             open_steps, slide, spots, counts, None, mpp, desc="Opening slide & spots", total=N_OPEN_STEPS,
             yielded=self._on_step, returned=self._on_opened, errored=self._on_error,
-            finished=lambda: setattr(self._open_btn, "enabled", True))
+            finished=self._on_finished)
         return self._worker
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        if not self._closed:
+            self._open_btn.enabled = True
 
     def _on_step(self, msg: str) -> None:
         self._status.value = msg
 
     def _on_error(self, exc: Exception) -> None:
-        msg = str(exc) if isinstance(exc, HistoExprError) else f"{type(exc).__name__}: {exc}"
-        self._status.value = f"error: {msg}"
-        _notify_error(msg)
+        self._fail(exc)
 
     def _on_opened(self, result) -> None:
         pyr, adata = result
         self.slide, self.adata = pyr, adata
         viewer = self._viewer
         if pyr is not None:
-            layer = upsert_layer(viewer, pyr.layer_data(), SLIDE_KEY)
-            attach_core(layer, pyr)
-            if getattr(self, "_pending", {}).get("spots"):
-                # the section open in the viewer, for the training panels
-                layer.metadata["histoexpr"]["section"] = {k: (str(v) if v is not None else None)
-                                                          for k, v in self._pending.items()}
+            self.session.show_slide(pyr, getattr(self, "_pending", None))  # the section, for the other panels
             viewer.canvas.overlays.scale_bar.visible = True
         if adata is not None:
             self._set_completer(list(map(str, adata.var_names)))
             if not self._gene.value or self._gene.value not in adata.var_names:
-                from ..io.spots import top_genes
+                from ..data.expression import top_genes
 
                 self._gene.value = top_genes(adata, 1)[0]
             self.apply_gene()
@@ -142,14 +143,27 @@ class SlideSpotsWidget(Container):
         self._gene.native.setCompleter(comp)
         self._completer = comp
 
+    def gene_completions(self, text: str) -> list[str]:
+        """What the gene field's completer offers for ``text`` (case-insensitive, "contains")."""
+        if self._completer is None:
+            return []
+        self._completer.setCompletionPrefix(text)
+        model = self._completer.completionModel()
+        return [model.index(i, 0).data() for i in range(model.rowCount())]
+
     # -- colouring ---------------------------------------------------------------------------------
     @property
     def spots_layer(self):
-        return find_layer(self._viewer, SPOTS_KEY)
+        return self.session.spots_layer
 
     @property
     def slide_layer(self):
-        return find_layer(self._viewer, SLIDE_KEY)
+        return self.session.slide_layer
+
+    def set_gene(self, gene: str):
+        """Colour the spots by ``gene`` (as typing it and pressing Enter)."""
+        self._gene.value = gene
+        return self.apply_gene()
 
     def apply_gene(self, *_):
         """Colour the spots by the chosen gene/mode/contrast; unknown genes give a warning."""
@@ -170,7 +184,6 @@ class SlideSpotsWidget(Container):
             self._status.value = str(e)
             show_warning(str(e))
             return None
-        layer = upsert_layer(self._viewer, ld, SPOTS_KEY)
-        attach_core(layer, self.adata)
+        layer = self.session.show_spots(self.adata, ld)
         layer.face_colorbar.visible = True
         return layer

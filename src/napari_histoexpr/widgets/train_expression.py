@@ -1,6 +1,6 @@
 """The "Train expression model" dock panel: sections, genes, backbone, epochs, device -> a model folder.
 
-Training runs in a napari worker over :func:`napari_histoexpr.evaluation.train_from_manifest_steps`;
+Training runs in a napari worker over :func:`napari_histoexpr.train.expression.train_from_manifest_steps`;
 the panel only shows its events (a live loss curve, progress in the activity dock) and can cancel
 it: the checkpoint of the last finished epoch and the best model so far stay on disk.
 """
@@ -22,9 +22,11 @@ from magicgui.widgets import (
 )
 
 from ..errors import HistoExprError
-from ..models.backbones import BACKBONES
+from ..models.catalog import BACKBONE_NAMES, DEVICES
+from ..train.expression import TrainConfig
 from ._common import PanelMixin, start_worker
-from .layers import current_section
+from ._plots import LossCurve
+from ._session import Session
 
 SOURCES = ("section open in the viewer", "manifest CSV")
 
@@ -35,86 +37,38 @@ def chosen_sections(viewer, source: str, manifest):
         if not manifest:
             raise HistoExprError("choose a section manifest CSV")
         return str(manifest)
-    sec = current_section(viewer)
+    sec = Session(viewer).section()
     if sec is None:
         raise HistoExprError("open a slide and its spots with the 'Slide & spots' panel first, "
                              "or train from a manifest")
     return [sec]
 
 
-class LossCurve:
-    """A small matplotlib canvas: step losses, and per-epoch train/validation loss and validation r."""
-
-    def __init__(self, metric: str = "val mean r"):
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        self.figure = Figure(figsize=(3.2, 2.2), dpi=90, tight_layout=True)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(170)
-        self.ax = self.figure.add_subplot(111)
-        self.ax2 = self.ax.twinx()
-        self.metric = metric
-        self.reset()
-
-    def reset(self):
-        self.steps, self.epochs, self.train, self.val, self.val_r = [], [], [], [], []
-        self._n = 0
-        self.redraw()
-
-    def add_step(self, loss: float, steps_per_epoch: int):
-        self._n += 1
-        self.steps.append((self._n / max(1, steps_per_epoch), loss))
-
-    def add_epoch(self, ev: dict):
-        self.epochs.append(len(self.epochs) + 1)  # several runs (e.g. one per patch size) go end to end
-        self.train.append(ev["train_loss"])
-        self.val.append(ev.get("val_loss", float("nan")))
-        self.val_r.append(ev.get("metric", ev.get("val_mean_r")))
-        self.redraw()
-
-    def redraw(self):
-        ax, ax2 = self.ax, self.ax2
-        ax.clear()
-        ax2.clear()
-        if self.steps:
-            x, y = zip(*self.steps)
-            ax.plot(x, y, color="0.75", lw=0.6, label="step")
-        if self.epochs:
-            ax.plot(self.epochs, self.train, "o-", ms=3, label="train")
-            ax.plot(self.epochs, self.val, "s-", ms=3, label="val")
-            ax2.plot(self.epochs, self.val_r, "^-", ms=3, color="tab:green", label=self.metric)
-            ax2.set_ylabel(self.metric, fontsize=7)
-        ax.set_xlabel("epoch", fontsize=7)
-        ax.set_ylabel("loss", fontsize=7)
-        ax.tick_params(labelsize=6)
-        ax2.tick_params(labelsize=6)
-        if self.epochs or self.steps:
-            ax.legend(fontsize=6, loc="upper right")
-        self.canvas.draw_idle()
-
-
 class TrainExpressionWidget(PanelMixin, Container):
     """Train a BrST-Net-style expression model without leaving napari."""
 
+    SETTINGS = {"source": "_source", "manifest": "_manifest", "n_genes": "_n_genes", "genes": "_genes",
+                "backbone": "_backbone", "epochs": "_epochs", "batch_size": "_batch", "lr": "_lr",
+                "window_um": "_window", "px": "_px", "aux": "_aux", "device": "_device", "out": "_out"}
+
     def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
+        d = TrainConfig()
         self._viewer = viewer
-        self._worker = None
         self.summary = None
         self._source = ComboBox(label="sections", choices=list(SOURCES), value=SOURCES[0])
         self._manifest = FileEdit(label="manifest", mode="r", filter="*.csv", nullable=True)
         self._manifest.tooltip = "Section manifest CSV: section,patient,image,spots,counts,clusters,mpp"
-        self._n_genes = SpinBox(label="top genes", value=250, min=1, max=20000)
+        self._n_genes = SpinBox(label="top genes", value=d.n_genes, min=1, max=20000)
         self._genes = LineEdit(label="or genes")
         self._genes.tooltip = "Comma-separated gene names to predict instead of the top genes"
-        self._backbone = ComboBox(label="backbone", choices=list(BACKBONES), value="resnet18")
-        self._epochs = SpinBox(label="epochs", value=20, min=1, max=1000)
-        self._batch = SpinBox(label="batch size", value=32, min=2, max=1024)
-        self._lr = FloatSpinBox(label="learning rate", value=3e-4, min=1e-6, max=1.0, step=1e-4)
-        self._window = FloatSpinBox(label="window µm", value=150.0, min=10.0, max=2000.0)
-        self._px = SpinBox(label="patch px", value=224, min=16, max=1024)
-        self._aux = CheckBox(label="auxiliary head", value=True)
-        self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self._backbone = ComboBox(label="backbone", choices=list(BACKBONE_NAMES), value=d.backbone)
+        self._epochs = SpinBox(label="epochs", value=d.epochs, min=1, max=1000)
+        self._batch = SpinBox(label="batch size", value=d.batch_size, min=2, max=1024)
+        self._lr = FloatSpinBox(label="learning rate", value=d.lr, min=1e-6, max=1.0, step=1e-4)
+        self._window = FloatSpinBox(label="window µm", value=d.window_um, min=10.0, max=2000.0)
+        self._px = SpinBox(label="patch px", value=d.px, min=16, max=1024)
+        self._aux = CheckBox(label="auxiliary head", value=d.max_aux > 0)
+        self._device = ComboBox(label="device", choices=list(DEVICES), value=d.device)
         self._out = FileEdit(label="save to", mode="d", nullable=True)
         self._train_btn = PushButton(text="Train")
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
@@ -134,19 +88,17 @@ class TrainExpressionWidget(PanelMixin, Container):
     def _sections(self):
         return chosen_sections(self._viewer, self._source.value, self._manifest.value)
 
-    def config(self):
-        from ..train.expression import TrainConfig
-
+    def config(self) -> TrainConfig:
         genes = [g.strip() for g in (self._genes.value or "").split(",") if g.strip()] or None
         return TrainConfig(backbone=self._backbone.value, n_genes=int(self._n_genes.value), genes=genes,
-                           max_aux=1000 if self._aux.value else 0, epochs=int(self._epochs.value),
+                           max_aux=TrainConfig.max_aux if self._aux.value else 0, epochs=int(self._epochs.value),
                            batch_size=int(self._batch.value), lr=float(self._lr.value),
                            window_um=float(self._window.value), px=int(self._px.value),
                            device=self._device.value)
 
     def start(self, *_):
         """Start training in a worker; returns it (or None after a notified error)."""
-        from ..evaluation import train_from_manifest_steps
+        from ..train.expression import train_from_manifest_steps
 
         if self._worker is not None:
             return None

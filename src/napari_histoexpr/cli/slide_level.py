@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .cli import _drain as _drain_with
-from .cli import _progress
+from .common import drain as drain_with
+from .common import progress
 
 
 def _show(ev: dict) -> None:
@@ -14,22 +14,22 @@ def _show(ev: dict) -> None:
     if stage == "epoch":
         if ev["epoch"] == ev["epochs"] or ev["epoch"] % 25 == 0:
             extra = f", recon {ev['recon_loss']:.4f}" if "recon_loss" in ev else ""
-            _progress(f"{ev['model']}: epoch {ev['epoch']}/{ev['epochs']} loss {ev['train_loss']:.4f}{extra}")
+            progress(f"{ev['model']}: epoch {ev['epoch']}/{ev['epochs']} loss {ev['train_loss']:.4f}{extra}")
     elif stage == "fold":
         vals = ", ".join(f"{k} {v:.3f}" for k, v in ev.items() if k not in ("stage", "fold", "folds")
                          and isinstance(v, float))
-        _progress(f"fold {ev['fold'] + 1}/{ev['folds']}: {vals}")
+        progress(f"fold {ev['fold'] + 1}/{ev['folds']}: {vals}")
     elif "msg" in ev:
-        _progress(ev["msg"])
+        progress(ev["msg"])
 
 
 def _drain(gen):
-    return _drain_with(gen, _show)
+    return drain_with(gen, _show)
 
 
 def _inputs(args, bulk: bool = True):
-    from .slide_level.cohort import bulk_matrix, read_cohort
-    from .slide_level.common import load_bags
+    from ..slide_level.cohort import bulk_matrix, read_cohort
+    from ..slide_level.common import load_bags
 
     slides = read_cohort(args.cohort)
     bags = load_bags(slides, args.features)
@@ -38,7 +38,7 @@ def _inputs(args, bulk: bool = True):
 
 
 def _genes(args, B):
-    from .slide_level.common import choose_bulk_genes
+    from ..slide_level.common import choose_bulk_genes
 
     names = [g.strip() for g in (args.genes or "").split(",") if g.strip()]
     return choose_bulk_genes(B, args.n_genes, names or None)
@@ -51,28 +51,28 @@ def _train_kw(args) -> dict:
 
 def _saved(model, args, what: str) -> int:
     model.save(args.out)
-    _progress(f"{what} saved to {args.out}")
+    progress(f"{what} saved to {args.out}")
     return 0
 
 
 def _reported(path, shown: dict) -> int:
     print(json.dumps(shown, indent=2))
-    _progress(f"report: {path}")
+    progress(f"report: {path}")
     return 0
 
 
 def cmd_features(args) -> int:
-    from .slide_level.cohort import read_cohort
-    from .slide_level.features import extract_cohort_steps
+    from ..slide_level.cohort import read_cohort
+    from ..slide_level.features import extract_cohort_steps
 
     res = _drain(extract_cohort_steps(read_cohort(args.cohort), args.encoder, args.out, args.tile_um, args.px,
-                                      args.device, args.seed, args.scheduler, args.cluster, _progress))
+                                      args.device, args.seed, args.scheduler, args.cluster, progress))
     print(json.dumps(res, indent=2))
     return 0
 
 
 def cmd_bulk_train(args) -> int:
-    from .slide_level.he2rna import train_he2rna
+    from ..slide_level.he2rna import train_he2rna
 
     _, bags, B = _inputs(args)
     genes = _genes(args, B)
@@ -83,8 +83,8 @@ def cmd_bulk_train(args) -> int:
 def cmd_bulk_evaluate(args) -> int:
     import numpy as np
 
-    from .slide_level.he2rna import evaluate_he2rna_steps
-    from .slide_level.report import write_bulk_report
+    from ..slide_level.he2rna import evaluate_he2rna_steps
+    from ..slide_level.report import write_bulk_report
 
     slides, bags, B = _inputs(args)
     genes = _genes(args, B)
@@ -95,7 +95,7 @@ def cmd_bulk_evaluate(args) -> int:
 
 
 def _groups(args, B):
-    from .slide_level.ghanet import default_groups, read_groups
+    from ..slide_level.ghanet import default_groups, read_groups
 
     return read_groups(args.groups) if args.groups else default_groups(B, seed=args.seed)
 
@@ -103,8 +103,8 @@ def _groups(args, B):
 def cmd_survival_train(args) -> int:
     import numpy as np
 
-    from .errors import HistoExprError
-    from .slide_level.ghanet import train_ghanet
+    from ..errors import HistoExprError
+    from ..slide_level.ghanet import train_ghanet
 
     slides, bags, B = _inputs(args)
     if any(s.time is None or s.event is None for s in slides):
@@ -115,8 +115,8 @@ def cmd_survival_train(args) -> int:
 
 
 def cmd_survival_evaluate(args) -> int:
-    from .slide_level.ghanet import evaluate_ghanet_steps
-    from .slide_level.report import write_survival_report
+    from ..slide_level.ghanet import evaluate_ghanet_steps
+    from ..slide_level.report import write_survival_report
 
     slides, bags, B = _inputs(args)
     rep = _drain(evaluate_ghanet_steps(slides, bags, B, _groups(args, B), k=args.folds,
@@ -126,7 +126,7 @@ def cmd_survival_evaluate(args) -> int:
 
 
 def cmd_multitask_train(args) -> int:
-    from .slide_level.multitask import train_multitask
+    from ..slide_level.multitask import train_multitask
 
     slides, bags, B = _inputs(args)
     genes = _genes(args, B)
@@ -136,8 +136,8 @@ def cmd_multitask_train(args) -> int:
 
 
 def cmd_multitask_evaluate(args) -> int:
-    from .slide_level.multitask import evaluate_multitask_steps
-    from .slide_level.report import write_multitask_report
+    from ..slide_level.multitask import evaluate_multitask_steps
+    from ..slide_level.report import write_multitask_report
 
     slides, bags, B = _inputs(args)
     genes = _genes(args, B)

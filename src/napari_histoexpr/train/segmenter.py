@@ -1,5 +1,6 @@
-"""Transcriptome-supervised morphology segmenter: patch classifiers (one per patch size), trained
-from scratch; dense prediction by sliding window gives class-probability maps.
+"""Training the transcriptome-supervised morphology segmenter: patch classifiers (one per patch size,
+:class:`~napari_histoexpr.models.segmenter.PatchClassifier`), trained from scratch on spot classes;
+dense prediction (:mod:`napari_histoexpr.segment.evaluate`) gives class-probability maps.
 
 Like the seed study, several patch sizes are trained; the model keeps the best by validation
 balanced accuracy, or the ensemble (mean of probabilities) when that is better.
@@ -8,8 +9,6 @@ balanced accuracy, or the ensemble (mean of probabilities) when that is better.
 from __future__ import annotations
 
 import math
-import os
-import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,8 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TrainingError
-
-KIND = "segmenter"
 
 
 @dataclass
@@ -36,27 +33,6 @@ class SegConfig:
     device: str = "auto"
     seed: int = 0
     augment: bool = True
-
-
-def _net(backbone: str, n_classes: int, mean=(0.5,) * 3, std=(0.25,) * 3):
-    import torch
-    from torch import nn
-
-    from ..models.backbones import build_backbone
-
-    class PatchClassifier(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone = build_backbone(backbone)
-            self.dropout = nn.Dropout(0.2)
-            self.head = nn.Linear(self.backbone.num_features, n_classes)
-            self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-            self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-
-        def forward(self, x):
-            return self.head(self.dropout(self.backbone((x - self.pixel_mean) / self.pixel_std)))
-
-    return PatchClassifier()
 
 
 def background_points(pyr, n: int, rng, margin_px: float) -> np.ndarray:
@@ -78,14 +54,26 @@ class SegSection:
     labels: np.ndarray  # class names (object)
     patches: dict  # window_um -> (N, px, px, 3)
 
+    def subset(self, index: np.ndarray, name: str | None = None) -> "SegSection":
+        return SegSection(name or self.name, self.xy[index], self.labels[index],
+                          {w: p[index] for w, p in self.patches.items()})
+
+    def __len__(self) -> int:
+        return len(self.xy)
+
 
 def prepare_seg_sections(sections, cfg: SegConfig, regions: dict | None = None) -> Generator[dict, None, list]:
     """Open sections, derive spot classes (jointly for clustering), cut patches at every window."""
     import anndata as ad
 
     from ..data.patches import extract_patches, tissue_fraction_at, tissue_mask
-    from ..io.manifest import load_section
-    from .classes import BACKGROUND, apply_regions, classes_from_clusters, spot_classes
+    from ..io.sections import load_section
+    from ..segment.classes import (
+        BACKGROUND,
+        apply_regions,
+        classes_from_clusters,
+        spot_classes,
+    )
 
     opened = []
     for i, sec in enumerate(sections):
@@ -136,27 +124,15 @@ def train_segmenter_steps(sections: list[SegSection], out_dir, cfg: SegConfig) -
 
     from ..data.patches import augment_batch
     from ..models.artifact import atomic_write_json, save_artifact
-    from ..models.expression import resolve_device, to_tensor
-    from .classes import BACKGROUND
+    from ..models.runtime import resolve_device
+    from ..models.segmenter import KIND, PatchClassifier, class_probabilities
+    from ..segment.classes import BACKGROUND
+    from .loop import epoch_batches, fit_epoch, pixel_stats, split_validation
 
     out = Path(out_dir)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    names = [s.name for s in sections]
-    if len(sections) > 1:
-        val_name = cfg.val_section or names[-1]
-        if val_name not in names:
-            raise TrainingError(f"validation section {val_name!r} is not among {names}")
-        tr = [s for s in sections if s.name != val_name]
-        va = [s for s in sections if s.name == val_name]
-    else:
-        s = sections[0]
-        perm = np.random.default_rng(cfg.seed).permutation(len(s.xy))
-        nv = max(2, int(0.2 * len(perm)))
-        sub = lambda ix, tag: SegSection(s.name + tag, s.xy[ix], s.labels[ix],  # noqa: E731
-                                         {w: p[ix] for w, p in s.patches.items()})
-        tr, va = [sub(np.sort(perm[nv:]), "")], [sub(np.sort(perm[:nv]), ":val")]
-        val_name = va[0].name
+    tr, va, val_name = split_validation(sections, cfg.val_section, 0.2, cfg.seed)
     classes = [BACKGROUND] + sorted({str(lab) for s in tr for lab in s.labels} - {BACKGROUND})
     if len(classes) < 2:
         raise TrainingError("need at least one tissue class besides background")
@@ -170,47 +146,38 @@ def train_segmenter_steps(sections: list[SegSection], out_dir, cfg: SegConfig) -
            f"classes {classes} (counts {counts.astype(int).tolist()})"}
     nets, results, val_probs = {}, {}, {}
     steps = max(1, math.ceil(len(ytr) / cfg.batch_size))
+    ytr_t = torch.from_numpy(ytr)
     for wi, win in enumerate(cfg.windows_um):
         Xtr = np.concatenate([s.patches[win] for s in tr])
         Xva = np.concatenate([s.patches[win] for s in va])
-        pix = Xtr.reshape(-1, 3)[:: max(1, Xtr.size // 3 // 100_000)].astype(np.float32) / 255
-        net = _net(cfg.backbone, len(classes), tuple(pix.mean(0)), tuple(pix.std(0) + 1e-3)).to(device)
+        mean, std = pixel_stats(Xtr, 100_000)
+        net = PatchClassifier(cfg.backbone, len(classes), tuple(mean), tuple(std)).to(device)
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps * cfg.epochs)
         gen = torch.Generator().manual_seed(cfg.seed + wi)
+        augment = (lambda x, g=gen: augment_batch(x, g)) if cfg.augment else None
+        correct = [0]
+
+        def loss_of(net, x, idx):
+            y = ytr_t[idx].to(device)
+            logits = net(x)
+            correct[0] += int((logits.argmax(1) == y).sum())
+            return torch.nn.functional.cross_entropy(logits.float(), y, weight=weights)
+
         best, best_state, best_probs = -1.0, None, None
         for epoch in range(cfg.epochs):
-            net.train()
-            order = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(cfg.seed * 100 + epoch)).numpy()
-            t0, tot, correct, seen = time.perf_counter(), 0.0, 0, 0
-            for k in range(steps):
-                idx = np.sort(order[k * cfg.batch_size:(k + 1) * cfg.batch_size])
-                if len(idx) < 2:
-                    continue
-                x = to_tensor(Xtr[idx], device)
-                if cfg.augment:
-                    x = augment_batch(x, gen)
-                y = torch.from_numpy(ytr[idx]).to(device)
-                logits = net(x)
-                loss = torch.nn.functional.cross_entropy(logits, y, weight=weights)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                tot += float(loss.detach()) * len(idx)
-                correct += int((logits.argmax(1) == y).sum())
-                seen += len(idx)
-                yield {"stage": "step", "window_um": win, "epoch": epoch, "step": k + 1, "steps": steps,
-                       "loss": float(loss.detach())}
-            probs = _predict_probs(net, Xva, device)
+            correct[0] = 0
+            batches = epoch_batches(len(ytr), cfg.batch_size, cfg.seed * 100 + epoch)
+            fit = yield from fit_epoch(net, Xtr, batches, loss_of, opt, sched, device, augment,
+                                       info={"window_um": win, "epoch": epoch})
+            probs = class_probabilities(net, Xva, device)
             acc = balanced_accuracy(probs.argmax(1)[vmask], yva[vmask], len(classes))
             if acc > best:
                 best, best_probs = acc, probs
                 best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             yield {"stage": "epoch", "window_um": win, "epoch": epoch, "epochs": cfg.epochs,
-                   "train_loss": tot / max(1, seen), "train_acc": correct / max(1, seen), "val_bal_acc": acc,
-                   "metric": acc, "patches_per_s": seen / (time.perf_counter() - t0),
-                   "best": acc >= best}
+                   "train_loss": fit["loss"], "train_acc": correct[0] / max(1, fit["seen"]), "val_bal_acc": acc,
+                   "metric": acc, "patches_per_s": fit["seen"] / fit["seconds"], "best": acc >= best}
         net.load_state_dict(best_state)
         nets[win], results[win], val_probs[win] = net, best, best_probs
     ens = np.mean([val_probs[w] for w in cfg.windows_um], axis=0)
@@ -232,54 +199,3 @@ def train_segmenter_steps(sections: list[SegSection], out_dir, cfg: SegConfig) -
     yield {"stage": "done", "msg": f"segmenter saved ({mode}, windows {used} µm, val balanced acc "
            f"{summary['val_bal_acc']:.3f})"}
     return summary
-
-
-def _predict_probs(net, X, device, batch=256) -> np.ndarray:
-    import torch
-
-    from ..models.expression import to_tensor
-
-    net.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(X), batch):
-            out.append(torch.softmax(net(to_tensor(X[i:i + batch], device)), 1).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
-
-
-class Segmenter:
-    """A saved segmenter for dense prediction; duck-types the expression model for the region runner
-    (``genes`` are the class names, ``predict_centres`` returns class probabilities)."""
-
-    def __init__(self, nets, meta, device):
-        self.nets, self.meta, self.device = nets, meta, device
-        self.classes = list(meta["classes"])
-        self.genes = self.classes
-        self.windows = [float(w) for w in meta["windows_um"]]
-        self.window_um = max(self.windows)
-        self.px = int(meta["px"])
-
-    @classmethod
-    def load(cls, model_dir: str | os.PathLike, device: str | None = "auto") -> "Segmenter":
-        from ..models.artifact import load_artifact, load_state_strict
-        from ..models.expression import resolve_device
-
-        state, meta = load_artifact(model_dir, kind=KIND)
-        dev = resolve_device(device)
-        nets = []
-        for i in range(len(meta["windows_um"])):
-            net = _net(meta["backbone"], len(meta["classes"]))
-            load_state_strict(net, {k[len(f"w{i}."):]: v for k, v in state.items() if k.startswith(f"w{i}.")},
-                              str(model_dir))
-            nets.append(net.to(dev).eval())
-        return cls(nets, meta, dev)
-
-    def patch_transform(self):
-        return None
-
-    def predict_centres(self, pyr, centres: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        from ..data.patches import extract_patches
-
-        probs = [_predict_probs(net, extract_patches(pyr, centres, w, self.px), self.device, batch_size)
-                 for net, w in zip(self.nets, self.windows)]
-        return np.mean(probs, axis=0)

@@ -1,0 +1,161 @@
+"""``histoexpr`` command line: batch work over the same headless core as the napari plugin.
+
+Every command prints progress to stderr and exits non-zero with a one-line message on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+from ..errors import HistoExprError
+from .commands import (
+    cmd_demo,
+    cmd_evaluate,
+    cmd_info,
+    cmd_predict,
+    cmd_segment_evaluate,
+    cmd_segment_train,
+    cmd_train,
+)
+from .common import drain, progress
+from .slide_level import add_parsers as add_slide_level_parsers
+
+__all__ = ["build_parser", "drain", "main", "progress"]
+
+from ..models.catalog import BACKBONE_NAMES as BACKBONES
+from ..models.catalog import DEVICES
+
+DEVICE_HELP = f"{'|'.join(DEVICES)} (auto: CUDA, then Apple mps, then CPU)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..segment.classes import CLASSES_HELP
+    from ..train.expression import TrainConfig
+    from ..train.segmenter import SegConfig
+
+    TC, SC = TrainConfig(), SegConfig()
+    p = argparse.ArgumentParser(prog="histoexpr", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"napari-histoexpr {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="generate the synthetic section and open it in napari")
+    d.add_argument("--out", default="demo-output", help="output folder (default: ./demo-output)")
+    d.add_argument("--size", type=int, default=4096, help="slide side in pixels (default 4096)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--gene", default="ERBB2", help="gene to colour the spots by")
+    d.add_argument("--epochs", type=int, default=12,
+                   help="epochs of the demo expression model (0: no model, slide and spots only)")
+    d.add_argument("--screenshot", default=None,
+                   help="write a PNG screenshot here and exit (default when no display)")
+    d.set_defaults(func=cmd_demo)
+
+    i = sub.add_parser("info", help="describe a slide and/or spot data and check they align")
+    i.add_argument("--slide", default=None)
+    i.add_argument("--spots", default=None, help="Space Ranger outs folder, .h5ad or ST *_selection.tsv")
+    i.add_argument("--counts", default=None, help="legacy ST counts TSV")
+    i.add_argument("--clusters", default=None, help="per-spot labels TSV/CSV with a 'label' column")
+    i.add_argument("--mpp", type=float, default=None, help="override µm per level-0 pixel")
+    i.add_argument("--gene", default=None)
+    i.add_argument("--mode", default="log1p", choices=["raw", "log1p", "normalised"])
+    i.set_defaults(func=cmd_info)
+
+    t = sub.add_parser("train", help="train an expression model (BrST-Net style) on a section manifest")
+    t.add_argument("--manifest", required=True, help="section manifest CSV (see docs/formats.md)")
+    t.add_argument("--out", required=True, help="model folder (model.safetensors + model.json)")
+    t.add_argument("--genes", type=int, default=TC.n_genes, help=f"number of target genes (top by mean; {TC.n_genes})")
+    t.add_argument("--gene-list", default=None, help="comma-separated target genes instead of the top N")
+    t.add_argument("--aux-genes", type=int, default=TC.max_aux, help="max auxiliary genes (0 = no aux head)")
+    t.add_argument("--aux-weight", type=float, default=TC.aux_weight)
+    t.add_argument("--backbone", default=TC.backbone,
+                   help=f"CNN backbone: {'|'.join(BACKBONES)} (default {TC.backbone})")
+    t.add_argument("--init", default=None, help="backbone weights file (.safetensors or torch tensors)")
+    t.add_argument("--epochs", type=int, default=TC.epochs)
+    t.add_argument("--batch-size", type=int, default=TC.batch_size)
+    t.add_argument("--optimizer", default=TC.optimizer, choices=["adamw", "sgd"])
+    t.add_argument("--lr", type=float, default=TC.lr)
+    t.add_argument("--weight-decay", type=float, default=TC.weight_decay)
+    t.add_argument("--patience", type=int, default=TC.patience, help="early stopping patience (epochs)")
+    t.add_argument("--val-section", default=None, help="section for early stopping (default: last)")
+    t.add_argument("--window-um", type=float, default=TC.window_um, help=f"patch side in µm (default {TC.window_um:g})")
+    t.add_argument("--px", type=int, default=TC.px, help=f"patch side in pixels (default {TC.px})")
+    t.add_argument("--stain-norm", action="store_true", help="Macenko-normalise patches")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--no-baselines", action="store_true")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--device", default=TC.device, help=DEVICE_HELP)
+    t.add_argument("--seed", type=int, default=TC.seed)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="per-gene Pearson of a model on held-out sections")
+    e.add_argument("--model", required=True)
+    e.add_argument("--manifest", required=True)
+    e.add_argument("--out", required=True, help="report folder (report.json, report.md, PNGs)")
+    e.add_argument("--device", default="auto", help=DEVICE_HELP)
+    e.add_argument("--no-baselines", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="whole-slide expression prediction -> zarr + h5ad")
+    pr.add_argument("--model", required=True)
+    pr.add_argument("--slide", required=True, action="append",
+                    help="slide file (repeat for several slides; each gets OUT/<slide name>/)")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--spots", default=None, help="spots of a single slide: also predict at the spots "
+                    "and report Pearson r against the measured values")
+    pr.add_argument("--stride-um", type=float, default=None, help="grid step in µm (default: window/2)")
+    pr.add_argument("--batch-size", type=int, default=256)
+    pr.add_argument("--workers", type=int, default=4, help="reader threads per slide")
+    pr.add_argument("--device", default="auto", help=DEVICE_HELP)
+    pr.add_argument("--scheduler", default=None,
+                    help="dask.distributed scheduler address (default: a LocalCluster, one worker per GPU)")
+    pr.add_argument("--no-resume", action="store_true", help="start again instead of continuing")
+    pr.set_defaults(func=cmd_predict)
+
+    sg = sub.add_parser("segment", help="transcriptome-supervised morphology segmenter")
+    ssub = sg.add_subparsers(dest="segment_command", required=True)
+    st = ssub.add_parser("train", help="train on a section manifest")
+    st.add_argument("--manifest", required=True)
+    st.add_argument("--classes", required=True,
+                    help=CLASSES_HELP)
+    st.add_argument("--out", required=True)
+    st.add_argument("--windows-um", default=",".join(f"{w:g}" for w in SC.windows_um),
+                    help="patch sizes in µm (comma-separated)")
+    st.add_argument("--px", type=int, default=SC.px)
+    st.add_argument("--backbone", default=SC.backbone, help=f"CNN backbone: {'|'.join(BACKBONES)}")
+    st.add_argument("--epochs", type=int, default=SC.epochs)
+    st.add_argument("--batch-size", type=int, default=SC.batch_size)
+    st.add_argument("--lr", type=float, default=SC.lr)
+    st.add_argument("--val-section", default=None)
+    st.add_argument("--device", default=SC.device, help=DEVICE_HELP)
+    st.add_argument("--seed", type=int, default=SC.seed)
+    st.set_defaults(func=cmd_segment_train)
+    se = ssub.add_parser("evaluate", help="spot-level Dice on held-out sections")
+    se.add_argument("--model", required=True)
+    se.add_argument("--manifest", required=True)
+    se.add_argument("--out", required=True)
+    se.add_argument("--stride-um", type=float, default=None)
+    se.add_argument("--device", default="auto", help=DEVICE_HELP)
+    se.set_defaults(func=cmd_segment_evaluate)
+
+    add_slide_level_parsers(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "info" and not (args.slide or args.spots):
+        parser.error("info needs --slide and/or --spots")
+    try:
+        return int(args.func(args) or 0)
+    except HistoExprError as e:
+        print(f"histoexpr: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("histoexpr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

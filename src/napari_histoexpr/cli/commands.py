@@ -1,0 +1,131 @@
+"""The expression-side commands: info, demo, train, evaluate, predict, segment train/evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .common import drain, progress
+
+
+def cmd_info(args) -> int:
+    """Describe a slide and/or spot data (and check that they align)."""
+    from ..io.sections import open_steps
+
+    pyr, adata = drain(open_steps(args.slide, args.spots, args.counts, args.clusters, args.mpp), progress)
+    out: dict = {}
+    if pyr is not None:
+        out["slide"] = {
+            "path": pyr.path, "backend": pyr.backend, "width": pyr.level0_shape[1],
+            "height": pyr.level0_shape[0], "levels": pyr.n_levels,
+            "downsamples": [round(d, 4) for d in pyr.downsamples], "tile_size": list(pyr.tile_size),
+            "mpp": pyr.mpp, "mpp_source": pyr.mpp_source, "icc_applied": pyr.icc_applied,
+        }
+    if adata is not None:
+        info = adata.uns["histoexpr"]
+        out["spots"] = {
+            "n_spots": int(adata.n_obs), "n_genes": int(adata.n_vars),
+            "platform": info.get("platform"), "spot_diameter_px": info.get("spot_diameter_px"),
+            "mpp": info.get("mpp"), "mpp_source": info.get("mpp_source"),
+        }
+        if args.gene:
+            from ..data.expression import gene_values
+
+            v = gene_values(adata, args.gene, args.mode)
+            out["spots"]["gene"] = {"name": args.gene, "mode": args.mode, "mean": float(v.mean()),
+                                    "max": float(v.max())}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Generate the built-in section and show it (or, headless, write a screenshot)."""
+    from ..data.synthetic import make_demo
+
+    out = Path(args.out)
+    progress(f"generating the synthetic section in {out} (cached after the first run)")
+    demo = make_demo(out / "section", size=args.size, seed=args.seed)
+    progress(f"slide {demo.slide}, spots {demo.spots}")
+    model_dir = None
+    if args.epochs > 0:
+        from ..demo import demo_model
+
+        model_dir = demo_model(out, epochs=args.epochs, progress=progress)
+        progress(f"model {model_dir}")
+    headless = args.screenshot is not None or not os.environ.get("DISPLAY")
+    screenshot = Path(args.screenshot) if args.screenshot else out / "demo.png"
+    from ..viewer_app import show_demo  # the CLI's one GUI import: the demo window
+
+    path = show_demo(demo, screenshot=screenshot if headless else None, gene=args.gene,
+                     progress=progress, model_dir=model_dir)
+    if path is not None:
+        progress(f"screenshot written: {path}")
+        print(path)
+    return 0
+
+
+def cmd_train(args) -> int:
+    """Train an expression model on the sections of a manifest."""
+    from ..train.expression import TrainConfig, train_from_manifest_steps
+
+    genes = [g.strip() for g in args.gene_list.split(",") if g.strip()] if args.gene_list else None
+    cfg = TrainConfig(backbone=args.backbone, n_genes=args.genes, genes=genes, max_aux=args.aux_genes,
+                      aux_weight=args.aux_weight, window_um=args.window_um, px=args.px,
+                      epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+                      lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
+                      val_section=args.val_section, augment=not args.no_augment,
+                      stain_norm=args.stain_norm, init=args.init, device=args.device, seed=args.seed,
+                      baselines=not args.no_baselines)
+    summary = drain(train_from_manifest_steps(args.manifest, args.out, cfg, resume=args.resume))
+    progress(f"model written to {args.out} (best epoch {summary['best_epoch'] + 1}, "
+              f"validation mean r {summary['best_val_mean_r']:.3f})")
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """Per-gene Pearson of a model on held-out sections -> report.json/.md + plots."""
+    from ..evaluation import evaluate_steps
+
+    report = drain(evaluate_steps(args.model, args.manifest, args.out, device=args.device,
+                                   baselines=not args.no_baselines))
+    print(json.dumps(report["summary"], indent=2))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    """Whole-slide prediction of one or many slides (many: on dask.distributed)."""
+    from ..infer.distributed import predict_many
+
+    results = predict_many(args.model, args.slide, args.out, scheduler=args.scheduler, device=args.device,
+                           stride_um=args.stride_um, batch_size=args.batch_size, workers=args.workers,
+                           resume=not args.no_resume, spots=args.spots, progress=progress)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_segment_train(args) -> int:
+    """Train a transcriptome-supervised segmenter on the sections of a manifest."""
+    from ..io.manifest import read_manifest
+    from ..segment.classes import parse_classes_arg
+    from ..train.segmenter import SegConfig, prepare_seg_sections, train_segmenter_steps
+
+    cfg = SegConfig(classes=parse_classes_arg(args.classes),
+                    windows_um=tuple(float(w) for w in args.windows_um.split(",")), px=args.px,
+                    backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    val_section=args.val_section, device=args.device, seed=args.seed)
+    secs = drain(prepare_seg_sections(read_manifest(args.manifest), cfg))
+    summary = drain(train_segmenter_steps(secs, args.out, cfg))
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_segment_evaluate(args) -> int:
+    """Spot-level Dice of a segmenter on held-out sections."""
+    from ..segment.evaluate import evaluate_segmenter_steps
+
+    report = drain(evaluate_segmenter_steps(args.model, args.manifest, args.out, device=args.device,
+                                             stride_um=args.stride_um))
+    print(json.dumps(report["summary"], indent=2))
+    return 0

@@ -1,0 +1,38 @@
+"""What every ``histoexpr`` command shares: progress lines on stderr and running a step generator."""
+
+from __future__ import annotations
+
+import sys
+
+from ..steps import drain as run_steps
+
+
+def progress(msg: str) -> None:
+    print(f"[histoexpr] {msg}", file=sys.stderr, flush=True)
+
+
+def drain(gen, show=None):
+    """Run a core step generator to completion, printing its events (``show``); return its value."""
+    return run_steps(gen, show or show_event)
+
+
+def show_event(ev: dict) -> None:
+    stage = ev.get("stage")
+    if stage == "step":
+        if ev["step"] == ev["steps"] or ev["step"] % 20 == 0:
+            print(f"\r[histoexpr] epoch {ev['epoch'] + 1} step {ev['step']}/{ev['steps']} "
+                  f"loss {ev['loss']:.4f}", end="", file=sys.stderr, flush=True)
+    elif stage == "epoch" and "val_bal_acc" in ev:  # segmenter
+        print(f"\r[histoexpr] {ev['window_um']:g} µm patches, epoch {ev['epoch'] + 1}/{ev['epochs']}: "
+              f"train loss {ev['train_loss']:.4f}, train acc {ev['train_acc']:.3f}, "
+              f"val balanced acc {ev['val_bal_acc']:.3f}; {ev['patches_per_s']:.0f} patches/s",
+              file=sys.stderr, flush=True)
+    elif stage == "epoch":
+        print(f"\r[histoexpr] epoch {ev['epoch'] + 1}/{ev['epochs']}: train loss {ev['train_loss']:.4f}, "
+              f"val loss {ev['val_loss']:.4f}, val mean r {ev['val_mean_r']:.3f}"
+              f"{' (best, saved)' if ev.get('best') else ''}; {ev['patches_per_s']:.0f} patches/s",
+              file=sys.stderr, flush=True)
+    elif stage == "section":
+        progress(f"{ev['section']}: {ev['n_spots']} spots, mean r {ev['mean_r']:.3f}")
+    elif "msg" in ev:
+        progress(ev["msg"])

@@ -1,0 +1,233 @@
+"""10x Visium: Space Ranger 1.x/2.x ``outs`` folders (HDF5 or MTX matrix, CSV/parquet positions).
+
+Visium folders also get scanpy's ``uns["spatial"][library_id]`` (images + scalefactors) so the
+result works with ``scanpy.pl.spatial``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ..errors import BarcodeJoinError, MissingScalefactorsError, SpotDataError
+from .spotdata import VISIUM_SPOT_UM, join_ids, spot_anndata
+
+
+def read_10x_h5(path: Path):
+    """Read a Cell Ranger / Space Ranger feature-barcode HDF5 (v3 and v2 layouts).
+
+    Written directly with h5py so files without the ``library_ids`` attribute (on which
+    ``scanpy.read_visium`` fails) still read.
+    """
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise SpotDataError(f"cannot read {path.name}: not an HDF5 file ({e})") from e
+    with f:
+        if "matrix" in f:
+            g = f["matrix"]
+            feats = g["features"]
+            names = [x.decode() for x in feats["name"][:]]
+            ids = [x.decode() for x in feats["id"][:]]
+            ftype = ([x.decode() for x in feats["feature_type"][:]]
+                     if "feature_type" in feats else ["Gene Expression"] * len(ids))
+        else:  # v2: one group per genome
+            groups = [k for k in f.keys() if isinstance(f[k], h5py.Group)]
+            if not groups:
+                raise SpotDataError(f"{path.name}: no 'matrix' group; not a 10x feature-barcode file")
+            g = f[groups[0]]
+            names = [x.decode() for x in g["gene_names"][:]]
+            ids = [x.decode() for x in g["genes"][:]]
+            ftype = ["Gene Expression"] * len(ids)
+        n_feat, n_bc = (int(v) for v in g["shape"][:])
+        mat = sp.csc_matrix((g["data"][:], g["indices"][:], g["indptr"][:]), shape=(n_feat, n_bc))
+        barcodes = [x.decode() for x in g["barcodes"][:]]
+    X = mat.T.tocsr()
+    var = pd.DataFrame({"gene_ids": ids, "feature_types": ftype}, index=names)
+    keep = var["feature_types"].to_numpy() == "Gene Expression"
+    if keep.any() and not keep.all():
+        X, var = X[:, keep], var.loc[keep]
+    return X, pd.Index(barcodes), var
+
+
+def read_10x_mtx(folder: Path):
+    from scipy.io import mmread
+
+    def find(*names):
+        for n in names:
+            for suffix in ("", ".gz"):
+                p = folder / (n + suffix)
+                if p.exists():
+                    return p
+        return None
+
+    mtx, bcs = find("matrix.mtx"), find("barcodes.tsv")
+    feats = find("features.tsv", "genes.tsv")
+    if mtx is None or bcs is None or feats is None:
+        raise SpotDataError(f"{folder}: needs matrix.mtx(.gz), barcodes.tsv(.gz) and features.tsv(.gz)")
+    X = sp.csr_matrix(mmread(str(mtx))).T.tocsr()
+    barcodes = pd.read_csv(bcs, header=None, sep="\t")[0].astype(str)
+    f = pd.read_csv(feats, header=None, sep="\t")
+    ids = f[0].astype(str).tolist()
+    names = f[1].astype(str).tolist() if f.shape[1] > 1 else ids
+    ftype = f[2].astype(str).tolist() if f.shape[1] > 2 else ["Gene Expression"] * len(ids)
+    var = pd.DataFrame({"gene_ids": ids, "feature_types": ftype}, index=names)
+    keep = var["feature_types"].to_numpy() == "Gene Expression"
+    if keep.any() and not keep.all():
+        X, var = X[:, keep], var.loc[keep]
+    return X, pd.Index(barcodes), var
+
+
+POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres",
+             "pxl_col_in_fullres"]
+
+
+def read_positions(spatial: Path) -> pd.DataFrame:
+    for name in ("tissue_positions.parquet", "tissue_positions.csv", "tissue_positions_list.csv"):
+        p = spatial / name
+        if not p.exists():
+            continue
+        if p.suffix == ".parquet":
+            df = pd.read_parquet(p)
+        else:
+            first = p.open().readline()
+            has_header = "barcode" in first
+            df = pd.read_csv(p, header=0 if has_header else None)
+            if not has_header:
+                if df.shape[1] != 6:
+                    raise SpotDataError(f"{p.name}: expected 6 columns, found {df.shape[1]}")
+                df.columns = POSITION_COLUMNS
+        missing = set(POSITION_COLUMNS) - set(df.columns)
+        if missing:
+            raise SpotDataError(f"{p.name}: missing columns {sorted(missing)}")
+        return df.set_index("barcode")
+    raise SpotDataError(
+        f"{spatial}: no tissue_positions.parquet, tissue_positions.csv or tissue_positions_list.csv"
+    )
+
+
+def visium_folder(path: str | os.PathLike) -> Path:
+    """The Space Ranger ``outs`` folder for ``path`` (the folder itself, its ``outs/``, or a file in it)."""
+    p = Path(path)
+    if p.is_file():
+        p = p.parent
+    if (p / "outs" / "spatial").is_dir():
+        p = p / "outs"
+    if p.name == "spatial" and not (p / "spatial").is_dir():
+        p = p.parent
+    return p
+
+
+def is_visium_folder(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    p = visium_folder(p)
+    return (p / "spatial").is_dir() and (
+        (p / "filtered_feature_bc_matrix.h5").exists() or (p / "filtered_feature_bc_matrix").is_dir()
+        or (p / "raw_feature_bc_matrix.h5").exists()
+    )
+
+
+def read_scalefactors(spatial: Path) -> dict:
+    p = spatial / "scalefactors_json.json"
+    if not p.exists():
+        raise MissingScalefactorsError(
+            f"{p} is missing: Space Ranger writes it next to the tissue images; it gives the spot "
+            "diameter and image scale factors"
+        )
+    try:
+        sf = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise MissingScalefactorsError(f"{p.name} is not valid JSON ({e})") from e
+    if "spot_diameter_fullres" not in sf:
+        raise MissingScalefactorsError(f"{p.name} has no 'spot_diameter_fullres'")
+    return sf
+
+
+def read_visium(path: str | os.PathLike, library_id: str | None = None,
+                load_images: bool = True, in_tissue_only: bool = True):
+    """Read a Space Ranger 1.x/2.x ``outs`` folder."""
+    outs = visium_folder(path)
+    spatial = outs / "spatial"
+    if not spatial.is_dir():
+        raise SpotDataError(f"{outs}: no 'spatial' folder; not a Space Ranger outs folder")
+    sf = read_scalefactors(spatial)
+    if (outs / "filtered_feature_bc_matrix.h5").exists():
+        X, barcodes, var = read_10x_h5(outs / "filtered_feature_bc_matrix.h5")
+    elif (outs / "filtered_feature_bc_matrix").is_dir():
+        X, barcodes, var = read_10x_mtx(outs / "filtered_feature_bc_matrix")
+    elif (outs / "raw_feature_bc_matrix.h5").exists():
+        X, barcodes, var = read_10x_h5(outs / "raw_feature_bc_matrix.h5")
+    else:
+        raise SpotDataError(f"{outs}: no filtered_feature_bc_matrix(.h5) found")
+    pos = read_positions(spatial)
+    pos.index = pos.index.astype(str)
+    try:
+        ic, ip = join_ids(barcodes, pos.index, "Visium")
+    except BarcodeJoinError:
+        # tolerate a '-1' GEM-well suffix on one side only
+        strip = lambda idx: pd.Index([b.rsplit("-", 1)[0] for b in idx])  # noqa: E731
+        ic, ip = join_ids(strip(barcodes), strip(pos.index), "Visium")
+    pos = pos.iloc[ip]
+    X = X[ic]
+    obs = pos[["in_tissue", "array_row", "array_col"]].copy()
+    obs.index = barcodes[ic]
+    xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+    if in_tissue_only and (obs["in_tissue"] == 1).any():
+        m = (obs["in_tissue"] == 1).to_numpy()
+        X, obs, xy = X[m], obs.loc[m], xy[m]
+    diam = float(sf["spot_diameter_fullres"])
+    lib = library_id or outs.parent.name if outs.name == "outs" else (library_id or outs.name)
+    info = {
+        "platform": "visium",
+        "source": str(outs),
+        "spot_diameter_px": diam,
+        "mpp": VISIUM_SPOT_UM / diam,
+        "mpp_source": "estimated from the 55 µm spot diameter",
+        "library_id": lib,
+    }
+    adata = spot_anndata(X, obs, var, xy, info)
+    images = {}
+    if load_images:
+        from PIL import Image
+
+        for key in ("hires", "lowres"):
+            p = spatial / f"tissue_{key}_image.png"
+            if p.exists():
+                with Image.open(p) as im:
+                    images[key] = np.asarray(im.convert("RGB"))
+    adata.uns["spatial"] = {lib: {"images": images, "scalefactors": sf}}
+    return adata
+
+
+def visium_image(adata):
+    """The best tissue image of a Visium AnnData as a :class:`SlidePyramid` in full-res pixels.
+
+    Space Ranger keeps only reduced images (hires ~2000 px, lowres 600 px); the pyramid's first level
+    has downsample ``1/scalef`` so spots (full-res px) overlay it exactly. A blank placeholder image
+    is skipped.
+    """
+    from .slides import pyramid_from_array
+
+    lib, entry = next(iter(adata.uns["spatial"].items()))
+    sf = entry["scalefactors"]
+    info = adata.uns["histoexpr"]
+    for key in ("hires", "lowres"):
+        img = entry["images"].get(key)
+        if img is None or img.size == 0 or int(img.max()) == int(img.min()):
+            continue
+        scalef = float(sf[f"tissue_{key}_scalef"])
+        return pyramid_from_array(
+            img, path=os.path.join(info.get("source", lib), f"spatial/tissue_{key}_image.png"),
+            mpp=info.get("mpp"), mpp_source=info.get("mpp_source"), backend=f"visium:{key}",
+            base_downsample=1.0 / scalef,
+        )
+    raise SpotDataError(f"{lib}: no usable tissue image (hires/lowres missing or blank)")

@@ -1,0 +1,172 @@
+"""napari LayerData tuples built from core objects (no Qt): the reader, the sample data and the panels
+all build their layers here, so every layer lands in the same µm world.
+
+World units are micrometres: the slide gets ``scale = (mpp, mpp)`` and everything else (spots,
+predicted rasters, labels) uses the same world so they overlay whatever pyramid level is shown.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data.expression import find_gene, gene_values, percentile_limits
+
+
+def slide_layer_data(pyr, name: str | None = None) -> tuple:
+    """The slide as a napari LayerData tuple (multiscale RGB image in µm)."""
+    s = pyr.world_mpp * pyr.downsamples[0]
+    meta = {
+        "histoexpr": {
+            "kind": "slide",
+            "path": pyr.path,
+            "mpp": pyr.mpp,
+            "mpp_source": pyr.mpp_source,
+            "backend": pyr.backend,
+            "downsamples": list(pyr.downsamples),
+            "level0_shape": list(pyr.level0_shape),
+        }
+    }
+    # napari puts pixel centres at translate + i*scale: a reduced first level's pixel i covers
+    # level-0 pixels [i*ds, (i+1)*ds), centred at (i + 0.5) * ds - 0.5.
+    t = (pyr.downsamples[0] - 1) / 2 * pyr.world_mpp
+    kwargs = {
+        "name": name or Path(pyr.path).stem,
+        "rgb": True,
+        "multiscale": len(pyr.levels) > 1,
+        "scale": (s, s),
+        "translate": (t, t),
+        "units": "µm" if pyr.mpp else "pixel",
+        "metadata": meta,
+        "contrast_limits": (0, 255),
+    }
+    data = pyr.levels if len(pyr.levels) > 1 else pyr.levels[0]
+    return (data, kwargs, "image")
+
+
+def spots_layer_data(adata, gene: str | None = None, mode: str = "log1p",
+                     mpp: float | None = None, percentiles: tuple[float, float] = (1.0, 99.0),
+                     name: str | None = None, colormap: str = "viridis") -> tuple:
+    """Spots as a napari Points LayerData tuple in µm: true spot size, features for hover."""
+    info = adata.uns.get("histoexpr", {})
+    mpp = float(mpp or info.get("mpp") or 1.0)
+    xy = np.asarray(adata.obsm["spatial"], float)
+    data = xy[:, ::-1] * mpp  # (row, col) = (y, x)
+    diameter_um = float(info.get("spot_diameter_px", 1.0)) * mpp
+    features = pd.DataFrame({"spot": adata.obs_names.to_numpy(dtype=str)})
+    for col in ("cluster", "in_tissue"):
+        if col in adata.obs:
+            features[col] = adata.obs[col].to_numpy()
+    kwargs = {
+        "name": name or "spots",
+        "size": diameter_um,
+        "border_width": 0,
+        "opacity": 0.85,
+        "features": features,
+        "units": "µm",
+        "metadata": {"histoexpr": {"kind": "spots", "mpp": mpp, "source": info.get("source")}},
+    }
+    if gene is not None:
+        g = find_gene(adata, gene)
+        values = gene_values(adata, g, mode)
+        features["value"] = values
+        kwargs["features"] = features
+        kwargs["face_color"] = "value"
+        kwargs["face_colormap"] = colormap
+        kwargs["face_contrast_limits"] = percentile_limits(values, *percentiles)
+        kwargs["name"] = name or f"spots: {g} ({mode})"
+        kwargs["metadata"]["histoexpr"].update({"gene": g, "mode": mode})
+    else:
+        kwargs["face_color"] = "#ffcc00"
+    return (data, kwargs, "points")
+
+
+def prediction_layers(path, genes: list[str] | None = None, colormap: str = "inferno") -> list:
+    """LayerData (one multiscale Image per gene, µm world, aligned with the slide) of a prediction."""
+    import dask.array as da
+    import zarr
+
+    from .infer.region import Grid, grid_layer_geometry
+    from .infer.slide import ATTR
+
+    p = Path(path)
+    if (p / "prediction.zarr").is_dir():
+        p = p / "prediction.zarr"
+    g = zarr.open_group(str(p), mode="r")
+    a = dict(g.attrs)[ATTR]
+    mpp = float(a["world_mpp"])
+    grid = Grid(float(a["stride_px"]), int(a["rows"]), int(a["cols"]), int(a["tile_cells"]))
+    geo = grid_layer_geometry(grid, mpp)
+    levels = [da.from_zarr(g[str(i)]) for i in range(int(a.get("levels", 1))) if str(i) in g]
+    out = []
+    for gene in genes or a["genes"][:3]:
+        if gene not in a["genes"]:
+            import difflib
+
+            from .errors import UnknownGeneError
+
+            raise UnknownGeneError(gene, difflib.get_close_matches(gene, a["genes"], 3))
+        k = a["genes"].index(gene)
+        data = [lv[k] for lv in levels]
+        sample = np.asarray(levels[-1][k])
+        fin = sample[np.isfinite(sample)]
+        lim = (float(np.percentile(fin, 1)), float(np.percentile(fin, 99))) if fin.size else (0.0, 1.0)
+        if lim[1] <= lim[0]:
+            lim = (lim[0], lim[0] + 1e-3)
+        # each display level halves the grid: its first cell is centred on 2x2 level-0 cells
+        out.append((data if len(data) > 1 else data[0], {
+            "name": f"predicted: {gene}", "multiscale": len(data) > 1, "colormap": colormap,
+            "opacity": 0.6, "blending": "translucent", "contrast_limits": lim, "units": "µm",
+            "metadata": {"histoexpr": {"kind": "prediction", "gene": gene, "source": str(p)}}, **geo},
+            "image"))
+    return out
+
+
+def residual_layer_data(sp, gene: str, shown: list[str], mpp: float, size_um: float) -> tuple:
+    """Points at the spots of a :class:`~napari_histoexpr.infer.spots.SpotPrediction` coloured by
+    predicted - measured ``gene``; features hold measured and predicted values of the ``shown`` genes."""
+    j = sp.genes.index(gene)
+    feats = pd.DataFrame({"spot": sp.spot_ids})
+    for k in shown:
+        if k in sp.genes:
+            feats[f"{k} measured"] = sp.meas[:, sp.genes.index(k)]
+            feats[f"{k} predicted"] = sp.pred[:, sp.genes.index(k)]
+    feats["residual"] = sp.pred[:, j] - sp.meas[:, j]
+    lim = float(np.percentile(np.abs(feats["residual"]), 98)) or 1.0
+    return (np.asarray(sp.xy)[:, ::-1] * mpp, {
+        "features": feats, "face_color": "residual", "face_colormap": "PiYG", "face_contrast_limits": (-lim, lim),
+        "size": size_um, "border_width": 0, "name": f"residual: {gene}", "units": "µm",
+        "metadata": {"histoexpr": {"kind": "residual", "gene": gene}}}, "points")
+
+
+def grid_image_kwargs(grid, world_mpp: float, name: str, colormap: str, opacity: float, meta: dict) -> dict:
+    """Arguments of an Image layer showing a prediction grid raster aligned with the slide."""
+    from .infer.region import grid_layer_geometry
+
+    return {"name": name, "colormap": colormap, "opacity": opacity, "blending": "translucent",
+            "contrast_limits": (0.0, 1.0), "units": "µm", "metadata": {"histoexpr": meta},
+            **grid_layer_geometry(grid, world_mpp)}
+
+
+def planted_classes_layer_data(demo, world_mpp: float, units: str = "µm") -> tuple | None:
+    """The planted class map of a generated section (hidden Labels), or ``None`` if it has none."""
+    from .data.synthetic import CLASSES
+
+    paths = sorted(Path(demo.truth).glob("class_map_ds*.npy"))
+    if not paths:
+        return None
+    ds = float(paths[0].stem.split("_ds")[1])
+    s, t = ds * world_mpp, (ds - 1) / 2 * world_mpp
+    return (np.load(paths[0]), {"name": "planted classes", "scale": (s, s), "translate": (t, t), "visible": False,
+                                "opacity": 0.4, "units": units,
+                                "metadata": {"histoexpr": {"kind": "truth", "classes": list(CLASSES)}}}, "labels")
+
+
+def class_points_layer_data(adata, labels, world_mpp: float, size_um: float) -> tuple:
+    """The spots coloured by a categorical class per spot (the segmenter's training classes)."""
+    xy = np.asarray(adata.obsm["spatial"], float)
+    feats = pd.DataFrame({"spot": adata.obs_names.astype(str), "class": pd.Categorical(np.asarray(labels).astype(str))})
+    return (xy[:, ::-1] * world_mpp, {"name": "transcriptome classes", "features": feats, "face_color": "class",
+                                      "size": size_um, "border_width": 0, "units": "µm"}, "points")

@@ -1,0 +1,69 @@
+"""The morphology segmenter's network (a patch classifier) and a saved segmenter loaded for dense
+prediction (one classifier per patch size; their probabilities averaged)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from .artifact import load_artifact, load_state_strict
+from .backbones import build_backbone
+from .runtime import predict_batches, resolve_device
+
+KIND = "segmenter"
+
+
+class PatchClassifier(nn.Module):
+    """Backbone + dropout + linear head over classes; normalises its [0, 1] input itself."""
+
+    def __init__(self, backbone: str, n_classes: int, mean=(0.5,) * 3, std=(0.25,) * 3):
+        super().__init__()
+        self.backbone = build_backbone(backbone)
+        self.dropout = nn.Dropout(0.2)
+        self.head = nn.Linear(self.backbone.num_features, n_classes)
+        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        return self.head(self.dropout(self.backbone((x - self.pixel_mean) / self.pixel_std)))
+
+
+def class_probabilities(net: nn.Module, patches: np.ndarray, device, batch_size: int = 256) -> np.ndarray:
+    """Softmax class probabilities ``(N, classes)`` of uint8 patches."""
+    net.eval()
+    return predict_batches(lambda x: torch.softmax(net(x).float(), 1), patches, device, batch_size, 1)
+
+
+class Segmenter:
+    """A saved segmenter; a :class:`~napari_histoexpr.models.protocol.MapModel` whose ``genes`` are
+    its class names and whose values are class probabilities."""
+
+    def __init__(self, nets, meta, device):
+        self.nets, self.meta, self.device = nets, meta, device
+        self.classes = list(meta["classes"])
+        self.genes = self.classes
+        self.windows = [float(w) for w in meta["windows_um"]]
+        self.window_um = max(self.windows)
+        self.px = int(meta["px"])
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike, device: str | None = "auto") -> "Segmenter":
+        state, meta = load_artifact(model_dir, kind=KIND)
+        dev = resolve_device(device)
+        nets = []
+        for i in range(len(meta["windows_um"])):
+            net = PatchClassifier(meta["backbone"], len(meta["classes"]))
+            load_state_strict(net, {k[len(f"w{i}."):]: v for k, v in state.items() if k.startswith(f"w{i}.")},
+                              str(model_dir))
+            nets.append(net.to(dev).eval())
+        return cls(nets, meta, dev)
+
+    def predict_centres(self, pyr, centres: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        from ..data.patches import extract_patches
+
+        probs = [class_probabilities(net, extract_patches(pyr, centres, w, self.px), self.device, batch_size)
+                 for net, w in zip(self.nets, self.windows)]
+        return np.mean(probs, axis=0)

@@ -8,6 +8,9 @@ the view is on screen (debounce included). A 5 ms QTimer measures how long the Q
 kept from running its event loop.
 
     xvfb-run -a python benchmarks/view_refresh.py [--pans 20] [--backbone resnet18] [--device auto]
+        [--modes dense,patch]
+
+Both prediction modes are measured in one run, on the same viewer, slide and pans.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def main(argv=None) -> int:
     ap.add_argument("--window-um", type=float, default=150.0)
     ap.add_argument("--zoom", type=float, default=1.0, help="screen px per µm (1.0: ~1 mm wide view)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--modes", default="dense,patch", help="prediction modes measured, in this order")
     ap.add_argument("--out", default="benchmark-output/view")
     args = ap.parse_args(argv)
 
@@ -40,7 +44,7 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_histoexpr.viewer_app import wait_for
-    from napari_histoexpr.widgets.expression_view import ExpressionPanel
+    from napari_histoexpr.widgets.expression_view import DEBOUNCE_MS, ExpressionPanel
     from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
     from slide_throughput import make_model
 
@@ -88,44 +92,53 @@ def main(argv=None) -> int:
             time.sleep(0.001)
         raise TimeoutError
 
-    rng = np.random.default_rng(0)
-    h, w = args.size * 0.5, args.size * 0.5
-    cam.center = (0, h / 2, w / 2)
-    panel.predict_view()
-    t_first = settle()
-    setup_block = float(max(gaps)) if gaps else 0.0
-    gaps.clear()
-    panel.gui_timings.clear()
-    misses, hits, visited = [], [], []
-    for i in range(args.pans):
-        if len(visited) > 1 and i % 2 == 1:  # back to an earlier place (not the current one)
-            c = visited[-2]
-            bucket = hits
-        else:
-            c = (0, float(rng.uniform(0.2, 0.8) * h), float(rng.uniform(0.2, 0.8) * w))
-            visited.append(c)
-            bucket = misses
-        t0 = time.perf_counter()
-        cam.center = c
-        settle()
-        bucket.append(time.perf_counter() - t0)
-    timer.stop()
-    all_gaps = np.array(gaps) if gaps else np.array([0.0])
+    def measure(mode: str) -> dict:
+        panel.configure(mode=mode)
+        rng = np.random.default_rng(0)
+        h, w = args.size * 0.5, args.size * 0.5
+        cam.center = (0, h / 2, w / 2)
+        panel.predict_view()
+        t_first = settle()
+        setup_block = float(max(gaps)) if gaps else 0.0
+        gaps.clear()
+        panel.gui_timings.clear()
+        misses, hits, visited, firsts = [], [], [], []
+        for i in range(args.pans):
+            if len(visited) > 1 and i % 2 == 1:  # back to an earlier place (not the current one)
+                c = visited[-2]
+                bucket = hits
+            else:
+                c = (0, float(rng.uniform(0.2, 0.8) * h), float(rng.uniform(0.2, 0.8) * w))
+                visited.append(c)
+                bucket = misses
+            t0 = time.perf_counter()
+            cam.center = c
+            settle()
+            bucket.append(time.perf_counter() - t0)
+            if bucket is misses:  # the first predicted tiles of the new view on screen (progressive view)
+                firsts.append(min((t for t in panel.tile_times if t > t0), default=time.perf_counter()) - t0)
+        all_gaps = np.array(gaps) if gaps else np.array([0.0])
+        slots = [t for _, t in panel.gui_timings] or [0.0]
+
+        def pct(v):
+            return {"p50": round(1e3 * float(np.percentile(v, 50)), 1),
+                    "p95": round(1e3 * float(np.percentile(v, 95)), 1), "n": len(v)}
+
+        return {"mode": panel.predictor.mode, "grid_step_um": round(panel.predictor.stride_um, 3),
+                "tile_cells": panel.predictor.grid.tile_cells, "view_tiles": len(panel.last_request_tiles),
+                "refresh_new_region_ms": pct(misses), "first_result_new_region_ms": pct(firsts),
+                "refresh_cached_region_ms": pct(hits), "first_view_s": round(t_first, 2),
+                "longest_qt_block_setup_ms": round(1e3 * (setup_block - 0.005), 1),
+                "longest_qt_block_ms_incl_napari_rendering": round(1e3 * float(all_gaps.max() - 0.005), 1),
+                "qt_block_p99_ms": round(1e3 * float(np.percentile(all_gaps, 99) - 0.005), 1),
+                "longest_plugin_slot_ms": round(1e3 * max(slots), 1),
+                "plugin_slot_p99_ms": round(1e3 * float(np.percentile(slots, 99)), 1),
+                "slowest_slot": max(panel.gui_timings, key=lambda x: x[1], default=("", 0))[0]}
+
     res = {"benchmark": "view_refresh", "device": str(panel.model.device), "backbone": args.backbone,
-           "px": args.px, "window_um": args.window_um, "grid_step_um": panel.predictor.stride_um,
-           "view_tiles": len(panel.last_request_tiles), "canvas": list(viewer.canvas.size),
-           "debounce_ms": 200,
-           "refresh_new_region_ms": {"p50": round(1e3 * float(np.percentile(misses, 50)), 1),
-                                     "p95": round(1e3 * float(np.percentile(misses, 95)), 1), "n": len(misses)},
-           "refresh_cached_region_ms": {"p50": round(1e3 * float(np.percentile(hits, 50)), 1),
-                                        "p95": round(1e3 * float(np.percentile(hits, 95)), 1), "n": len(hits)},
-           "first_view_s": round(t_first, 2),
-           "longest_qt_block_setup_ms": round(1e3 * (setup_block - 0.005), 1),
-           "longest_qt_block_ms_incl_napari_rendering": round(1e3 * float(all_gaps.max() - 0.005), 1),
-           "qt_block_p99_ms": round(1e3 * float(np.percentile(all_gaps, 99) - 0.005), 1),
-           "longest_plugin_slot_ms": round(1e3 * max((t for _, t in panel.gui_timings), default=0.0), 1),
-           "plugin_slot_p99_ms": round(1e3 * float(np.percentile([t for _, t in panel.gui_timings] or [0.0], 99)), 1),
-           "slowest_slot": max(panel.gui_timings, key=lambda x: x[1], default=("", 0))[0]}
+           "px": args.px, "window_um": args.window_um, "canvas": list(viewer.canvas.size), "debounce_ms": DEBOUNCE_MS,
+           **{m: measure(m) for m in args.modes.split(",")}}
+    timer.stop()
     print(json.dumps(res, indent=2))
     viewer.close()
     return 0

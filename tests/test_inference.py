@@ -137,11 +137,12 @@ def test_whole_slide_prediction_resume_and_reader(model, cohort, trained, tmp_pa
     assert kind == "image" and kw["name"] == "predicted: ERBB2"
     assert kw["scale"][0] == pytest.approx(50.0)  # 50 µm cells, 1 µm/px slide
     assert kw["translate"][0] == pytest.approx(24.5)
-    # a different model into the same folder is refused, not mixed
+    # another grid (or model, slide, mode) into the same folder is refused, not mixed; in dense mode
+    # 25 µm snaps to the same 50 µm grid (two 32 px feature cells), so 100 µm is the different one
     from napari_histoexpr.errors import HistoExprError
 
     with pytest.raises(HistoExprError, match="another model"):
-        drain(predict_slide_steps(model, slide, tmp_path / "full", stride_um=25.0, tile_cells=8))
+        drain(predict_slide_steps(model, slide, tmp_path / "full", stride_um=100.0, tile_cells=8))
 
 
 def test_cli_predict_many_slides_on_local_cluster(trained, cohort, tmp_path):

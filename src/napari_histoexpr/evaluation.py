@@ -15,9 +15,10 @@ from .io.manifest import as_sections
 from .metrics import named_values, pearson_columns, summarise_pearson
 
 
-def evaluate_steps(model_dir, manifest, out_dir, device: str = "auto",
-                   baselines: bool = True, plots: bool = True) -> Generator[dict, None, dict]:
-    """Per-gene Pearson across the spots of every section of ``manifest``; writes the report."""
+def evaluate_steps(model_dir, manifest, out_dir, device: str = "auto", baselines: bool = True, plots: bool = True,
+                   mode: str = "dense") -> Generator[dict, None, dict]:
+    """Per-gene Pearson across the spots of every section of ``manifest``; writes the report.
+    ``mode``: how the model predicts at the spots (dense feature map, or patch by patch)."""
     from .infer.spots import predict_at_spots
     from .io.sections import load_section
     from .models.artifact import atomic_write_json
@@ -30,11 +31,13 @@ def evaluate_steps(model_dir, manifest, out_dir, device: str = "auto",
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     per = {"model": {}, "ridge": {}, "mean": {}}
+    used = set()
     sections_out, scatter = {}, {}
     for i, sec in enumerate(as_sections(manifest)):
         yield {"stage": "open", "msg": f"evaluating {sec.section} ({i + 1})"}
         pyr, ad = load_section(sec)
-        sp = predict_at_spots(model, pyr, ad, sec.section)
+        sp = predict_at_spots(model, pyr, ad, sec.section, mode=mode, keep_patches=base is not None)
+        used.add(sp.mode)
         pyr.close()
         r = sp.pearson()
         per["model"][sec.section] = named_values(sp.genes, r)
@@ -52,6 +55,7 @@ def evaluate_steps(model_dir, manifest, out_dir, device: str = "auto",
                "mean_r": float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")}
     summary, med = summarise_pearson(per["model"], genes, hvg50)
     report = {"sections": sections_out, "summary": summary,
+              "mode": "/".join(sorted(used)) or mode,
               "model": {"dir": str(model_dir), "backbone": model.meta["backbone"],
                         "trained_on": model.meta["training"]["sections"],
                         "validation": model.meta["training"]["validation"]}}

@@ -28,6 +28,9 @@ from ..models.catalog import BACKBONE_NAMES as BACKBONES
 from ..models.catalog import DEVICES
 
 DEVICE_HELP = f"{'|'.join(DEVICES)} (auto: CUDA, then Apple mps, then CPU)"
+MODES = ("dense", "patch")
+MODE_HELP = ("dense (default): one backbone pass per region, its feature map pooled per cell/spot; "
+             "patch: every window cut and predicted on its own (the exact reference, slower)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="report folder (report.json, report.md, PNGs)")
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
     e.add_argument("--no-baselines", action="store_true")
+    e.add_argument("--mode", default="dense", choices=MODES, help=MODE_HELP)
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="whole-slide expression prediction -> zarr + h5ad")
@@ -110,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--scheduler", default=None,
                     help="dask.distributed scheduler address (default: a LocalCluster, one worker per GPU)")
     pr.add_argument("--no-resume", action="store_true", help="start again instead of continuing")
+    pr.add_argument("--mode", default="dense", choices=MODES, help=MODE_HELP)
     pr.set_defaults(func=cmd_predict)
 
     sg = sub.add_parser("segment", help="transcriptome-supervised morphology segmenter")
@@ -135,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--manifest", required=True)
     se.add_argument("--out", required=True)
     se.add_argument("--stride-um", type=float, default=None)
+    se.add_argument("--mode", default="dense", choices=MODES, help=MODE_HELP)
     se.add_argument("--device", default="auto", help=DEVICE_HELP)
     se.set_defaults(func=cmd_segment_evaluate)
 

@@ -89,7 +89,7 @@ def cmd_evaluate(args) -> int:
     from ..evaluation import evaluate_steps
 
     report = drain(evaluate_steps(args.model, args.manifest, args.out, device=args.device,
-                                   baselines=not args.no_baselines))
+                                  baselines=not args.no_baselines, mode=args.mode))
     print(json.dumps(report["summary"], indent=2))
     return 0
 
@@ -100,7 +100,7 @@ def cmd_predict(args) -> int:
 
     results = predict_many(args.model, args.slide, args.out, scheduler=args.scheduler, device=args.device,
                            stride_um=args.stride_um, batch_size=args.batch_size, workers=args.workers,
-                           resume=not args.no_resume, spots=args.spots, progress=progress)
+                           resume=not args.no_resume, spots=args.spots, progress=progress, mode=args.mode)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -126,6 +126,6 @@ def cmd_segment_evaluate(args) -> int:
     from ..segment.evaluate import evaluate_segmenter_steps
 
     report = drain(evaluate_segmenter_steps(args.model, args.manifest, args.out, device=args.device,
-                                             stride_um=args.stride_um))
+                                             stride_um=args.stride_um, mode=args.mode))
     print(json.dumps(report["summary"], indent=2))
     return 0

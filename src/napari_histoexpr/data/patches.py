@@ -64,15 +64,24 @@ def tissue_mask(pyr, max_side: int = 2048, smooth_um: float = 16.0) -> tuple[np.
     return tissue_mask_from_rgb(img, max(1, smooth)), float(ds)
 
 
-def tissue_fraction_at(mask: np.ndarray, mask_ds: float, xy: np.ndarray, radius_px: float) -> np.ndarray:
-    """Fraction of tissue in a square of half-side ``radius_px`` (level-0) around each ``(x, y)``."""
+def tissue_fraction_map(mask: np.ndarray, mask_ds: float, radius_px: float) -> np.ndarray:
+    """Per mask cell, the fraction of tissue in a square of half-side ``radius_px`` (level-0) around it."""
     from scipy.ndimage import uniform_filter
 
     k = max(1, int(round(2 * radius_px / mask_ds)))
-    frac = uniform_filter(mask.astype(np.float32), size=k, mode="constant")
-    r = np.clip(np.round(xy[:, 1] / mask_ds - 0.5).astype(int), 0, mask.shape[0] - 1)
-    c = np.clip(np.round(xy[:, 0] / mask_ds - 0.5).astype(int), 0, mask.shape[1] - 1)
-    return frac[r, c]
+    return uniform_filter(mask.astype(np.float32), size=k, mode="constant")
+
+
+def sample_mask(values: np.ndarray, mask_ds: float, xy: np.ndarray) -> np.ndarray:
+    """``values`` (on the mask grid, ``mask_ds`` level-0 px per cell) at level-0 ``(x, y)`` points."""
+    r = np.clip(np.round(xy[:, 1] / mask_ds - 0.5).astype(int), 0, values.shape[0] - 1)
+    c = np.clip(np.round(xy[:, 0] / mask_ds - 0.5).astype(int), 0, values.shape[1] - 1)
+    return values[r, c]
+
+
+def tissue_fraction_at(mask: np.ndarray, mask_ds: float, xy: np.ndarray, radius_px: float) -> np.ndarray:
+    """Fraction of tissue in a square of half-side ``radius_px`` (level-0) around each ``(x, y)``."""
+    return sample_mask(tissue_fraction_map(mask, mask_ds, radius_px), mask_ds, xy)
 
 
 # -------------------------------------------------------------------------------------------------

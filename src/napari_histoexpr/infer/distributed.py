@@ -50,7 +50,7 @@ def _task(model_dir, slide, out_dir, device, kw: dict) -> dict:
         return predict_one(model_dir, slide, out_dir, device, None, **kw)
 
 
-def spot_report(model_dir, slide, spots, out_dir, device: str = "auto") -> dict:
+def spot_report(model_dir, slide, spots, out_dir, device: str = "auto", mode: str = "dense") -> dict:
     """Predict at the measured spots of one slide; Pearson r per gene; writes spots_prediction.h5ad
     and spots_report.json."""
     import anndata as ad
@@ -64,7 +64,7 @@ def spot_report(model_dir, slide, spots, out_dir, device: str = "auto") -> dict:
 
     model = ExpressionModel.load(model_dir, device)
     pyr, adata = open_section(slide, spots)
-    sp = predict_at_spots(model, pyr, adata, Path(slide).stem)
+    sp = predict_at_spots(model, pyr, adata, Path(slide).stem, mode=mode)
     per = sp.pearson_by_gene()
     summary, _ = summarise_pearson({sp.section: per}, sp.genes, model.meta.get("hvg50"))
     out = ad.AnnData(X=sp.pred.astype(np.float32), obs=pd.DataFrame(index=sp.spot_ids),
@@ -73,7 +73,7 @@ def spot_report(model_dir, slide, spots, out_dir, device: str = "auto") -> dict:
     tmp = Path(out_dir) / ".spots_prediction.h5ad.part"
     out.write_h5ad(tmp)
     os.replace(tmp, Path(out_dir) / "spots_prediction.h5ad")
-    rep = {"n_spots": len(sp.spot_ids), "pearson": per, "summary": summary}
+    rep = {"n_spots": len(sp.spot_ids), "mode": sp.mode, "pearson": per, "summary": summary}
     atomic_write_json(Path(out_dir) / "spots_report.json", rep)
     return rep
 
@@ -107,7 +107,8 @@ def predict_many(model_dir, slides: list, out, scheduler: str | None = None, dev
     if spots:
         if progress:
             progress("predicting at the measured spots")
-        res[slides[0]]["spots"] = spot_report(model_dir, slides[0], spots, outs[slides[0]], device)["summary"]
+        res[slides[0]]["spots"] = spot_report(model_dir, slides[0], spots, outs[slides[0]], device,
+                                              kw.get("mode", "dense"))["summary"]
     (out / "predict.json").write_text(json.dumps(res, indent=2, default=str))
     return res
 

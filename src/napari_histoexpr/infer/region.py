@@ -119,6 +119,11 @@ class TileCache:
                 _, old = self._d.popitem(last=False)
                 self._bytes -= old.nbytes
 
+    def __contains__(self, key) -> bool:
+        """Whether ``key`` is cached (counts neither a hit nor a miss, keeps the LRU order)."""
+        with self._lock:
+            return key in self._d
+
     @property
     def nbytes(self) -> int:
         return self._bytes
@@ -132,20 +137,39 @@ class TileCache:
             self._bytes = 0
 
 
+MODES = ("dense", "patch")
+
+
 class RegionPredictor:
     """Tile predictions of one :class:`~napari_histoexpr.models.protocol.MapModel` on one slide,
-    cached; background tiles are skipped."""
+    cached; background tiles are skipped.
+
+    ``mode="dense"`` (default) runs the backbone once per tile region and pools its feature map per
+    cell (:mod:`.dense`); the grid step is then snapped to a whole number of feature cells.
+    ``mode="patch"`` cuts and predicts every cell's window on its own (the exact reference).
+    """
 
     def __init__(self, model, pyr, stride_um: float | None = None, tile_cells: int = 16,
-                 cache_bytes: int = 256 * 2**20, batch_size: int = 256, min_tissue: float = 0.05):
+                 cache_bytes: int = 256 * 2**20, batch_size: int = 256, min_tissue: float = 0.05,
+                 mode: str = "dense"):
         from ..data.patches import tissue_mask
+        from ..errors import HistoExprError
 
-        self.model, self.pyr = model, pyr
-        self.stride_um = float(stride_um or model.window_um / 2)
+        if mode not in MODES:
+            raise HistoExprError(f"unknown prediction mode {mode!r}; use dense or patch")
+        self.model, self.pyr, self.mode, self.requested_mode = model, pyr, mode, mode
+        requested = float(stride_um or model.window_um / 2)
+        self.requested_stride_um = requested
+        if mode == "dense" and not all(b.exact for b in model.dense_branches()):
+            mode = self.mode = "patch"  # windows of a fractional number of feature cells: no exact pooling
+        self.stride_um = model.dense_step_um(requested) if mode == "dense" else requested
         self.grid = Grid.for_slide(pyr, self.stride_um, tile_cells)
+        if mode == "dense" and abs(self.grid.stride * pyr.world_mpp - self.stride_um) > 1e-6:
+            self.mode = "patch"  # a giant slide's grid was coarsened to bound the raster: no exact pooling
         self.cache = TileCache(cache_bytes)
         self.batch_size = batch_size
         self.mask, self.mask_ds = tissue_mask(pyr)
+        self._cell_fraction = None  # the tissue fraction of a cell's window, per mask cell (made once)
         self.min_tissue = min_tissue
         self._lock = threading.Lock()  # one model call at a time
 
@@ -161,9 +185,13 @@ class RegionPredictor:
         return float(m.mean()) if m.size else 0.0
 
     def cell_tissue(self, centres: np.ndarray) -> np.ndarray:
-        from ..data.patches import tissue_fraction_at
+        """Tissue fraction of the central half of each cell's window."""
+        from ..data.patches import sample_mask, tissue_fraction_map
 
-        return tissue_fraction_at(self.mask, self.mask_ds, centres, self.model.window_um / 2 / self.pyr.world_mpp / 2)
+        if self._cell_fraction is None:
+            radius = self.model.window_um / 2 / self.pyr.world_mpp / 2
+            self._cell_fraction = tissue_fraction_map(self.mask, self.mask_ds, radius)
+        return sample_mask(self._cell_fraction, self.mask_ds, centres)
 
     def predict_tile(self, ti: int, tj: int) -> np.ndarray:
         """``(genes, rows, cols)`` float32 predictions of a tile (NaN off tissue); cached."""
@@ -172,16 +200,21 @@ class RegionPredictor:
         if hit is not None:
             return hit
         rs, cs = self.grid.tile_slices(ti, tj)
-        shape = (len(self.genes), rs.stop - rs.start, cs.stop - cs.start)
-        out = np.full(shape, np.nan, np.float32)
+        rows, cols = rs.stop - rs.start, cs.stop - cs.start
+        out = np.full((len(self.genes), rows, cols), np.nan, np.float32)
         if self.tile_tissue(ti, tj) > 0:
             centres = self.grid.cell_centres(ti, tj)
             on = self.cell_tissue(centres) >= self.min_tissue
             if on.any():
-                with self._lock:
-                    pred = self.model.predict_centres(self.pyr, centres[on], self.batch_size)
                 flat = out.reshape(len(self.genes), -1)
-                flat[:, on] = pred.T
+                with self._lock:
+                    if self.mode == "dense":
+                        x0, y0 = centres[0]
+                        vals = self.model.predict_cells(self.pyr, x0, y0, rows, cols, self.grid.stride,
+                                                        on.reshape(rows, cols))
+                        flat[:, on] = vals.reshape(rows * cols, -1)[on].T
+                    else:
+                        flat[:, on] = self.model.predict_centres(self.pyr, centres[on], self.batch_size).T
         self.cache.put(key, out)
         return out
 
@@ -190,14 +223,98 @@ class RegionPredictor:
 
     def run(self, tiles: list[tuple[int, int]], cancelled: Callable[[], bool] = lambda: False
             ) -> Generator[tuple[tuple[int, int], np.ndarray], None, int]:
-        """Predict ``tiles`` in order, yielding ``((ti, tj), array)``; stops early when cancelled."""
+        """Predict ``tiles`` in order, yielding ``((ti, tj), array)``; stops early when cancelled.
+
+        In dense mode the tiles not cached yet are computed in **bands** (:meth:`bands`), each in a
+        single dense call, the band through the view's centre first; the next band is read while
+        the model runs the current one."""
+        from concurrent.futures import ThreadPoolExecutor
+
         done = 0
-        for t in tiles:
-            if cancelled():
-                break
-            yield t, self.predict_tile(*t)
-            done += 1
+        if self.mode != "dense":
+            for t in tiles:
+                if cancelled():
+                    break
+                yield t, self.predict_tile(*t)
+                done += 1
+            return done
+        bands = self.bands(tiles)
+        todo = [i for i, b in enumerate(bands) if b[0] not in self.cache]  # bands to compute
+        with ThreadPoolExecutor(1) as reader:  # reads the next band while the model runs this one
+            reads = {todo[0]: reader.submit(self.read_band, bands[todo[0]])} if todo else {}
+            for i, band in enumerate(bands):
+                if cancelled():
+                    break
+                if i in reads:
+                    later = [j for j in todo if j > i]
+                    if later:
+                        reads[later[0]] = reader.submit(self.read_band, bands[later[0]])
+                    results = self.predict_band(band, reads.pop(i).result())
+                else:
+                    results = [(t, self.predict_tile(*t)) for t in band]
+                for t, v in results:
+                    yield t, v
+                    done += 1
+            for f in reads.values():
+                f.cancel()
         return done
+
+    def bands(self, tiles: list[tuple[int, int]], band_cells: int = 8) -> list[list[tuple[int, int]]]:
+        """``tiles`` grouped for dense computation: cached tiles alone, first; the others cut from
+        their bounding rectangle into horizontal bands about ``band_cells`` cells tall (so each band
+        pays the window overhang and margin once), the band through the first requested tile (the
+        view centre) first and split in two for a quick first result, then outwards."""
+        cached = [[t] for t in tiles if t in self.cache]
+        missing = [t for t in tiles if t not in self.cache]
+        if not missing:
+            return cached
+        rows = sorted({t[0] for t in missing})
+        per = max(1, int(np.ceil(band_cells / self.grid.tile_cells)))
+        groups = [rows[i:i + per] for i in range(0, len(rows), per)]
+        centre = missing[0][0]
+        groups.sort(key=lambda g: 0 if centre in g else min(abs(r - centre) for r in g))
+        if len(groups[0]) > 1:  # the centre band in two: the half with the centre first
+            g = groups.pop(0)
+            lo, hi = g[:len(g) // 2], g[len(g) // 2:]
+            groups[:0] = [lo, hi] if centre in lo else [hi, lo]
+        bands = [[t for t in missing if t[0] in set(g)] for g in groups]
+        return cached + [b for b in bands if b]
+
+    def read_band(self, band: list[tuple[int, int]]) -> tuple:
+        """The I/O half of :meth:`predict_band`: the band's bounding rectangle of cells, the cells
+        wanted (tissue cells of the band's tiles) and the input regions."""
+        r0 = self.grid.tile_slices(min(t[0] for t in band), 0)[0].start
+        r1 = self.grid.tile_slices(max(t[0] for t in band), 0)[0].stop
+        c0 = self.grid.tile_slices(0, min(t[1] for t in band))[1].start
+        c1 = self.grid.tile_slices(0, max(t[1] for t in band))[1].stop
+        rows, cols = r1 - r0, c1 - c0
+        yy, xx = np.meshgrid((np.arange(r0, r1) + 0.5) * self.grid.stride,
+                             (np.arange(c0, c1) + 0.5) * self.grid.stride, indexing="ij")
+        centres = np.stack([xx.ravel(), yy.ravel()], axis=1)
+        wanted = np.zeros((rows, cols), bool)
+        for t in band:
+            rs, cs = self.grid.tile_slices(*t)
+            wanted[rs.start - r0:rs.stop - r0, cs.start - c0:cs.stop - c0] = True
+        on = wanted & (self.cell_tissue(centres) >= self.min_tissue).reshape(rows, cols)
+        regions = self.model.read_cells(self.pyr, *centres[0], rows, cols, self.grid.stride, on) if on.any() else None
+        return (r0, c0), rows, cols, on, regions
+
+    def predict_band(self, band: list[tuple[int, int]], read: tuple | None = None
+                     ) -> list[tuple[tuple[int, int], np.ndarray]]:
+        """Dense prediction of a band of tiles in one call; each tile is cached."""
+        (r0, c0), rows, cols, on, regions = read or self.read_band(band)
+        vals = np.full((len(self.genes), rows, cols), np.nan, np.float32)
+        if regions is not None:
+            with self._lock:
+                pred = self.model.compute_cells(regions)
+            vals[:, on] = pred[on].T
+        out = []
+        for t in band:
+            rs, cs = self.grid.tile_slices(*t)
+            tile = np.ascontiguousarray(vals[:, rs.start - r0:rs.stop - r0, cs.start - c0:cs.stop - c0])
+            self.cache.put(t, tile)
+            out.append((t, tile))
+        return out
 
 
 class Raster:

@@ -6,7 +6,7 @@ Output folder::
         0/  (genes, rows, cols) float32, NaN off tissue; 1/, 2/ ... 2x2-mean levels for display
         done/ (tile_rows, tile_cols) uint8: tiles already written (resume skips them)
     OUT/prediction.h5ad    one row per tissue cell: X = predictions, obsm["spatial"] = level-0 (x, y)
-    OUT/summary.json
+    OUT/summary.json       ("patches": tissue cells predicted; "mode": dense or patch)
 
 The loader never starves the model: a thread pool reads each tile's block of native slide tiles
 once and cuts its patches (decoders release the GIL) while the model runs on the previous tiles.
@@ -45,9 +45,9 @@ def _open_store(path: Path, attrs: dict, grid: Grid, resume: bool):
         g = zarr.open_group(str(path), mode="a")
         old = dict(g.attrs).get(ATTR)
         if old is not None:
-            keys = ("genes", "stride_px", "rows", "cols", "tile_cells", "model", "slide")
+            keys = ("genes", "stride_px", "rows", "cols", "tile_cells", "model", "slide", "mode")
             if any(old.get(k) != attrs.get(k) for k in keys):
-                raise HistoExprError(f"{path} holds a prediction with another model, slide or stride; "
+                raise HistoExprError(f"{path} holds a prediction with another model, slide, stride or mode; "
                                      f"use another --out or --no-resume")
             return g
     g = zarr.open_group(str(path), mode="w")
@@ -83,9 +83,12 @@ def _pyramid(g, n_genes: int) -> int:
 
 
 def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, tile_cells: int = 32,
-                        workers: int = 4, batch_size: int = 256, resume: bool = True,
+                        workers: int = 4, batch_size: int = 256, resume: bool = True, mode: str = "dense",
                         ) -> Generator[dict, None, dict]:
     """Predict every tissue tile; yields progress events, returns a summary dict.
+
+    ``mode="dense"`` runs the backbone once per tile region (:mod:`.dense`); ``"patch"`` predicts
+    every cell's window on its own. Reader threads read the next tiles while the model runs.
 
     ``model`` is an :class:`~napari_histoexpr.models.expression.ExpressionModel` or a model folder;
     ``slide`` a path or an open :class:`~napari_histoexpr.io.slides.SlidePyramid`.
@@ -102,9 +105,10 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
     pyr = open_slide(slide) if isinstance(slide, (str, os.PathLike)) else slide
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rp = RegionPredictor(model, pyr, stride_um, tile_cells=tile_cells, cache_bytes=0, batch_size=batch_size)
+    rp = RegionPredictor(model, pyr, stride_um, tile_cells=tile_cells, cache_bytes=0, batch_size=batch_size,
+                         mode=mode)
     grid = rp.grid
-    attrs = _attrs(model, pyr, grid)
+    attrs = dict(_attrs(model, pyr, grid), mode=rp.mode)
     g = _open_store(out / "prediction.zarr", attrs, grid, resume)
     done = g["done"][:]
     tiles = [(i, j) for i in range(grid.tile_rows) for j in range(grid.tile_cols)
@@ -114,10 +118,16 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
            f"grid {grid.rows} x {grid.cols} cells of {grid.stride * pyr.world_mpp:.1f} µm",
            "total": len(todo)}
 
-    def load(t):
+    def load(t):  # I/O only, in a reader thread
         centres = grid.cell_centres(*t)
         on = rp.cell_tissue(centres) >= rp.min_tissue
-        return t, on, (model.read_patches(pyr, centres[on]) if on.any() else None)
+        if not on.any():
+            return t, on, None
+        if rp.mode == "dense":
+            rs, cs = grid.tile_slices(*t)
+            rows, cols = rs.stop - rs.start, cs.stop - cs.start
+            return t, on, model.read_cells(pyr, *centres[0], rows, cols, grid.stride, on.reshape(rows, cols))
+        return t, on, model.read_patches(pyr, centres[on])
 
     arr = g["0"]
     t0 = time.perf_counter()
@@ -134,10 +144,13 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
             vals = np.full((len(model.genes), rs.stop - rs.start, cs.stop - cs.start), np.nan, np.float32)
             if patches is not None:
                 tm = time.perf_counter()
-                pred = model.predict(patches, batch_size=batch_size)
+                if rp.mode == "dense":
+                    pred = model.compute_cells(patches).reshape(on.size, -1)[on]
+                else:
+                    pred = model.predict(patches, batch_size=batch_size)
                 t_model += time.perf_counter() - tm
                 vals.reshape(len(model.genes), -1)[:, on] = pred.T
-                n_patches += len(patches)
+                n_patches += int(on.sum())
             arr[:, rs, cs] = vals
             g["done"][ti, tj] = 1  # after the values: a crash re-does at most this tile
             yield {"stage": "tile", "done": k + 1, "total": len(todo), "patches": n_patches}
@@ -159,7 +172,7 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
     os.replace(tmp, out / "prediction.h5ad")
     g.attrs[ATTR] = dict(attrs, complete=True, levels=n_levels)
     summary = {"slide": str(pyr.path), "tiles": len(tiles), "tiles_computed": len(todo),
-               "cells": int(len(rows)), "patches": n_patches, "seconds": elapsed,
+               "cells": int(len(rows)), "patches": n_patches, "mode": rp.mode, "seconds": elapsed,
                "patches_per_s": n_patches / elapsed if elapsed > 0 and n_patches else None,
                "model_seconds": t_model, "device": str(model.device), "levels": n_levels,
                "zarr": str(out / "prediction.zarr"), "h5ad": str(out / "prediction.h5ad")}

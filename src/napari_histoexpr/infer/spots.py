@@ -20,7 +20,8 @@ class SpotPrediction:
     genes: list[str]
     pred: np.ndarray  # (N, G)
     meas: np.ndarray  # (N, G)
-    patches: np.ndarray  # (N, px, px, 3), for baselines
+    patches: np.ndarray | None  # (N, px, px, 3) in patch mode or when asked (for baselines)
+    mode: str = "patch"  # how the predictions were made
 
     def pearson(self) -> np.ndarray:
         from ..metrics import pearson_columns
@@ -34,18 +35,34 @@ class SpotPrediction:
 
 
 def predict_at_spots(model, pyr, adata, name: str = "section", min_tissue: float | None = None,
-                     progress=None) -> SpotPrediction:
+                     mode: str = "dense", keep_patches: bool = False) -> SpotPrediction:
     """The model's prediction at every spot of ``adata`` on ``pyr`` with enough tissue under it
-    (``min_tissue`` default: what the model was trained with) and the measured values."""
-    from ..data.expression import shared_genes
-    from ..data.sections import prepare_section
+    (``min_tissue`` default: what the model was trained with) and the measured values.
 
+    ``mode="dense"`` pools one feature map of the section over each spot's window
+    (:func:`~napari_histoexpr.infer.dense.dense_at_centres`); ``"patch"`` cuts and predicts every
+    spot's patch as in training. ``keep_patches`` also returns the patches (for baselines)."""
+    from ..data.expression import log1p_normalised, shared_genes
+    from ..data.patches import extract_patches
+    from ..data.sections import spots_on_tissue
+    from ..errors import HistoExprError
+
+    if mode not in ("dense", "patch"):
+        raise HistoExprError(f"unknown prediction mode {mode!r}; use dense or patch")
+    if mode == "dense" and not all(b.exact for b in model.dense_branches()):
+        mode = "patch"  # a window of a fractional number of feature cells: no exact dense pooling
     genes = shared_genes(model.genes, adata)
     if not genes:
         raise UnknownGeneError(model.genes[0], [])
     if min_tissue is None:
         min_tissue = model.meta.get("training", {}).get("config", {}).get("min_tissue", 0.3)
-    sd = prepare_section(name, pyr, adata, model.window_um, model.px, genes=genes, min_tissue=min_tissue,
-                         transform=model.patch_transform(), progress=progress)
-    pred = model.predict(sd.patches)[:, [model.genes.index(g) for g in genes]]
-    return SpotPrediction(name, sd.spot_ids, sd.xy, genes, pred, sd.expr, sd.patches)
+    xy = np.asarray(adata.obsm["spatial"], float)
+    keep = spots_on_tissue(pyr, xy, model.window_um, min_tissue)
+    ad = adata[keep]
+    patches = None
+    if mode == "patch" or keep_patches:
+        patches = extract_patches(pyr, xy[keep], model.window_um, model.px, transform=model.patch_transform())
+    pred = model.predict(patches) if mode == "patch" else model.predict_centres_dense(pyr, xy[keep])
+    pred = pred[:, [model.genes.index(g) for g in genes]]
+    return SpotPrediction(name, list(map(str, ad.obs_names)), xy[keep], genes, pred, log1p_normalised(ad, genes),
+                          patches, mode)

@@ -19,5 +19,17 @@ class MapModel(Protocol):
     window_um: float
 
     def predict_centres(self, pyr, centres: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """``(N, len(genes))`` values for level-0 ``(x, y)`` ``centres`` of ``pyr``."""
+        """Patch mode: ``(N, len(genes))`` values for level-0 ``(x, y)`` ``centres`` of ``pyr``, each
+        from its own window cut, resized and normalised as in training (the exact reference)."""
+        ...
+
+    def dense_step_um(self, requested_um: float) -> float:
+        """The dense grid step nearest ``requested_um`` (a whole number of feature cells)."""
+        ...
+
+    def predict_cells(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float,
+                      cells: np.ndarray | None = None) -> np.ndarray:
+        """Dense mode: ``(rows, cols, len(genes))`` values on a regular grid whose first cell is
+        centred at level-0 ``(x0, y0)``, ``step_l0`` level-0 px apart (one backbone pass per region);
+        only the ``cells`` wanted ((rows, cols) bool) need be right."""
         ...

@@ -48,13 +48,43 @@ def worker_device(device: str) -> str:
 
 
 def uses_amp(device: torch.device) -> bool:
-    """bf16 autocast and channels_last are used on CUDA only."""
+    """bf16 autocast is used on CUDA only (training also switches to channels_last there)."""
     return device.type == "cuda"
+
+
+def fuse_batchnorm(net: torch.nn.Module) -> torch.nn.Module:
+    """Fold every BatchNorm that directly follows a convolution into that convolution (eval only;
+    the outputs are the same up to float rounding, the BN pass is gone: ~10 % of a ResNet's time)."""
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for mod in list(net.modules()):
+        for c_name, b_name in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
+            c, b = getattr(mod, c_name, None), getattr(mod, b_name, None)
+            if isinstance(c, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+                setattr(mod, c_name, fuse_conv_bn_eval(c, b))
+                setattr(mod, b_name, nn.Identity())
+        if isinstance(mod, nn.Sequential):
+            names = list(mod._modules)
+            for a, b in zip(names, names[1:]):
+                c, n = mod._modules[a], mod._modules[b]
+                if isinstance(c, nn.Conv2d) and isinstance(n, nn.BatchNorm2d):
+                    mod._modules[a], mod._modules[b] = fuse_conv_bn_eval(c, n), nn.Identity()
+    return net
+
+
+def for_inference(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``net`` ready to predict: eval mode, batch norms folded into their convolutions, on ``device``
+    in channels_last layout (faster convolutions on CPU too: ~5 vs ~3 Mpx/s for resnet18 on 2 cores)."""
+    return fuse_batchnorm(net.eval()).to(device).to(memory_format=torch.channels_last)
 
 
 def to_tensor(patches: np.ndarray, device="cpu", channels_last: bool = False) -> torch.Tensor:
     """uint8 ``(N, H, W, 3)`` -> float ``(N, 3, H, W)`` in [0, 1] on ``device``."""
-    t = torch.from_numpy(np.ascontiguousarray(patches)).to(device, non_blocking=True)
+    arr = np.ascontiguousarray(patches)
+    if not arr.flags.writeable:  # e.g. a view of a decoded image; torch wants writable memory
+        arr = arr.copy()
+    t = torch.from_numpy(arr).to(device, non_blocking=True)
     t = t.permute(0, 3, 1, 2).float().div_(255)
     return t.contiguous(memory_format=torch.channels_last) if channels_last else t
 
@@ -67,7 +97,7 @@ def predict_batches(fn: Callable[[torch.Tensor], torch.Tensor], patches: np.ndar
     amp = uses_amp(device)
     outs = []
     for i in range(0, len(patches), batch_size):
-        x = to_tensor(patches[i:i + batch_size], device, amp)
+        x = to_tensor(patches[i:i + batch_size], device, channels_last=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             outs.append(fn(x).float().cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros((0, out_dim), np.float32)

@@ -11,7 +11,7 @@ from torch import nn
 
 from .artifact import load_artifact, load_state_strict
 from .backbones import build_backbone
-from .runtime import predict_batches, resolve_device
+from .runtime import for_inference, predict_batches, resolve_device
 
 KIND = "segmenter"
 
@@ -58,7 +58,7 @@ class Segmenter:
             net = PatchClassifier(meta["backbone"], len(meta["classes"]))
             load_state_strict(net, {k[len(f"w{i}."):]: v for k, v in state.items() if k.startswith(f"w{i}.")},
                               str(model_dir))
-            nets.append(net.to(dev).eval())
+            nets.append(for_inference(net, dev))
         return cls(nets, meta, dev)
 
     def predict_centres(self, pyr, centres: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -67,3 +67,34 @@ class Segmenter:
         probs = [class_probabilities(net, extract_patches(pyr, centres, w, self.px), self.device, batch_size)
                  for net, w in zip(self.nets, self.windows)]
         return np.mean(probs, axis=0)
+
+    # -- dense mode (see napari_histoexpr.infer.dense): one branch per patch size ---------------------
+    def dense_branches(self):
+        from ..infer.dense import DenseBranch
+
+        def branch(net, window):
+            return DenseBranch(body=lambda x: net.backbone.feature_map((x - net.pixel_mean) / net.pixel_std),
+                               head=lambda f: torch.softmax(net.head(f).float(), 1), px=self.px, window_um=window)
+
+        return [branch(net, w) for net, w in zip(self.nets, self.windows)]
+
+    def dense_step_um(self, requested_um: float) -> float:
+        from ..infer.dense import dense_step_um
+
+        return dense_step_um(self.dense_branches(), requested_um)
+
+    def read_cells(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float, cells=None):
+        """Dense mode, I/O half: the regions :meth:`compute_cells` needs (:mod:`napari_histoexpr.infer.dense`)."""
+        from ..infer.dense import read_cells
+
+        return read_cells(pyr, self.dense_branches(), x0, y0, rows, cols, step_l0, None, cells=cells)
+
+    def compute_cells(self, regions) -> np.ndarray:
+        from ..infer.dense import compute_cells
+
+        return compute_cells(self.dense_branches(), regions, self.device)
+
+    def predict_cells(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float,
+                      cells=None) -> np.ndarray:
+        """Dense mode: ``(rows, cols, classes)`` class probabilities on a regular grid."""
+        return self.compute_cells(self.read_cells(pyr, x0, y0, rows, cols, step_l0, cells))

@@ -38,7 +38,8 @@ def dice_scores(pred: np.ndarray, true: np.ndarray, classes: list[str], valid: n
 
 
 def segment_region(model, pyr, stride_um: float | None = None, box=None, cancelled=lambda: False,
-                   predictor: RegionPredictor | None = None, tile_cells: int = 16) -> Generator[dict, None, tuple]:
+                   predictor: RegionPredictor | None = None, tile_cells: int = 16, mode: str = "dense"
+                   ) -> Generator[dict, None, tuple]:
     """Class probabilities on the tiles of ``box`` (level-0 y0, x0, y1, x1; whole slide if None).
 
     Reuses ``predictor`` (and its tile cache) when it is for this model and slide; otherwise builds
@@ -47,8 +48,8 @@ def segment_region(model, pyr, stride_um: float | None = None, box=None, cancell
     ``raster.data`` is ``(classes, rows, cols)``, NaN off tissue.
     """
     rp = predictor
-    if rp is None or rp.pyr is not pyr or rp.model is not model:
-        rp = RegionPredictor(model, pyr, stride_um or min(model.windows) / 2, tile_cells=tile_cells)
+    if rp is None or rp.pyr is not pyr or rp.model is not model or rp.requested_mode != mode:
+        rp = RegionPredictor(model, pyr, stride_um or min(model.windows) / 2, tile_cells=tile_cells, mode=mode)
     ras = Raster(rp.grid, model.classes)
     if rp is not predictor:
         yield {"stage": "ready", "predictor": rp, "raster": ras}
@@ -85,8 +86,8 @@ def spot_majority(labels: np.ndarray, stride: float, xy: np.ndarray, radius_px: 
     return out
 
 
-def evaluate_segmenter_steps(model_dir, manifest, out_dir, device="auto",
-                             stride_um=None) -> Generator[dict, None, dict]:
+def evaluate_segmenter_steps(model_dir, manifest, out_dir, device="auto", stride_um=None,
+                             mode: str = "dense") -> Generator[dict, None, dict]:
     """Spot-level Dice of a segmenter on every section of ``manifest``; writes report.json + PNG maps."""
     from ..errors import HistoExprError
     from ..io.manifest import as_sections
@@ -109,7 +110,7 @@ def evaluate_segmenter_steps(model_dir, manifest, out_dir, device="auto",
         yield {"stage": "open", "msg": f"segmenting {sec.section}"}
         pyr, adata = load_section(sec)
         truth = spot_classes(adata, spec).to_numpy()
-        rp, ras = yield from _progress_only(segment_region(model, pyr, stride_um))
+        rp, ras = yield from _progress_only(segment_region(model, pyr, stride_um, mode=mode))
         labels = label_map(ras.data)
         xy = np.asarray(adata.obsm["spatial"], float)
         radius = float(adata.uns["histoexpr"].get("spot_diameter_px") or 55.0 / pyr.world_mpp) / 2
@@ -123,7 +124,7 @@ def evaluate_segmenter_steps(model_dir, manifest, out_dir, device="auto",
         _save_map(out / f"{sec.section}_segmentation.png", pyr, labels, model.classes, rp.grid.stride)
         pyr.close()
     summary = dice_scores(np.concatenate(all_p), np.concatenate(all_t), model.classes, skip=(0,))
-    report = {"summary": summary, "sections": sections,
+    report = {"summary": summary, "sections": sections, "mode": mode,
               "model": {"dir": str(model_dir), "classes": model.classes, "windows_um": model.windows,
                         "mode": model.meta["mode"]},
               "note": "spot-level Dice: each spot's predicted class is the majority of the predicted "

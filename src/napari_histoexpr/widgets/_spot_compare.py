@@ -29,7 +29,7 @@ class SpotComparison:
             adata, pyr = self.session.require_spots(), self.session.require_slide()
         except HistoExprError as e:
             return self._fail(e)
-        self._spot_worker = start_worker(predict_at_spots, self.model, pyr, adata, "view", 0.0,
+        self._spot_worker = start_worker(predict_at_spots, self.model, pyr, adata, "view", 0.0, self._mode.value,
                                          desc="Predicting at spots", returned=self._on_spots, errored=self._fail)
         self._status.value = "predicting at the measured spots…"
         return self._spot_worker

@@ -9,6 +9,7 @@ gene's raster in place and the layers are refreshed.
 from __future__ import annotations
 
 import functools
+import time
 from collections import deque
 from pathlib import Path
 
@@ -32,13 +33,13 @@ from ._spot_compare import SpotComparison
 from .layers import find_layer
 
 COLORMAPS = ("inferno", "viridis", "magma", "plasma", "turbo", "gray")
-DEBOUNCE_MS = 200
+DEBOUNCE_MS = 150  # camera events closer than this are one request
 
 
 class ExpressionPanel(SpotComparison, PanelMixin, Container):
     """Load a model; predicted gene layers follow the view; compare with the measured spots."""
 
-    SETTINGS = {"model": "_model_edit", "genes": "_genes", "device": "_device", "stride_um": "_stride",
+    SETTINGS = {"model": "_model_edit", "genes": "_genes", "device": "_device", "mode": "_mode", "stride_um": "_stride",
                 "follow": "_follow", "display_gene": "_current", "opacity": "_opacity", "colormap": "_cmap",
                 "low_percentile": "_lo", "high_percentile": "_hi"}
 
@@ -50,6 +51,7 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
         self.model = self.predictor = self.raster = None
         self.spot_pred = None  # a SpotPrediction of the open section
         self.gui_timings: deque = deque(maxlen=10000)
+        self.tile_times: deque = deque(maxlen=10000)  # when each predicted tile reached the layers
         self._building = self._spot_worker = self._requests = None
         self.last_request_tiles: list = []
         self._model_edit = FileEdit(label="model", mode="d", nullable=True)
@@ -57,8 +59,12 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
         self._genes = Select(label="genes", choices=[], allow_multiple=True)
         self._genes.native.setMinimumHeight(90)
         self._device = ComboBox(label="device", choices=list(DEVICES), value="auto")
+        self._mode = ComboBox(label="mode", choices=["dense", "patch"], value="dense")
+        self._mode.tooltip = ("dense: one backbone pass per region, pooled per cell (fast); "
+                              "patch: every cell's window on its own (the exact reference, slower)")
         self._stride = FloatSpinBox(label="grid step µm", value=0.0, min=0.0, max=1000.0, step=5.0)
-        self._stride.tooltip = "Distance between predicted cells (0 = half the model's window)"
+        self._stride.tooltip = ("Distance between predicted cells (0 = half the model's window; dense mode "
+                                "rounds it to whole feature cells)")
         self._follow = CheckBox(label="follow view", value=True)
         self._predict_btn = PushButton(text="Predict view")
         self._current = ComboBox(label="display gene", choices=[])
@@ -70,7 +76,7 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
         self._status = Label(value="Load a model trained with 'Train expression model' or the CLI.")
         self._picked = Label(value="")
         super().__init__(widgets=[
-            self._model_edit, self._load_btn, self._genes, self._device, self._stride, self._follow,
+            self._model_edit, self._load_btn, self._genes, self._device, self._mode, self._stride, self._follow,
             self._predict_btn, self._current, self._opacity, self._cmap, self._lo, self._hi,
             self._compare_btn, self._status, self._picked,
         ])
@@ -79,6 +85,10 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self._on_view_settled)
+        self._repaint = QTimer()  # tiles arriving together (a dense band) are drawn once
+        self._repaint.setSingleShot(True)
+        self._repaint.setInterval(15)
+        self._repaint.timeout.connect(lambda: self._refresh_layers(final=False))
         self._load_btn.changed.connect(lambda *_: self.load_model())
         self._predict_btn.changed.connect(lambda *_: self.predict_view())
         self._compare_btn.changed.connect(lambda *_: self.compare_spots())
@@ -89,7 +99,7 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
         cam.events.center.connect(self._on_camera)
         cam.events.zoom.connect(self._on_camera)
         self._stop_workers_on_close("_worker", "_building", "_spot_worker")
-        self.native.destroyed.connect(lambda *_: self._timer.stop())
+        self.native.destroyed.connect(lambda *_: (self._timer.stop(), self._repaint.stop()))
 
     def reset_choices(self, *_):
         """napari calls this on docked magicgui containers whenever layers change; our choices are
@@ -121,8 +131,8 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
         pyr = self.session.require_slide()
         stride = self._stride.value or None
         p = self.predictor
-        same_stride = not (stride and p is not None and abs(p.stride_um - stride) > 1e-6)
-        if p is not None and p.pyr is pyr and p.model is self.model and same_stride:
+        same = p is not None and p.pyr is pyr and p.model is self.model and p.requested_mode == self._mode.value
+        if same and (not stride or abs(p.requested_stride_um - stride) < 1e-6):
             return p
         if self._building is not None:
             return None
@@ -140,15 +150,18 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
             self._building = None
             self._fail(exc)
 
-        self._building = start_worker(functools.partial(RegionPredictor, tile_cells=8), self.model, pyr, stride,
-                                      returned=ready, errored=failed)
+        # dense bands make small tiles free: 2 cells hug the view; patch mode keeps 8
+        tile_cells = 2 if self._mode.value == "dense" else 8
+        self._building = start_worker(functools.partial(RegionPredictor, tile_cells=tile_cells, mode=self._mode.value),
+                                      self.model, pyr, stride, returned=ready, errored=failed)
         self._status.value = "finding tissue…"
         return None
 
     @property
     def busy(self) -> bool:
-        """Work in flight: building the predictor, predicting the view, or a pending debounce."""
-        return self._building is not None or self._worker is not None or self._timer.isActive()
+        """Work in flight: building the predictor, predicting the view, a pending debounce or repaint."""
+        return (self._building is not None or self._worker is not None or self._timer.isActive()
+                or self._repaint.isActive())
 
     def selected_genes(self) -> list[str]:
         return list(self._genes.value or [])
@@ -190,21 +203,27 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
             layer.colormap = self._cmap.value
             self._contrast(layer, g)
 
-    def _contrast(self, layer, gene):
+    def _contrast(self, layer, gene, force: bool = True):
         from ..data.expression import percentile_limits
 
-        layer.contrast_limits = percentile_limits(self.raster.gene(gene), self._lo.value,
-                                                  max(self._hi.value, self._lo.value + 0.5))
+        lo, hi = percentile_limits(self.raster.gene(gene), self._lo.value, max(self._hi.value, self._lo.value + 0.5))
+        old = layer.contrast_limits
+        if force or abs(lo - old[0]) + abs(hi - old[1]) > 0.02 * max(hi - lo, 1e-6):
+            layer.contrast_limits = (lo, hi)
 
-    def _refresh_layers(self):
+    @timed
+    def _refresh_layers(self, final: bool = True):
+        """Redraw the visible gene layers; while tiles stream in (``final=False``) only their pixels
+        (no thumbnail, extent or highlight: the raster's shape never changes) and contrast when it
+        moved noticeably."""
         for g in self.selected_genes():
             layer = self._gene_layer(g)
-            if layer is not None:
-                layer.refresh()
-                self._contrast(layer, g)
+            if layer is not None and layer.visible:  # napari refreshes a hidden layer when it is shown
+                layer.refresh(thumbnail=final, extent=False, highlight=False)
+                self._contrast(layer, g, force=final)
 
     # -- view-following inference -------------------------------------------------------------------
-    def view_box(self, margin: float = 0.1):
+    def view_box(self, margin: float = 0.05):
         from ..infer.region import visible_box
 
         cam = self._viewer.scene.camera
@@ -264,8 +283,9 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
     def _on_tile(self, item, cancelled):
         tile, values = item
         self.raster.put(tile, values)  # a stale request's tiles are still right: keep them
-        if not cancelled():
-            self._refresh_layers()
+        self.tile_times.append(time.perf_counter())
+        if not cancelled() and not self._repaint.isActive():
+            self._repaint.start()
 
     @timed
     def _on_view_done(self, worker, n):

@@ -1,0 +1,287 @@
+"""Dense (fully-convolutional) prediction on a regular grid of cells: the backbone runs once over a
+region read at the model's resolution, its feature map is averaged over each cell's window (the
+window the model was trained on), and the head is applied to all cells in one batch.
+
+Geometry. A model trained on ``window_um`` squares resized to ``px`` pixels sees the slide at
+``px / window_um`` input px per µm; its feature map has one cell per :data:`STRIDE` (32) input px,
+so a window is ``W = px / 32`` feature cells. The grid step is a whole number ``k`` of feature cells
+(:func:`dense_step_um`), so pooling is exact: cell ``(a, b)``'s window is feature cells
+``[a k, a k + W) x [b k, b k + W)`` of a region whose origin is the first cell's window corner. The
+same windows in patch mode are the patches themselves; the only difference is what the network sees
+beyond a window's border (real neighbouring tissue here, zero padding in patch mode) — their
+agreement is measured (tests, docs/benchmarks.md).
+
+Borders and memory. Every region is read with a context margin of ``margin_px`` input px on each
+side (at most half a window, :func:`margin_for`), and the body runs on blocks of at most
+``block_feats`` x ``block_feats`` feature cells, each
+with that same margin around it, so adjacent tiles and blocks see the same context rule (no seams
+beyond what a finite margin leaves) and the peak memory is that of one block (see
+:func:`block_peak_bytes`), whatever the region's size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import HistoExprError
+
+#: input px per feature cell of every backbone (see :data:`napari_histoexpr.models.backbones.STRIDE`)
+STRIDE = 32
+#: context read around every region and block, in input px (a multiple of STRIDE); one feature cell
+#: keeps tiles seamless in practice (tests/test_dense.py) at the least overhead
+MARGIN_PX = 32
+#: largest block of feature cells run through the body at once (~800 px blocks run fastest on a CPU:
+#: resnet18 5.4 Mpx/s at 768-832 px vs 3.9 at 1536 px on 2 cores)
+BLOCK_FEATS = 25
+
+
+@dataclass
+class DenseBranch:
+    """One network run densely. ``body`` maps a float ``(1, 3, H, W)`` batch in [0, 1] to its
+    ``(1, C, H/32, W/32)`` feature map (normalising pixels itself); ``head`` maps pooled ``(N, C)``
+    features to ``(N, K)`` outputs. ``px`` / ``window_um`` are the patch geometry it was trained on."""
+
+    body: Callable
+    head: Callable
+    px: int
+    window_um: float
+
+    @property
+    def feature_um(self) -> float:
+        """µm of slide per feature cell."""
+        return STRIDE * self.window_um / self.px
+
+    @property
+    def window_cells(self) -> int:
+        return max(1, int(round(self.px / STRIDE)))
+
+    @property
+    def exact(self) -> bool:
+        """Whether the window is a whole number of feature cells (else dense pooling is not exact and
+        callers use patch mode)."""
+        return self.px % STRIDE == 0
+
+
+def dense_step_um(branches: list[DenseBranch], requested_um: float) -> float:
+    """The grid step nearest ``requested_um`` that is a whole number of feature cells of every branch
+    (ties go to the finer step)."""
+    sizes = [b.feature_um for b in branches]
+    base = max(sizes)
+    best = None
+    for k in range(1, 257):
+        step = k * base
+        if all(abs(step / s - round(step / s)) < 1e-6 for s in sizes):
+            if best is None or abs(step - requested_um) < abs(best - requested_um) - 1e-9:
+                best = step
+            if step > requested_um:
+                break
+    if best is None:
+        raise HistoExprError(f"no common grid step for feature cells of {sizes} µm; use patch mode")
+    return float(best)
+
+
+def read_scaled(pyr, y0: float, x0: float, height: int, width: int, input_per_l0: float) -> np.ndarray:
+    """``height x width`` uint8 RGB at ``input_per_l0`` input px per level-0 px, top-left at level-0
+    ``(y0, x0)``, read from the finest pyramid level not coarser than needed (white outside)."""
+    from ..data.patches import resize_to
+
+    level = pyr.level_for_downsample(1.0 / input_per_l0)
+    ds = pyr.downsamples[level]
+    scale = input_per_l0 * ds  # input px per level px (<= 1 unless the slide is coarser than the model)
+    hl, wl = max(1, int(round(height / scale))), max(1, int(round(width / scale)))
+    region = pyr.read_region(y0, x0, hl, wl, level=level)
+    return resize_to(region, height, width)
+
+
+def block_peak_bytes(branch_channels: int = 512, block_feats: int = BLOCK_FEATS, margin_px: int = MARGIN_PX) -> int:
+    """Rough peak activation memory of one block (float32): the stem's 64-channel map at half
+    resolution dominates a ResNet's body."""
+    side = block_feats * STRIDE + 2 * margin_px
+    return int(64 * (side / 2) ** 2 * 4 * 3 + branch_channels * (side / STRIDE) ** 2 * 4)
+
+
+def feature_blocks(body, img: np.ndarray, device, margin_px: int = MARGIN_PX,
+                   block_feats: int = BLOCK_FEATS, needed: np.ndarray | None = None) -> "np.ndarray":
+    """The body's feature map of ``img`` (uint8, ``(Hf*32 + 2m, Wf*32 + 2m, 3)``) without its margin:
+    ``(C, Hf, Wf)`` float32 tensor, computed block by block (each block with its own margin). Blocks
+    where ``needed`` (``(Hf, Wf)`` bool) is all false are skipped (left 0)."""
+    import torch
+
+    from ..models.runtime import to_tensor, uses_amp
+
+    m = margin_px // STRIDE
+    hf = (img.shape[0] - 2 * margin_px) // STRIDE
+    wf = (img.shape[1] - 2 * margin_px) // STRIDE
+    amp = uses_amp(device)
+    out = None
+    # even blocks: 100 cells in blocks of 25 is 4 x 25, not 4 x 24 + 4
+    ey, ex = math.ceil(hf / math.ceil(hf / block_feats)), math.ceil(wf / math.ceil(wf / block_feats))
+    with torch.inference_mode():
+        for fy in range(0, hf, ey):
+            by = min(ey, hf - fy)
+            for fx in range(0, wf, ex):
+                bx = min(ex, wf - fx)
+                if needed is not None and not needed[fy:fy + by, fx:fx + bx].any():
+                    continue
+                crop = img[fy * STRIDE: (fy + by) * STRIDE + 2 * margin_px,
+                           fx * STRIDE: (fx + bx) * STRIDE + 2 * margin_px]
+                x = to_tensor(crop[None], device, channels_last=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    f = body(x)[0]
+                f = f[:, m:m + by, m:m + bx].float()
+                if out is None:
+                    out = torch.zeros((f.shape[0], hf, wf), dtype=torch.float32, device=f.device)
+                out[:, fy:fy + by, fx:fx + bx] = f
+    return out
+
+
+def margin_for(branch: DenseBranch, margin_px: int = MARGIN_PX) -> int:
+    """The context margin of a branch: ``margin_px``, but never more than half its window (rounded
+    down to whole feature cells, at least one)."""
+    return max(STRIDE, min(margin_px, (branch.px // 2) // STRIDE * STRIDE))
+
+
+@dataclass
+class CellRegion:
+    """The input image of one branch for a block of grid cells (read, not yet computed)."""
+
+    img: np.ndarray  # uint8 (Hf*32 + 2m, Wf*32 + 2m, 3)
+    k: int  # grid step in feature cells
+    w: int  # window in feature cells
+    margin_px: int
+    rows: int
+    cols: int
+    cells: np.ndarray | None = None  # (rows, cols) bool: the cells wanted (others may be skipped)
+
+    def needed_features(self) -> np.ndarray | None:
+        """Feature cells inside the window of a wanted cell."""
+        if self.cells is None:
+            return None
+        hf, wf = (self.rows - 1) * self.k + self.w, (self.cols - 1) * self.k + self.w
+        need = np.zeros((hf, wf), bool)
+        for a, b in zip(*np.nonzero(self.cells)):
+            need[a * self.k:a * self.k + self.w, b * self.k:b * self.k + self.w] = True
+        return need
+
+
+def read_cells(pyr, branches: list[DenseBranch], x0: float, y0: float, rows: int, cols: int, step_l0: float,
+               transform=None, margin_px: int = MARGIN_PX, cells: np.ndarray | None = None) -> list[CellRegion]:
+    """Read (I/O only) what :func:`compute_cells` needs for the ``rows x cols`` cells of a regular
+    grid whose first cell is centred at level-0 ``(x0, y0)``, ``step_l0`` level-0 px apart; with
+    ``cells`` ((rows, cols) bool), blocks no wanted cell needs are not computed."""
+    out = []
+    for br in branches:
+        q = br.px / br.window_um * pyr.world_mpp  # input px per level-0 px
+        k_float = step_l0 * q / STRIDE
+        k = int(round(k_float))
+        if k < 1 or abs(k_float - k) > 1e-3:
+            raise HistoExprError(f"grid step {step_l0:.2f} px is not a whole number of feature cells "
+                                 f"({STRIDE / q:.2f} px); use dense_step_um")
+        w, m = br.window_cells, margin_for(br, margin_px)
+        hf, wf = (rows - 1) * k + w, (cols - 1) * k + w
+        half = br.px / 2 / q  # level-0 px from a cell centre to its window edge
+        img = read_scaled(pyr, y0 - half - m / q, x0 - half - m / q, hf * STRIDE + 2 * m, wf * STRIDE + 2 * m, q)
+        if transform is not None:
+            img = transform(img)
+        out.append(CellRegion(img, k, w, m, rows, cols, None if cells is None else np.asarray(cells, bool)))
+    return out
+
+
+def compute_cells(branches: list[DenseBranch], regions: list[CellRegion], device,
+                  block_feats: int = BLOCK_FEATS) -> np.ndarray:
+    """``(rows, cols, K)`` outputs (mean over branches) from what :func:`read_cells` read."""
+    import torch
+    import torch.nn.functional as F
+
+    outs = []
+    for br, reg in zip(branches, regions):
+        feats = feature_blocks(br.body, reg.img, device, reg.margin_px, block_feats, reg.needed_features())
+        pooled = F.avg_pool2d(feats[None], kernel_size=reg.w, stride=reg.k)[0]  # (C, rows, cols)
+        flat = pooled.permute(1, 2, 0).reshape(reg.rows * reg.cols, -1)
+        with torch.inference_mode():
+            outs.append(br.head(flat).float().cpu().numpy().reshape(reg.rows, reg.cols, -1))
+    return np.mean(outs, axis=0) if len(outs) > 1 else outs[0]
+
+
+def dense_cells(pyr, branches: list[DenseBranch], x0: float, y0: float, rows: int, cols: int, step_l0: float,
+                device, transform=None, margin_px: int = MARGIN_PX, block_feats: int = BLOCK_FEATS,
+                cells: np.ndarray | None = None) -> np.ndarray:
+    """``(rows, cols, K)`` outputs for the cells of a regular grid (read, then compute); only the
+    ``cells`` wanted are guaranteed (others may come from skipped, all-zero blocks)."""
+    regions = read_cells(pyr, branches, x0, y0, rows, cols, step_l0, transform, margin_px, cells)
+    return compute_cells(branches, regions, device, block_feats)
+
+
+def box_means(feats, y0: np.ndarray, x0: np.ndarray, size: float) -> "np.ndarray":
+    """Means of ``feats`` (C, H, W; feature cell ``(i, j)`` covers ``[i, i+1) x [j, j+1)``) over the
+    boxes ``[y0, y0 + size) x [x0, x0 + size)`` in fractional feature coordinates (partly covered
+    cells count by their covered area): ``(N, C)``."""
+    import torch
+
+    c, h, w = feats.shape
+    s = torch.zeros((c, h + 1, w + 1), dtype=torch.float64, device=feats.device)
+    s[:, 1:, 1:] = feats.double().cumsum(1).cumsum(2)
+
+    def integral(yy, xx):  # S at fractional points, bilinear between the exact integer values
+        yy, xx = np.clip(yy, 0, h), np.clip(xx, 0, w)
+        iy, ix = np.minimum(np.floor(yy).astype(int), h - 1), np.minimum(np.floor(xx).astype(int), w - 1)
+        fy = torch.as_tensor(yy - iy, device=feats.device)[None]
+        fx = torch.as_tensor(xx - ix, device=feats.device)[None]
+        iy, ix = torch.as_tensor(iy, device=feats.device), torch.as_tensor(ix, device=feats.device)
+        a, b = s[:, iy, ix], s[:, iy + 1, ix]
+        cc, d = s[:, iy, ix + 1], s[:, iy + 1, ix + 1]
+        return a * (1 - fy) * (1 - fx) + b * fy * (1 - fx) + cc * (1 - fy) * fx + d * fy * fx
+
+    y1, x1 = y0 + size, x0 + size
+    tot = integral(y1, x1) - integral(y0, x1) - integral(y1, x0) + integral(y0, x0)
+    return (tot / (size * size)).T.float()
+
+
+def dense_at_centres(pyr, branches: list[DenseBranch], centres: np.ndarray, device, transform=None,
+                     margin_px: int = MARGIN_PX, block_feats: int = BLOCK_FEATS, chunk_feats: int = 96
+                     ) -> np.ndarray:
+    """``(N, K)`` outputs at arbitrary level-0 ``(x, y)`` centres (e.g. measured spots): the feature
+    map of the region around them, pooled over each centre's window (fractional box pooling). The
+    centres are handled in spatial chunks of about ``chunk_feats`` feature cells a side, so memory is
+    bounded whatever the section's size."""
+    import torch
+
+    centres = np.asarray(centres, float).reshape(-1, 2)
+    outs = []
+    for br in branches:
+        q = br.px / br.window_um * pyr.world_mpp
+        m = margin_for(br, margin_px)
+        win_in = float(br.px)  # the window in input px
+        res = np.zeros((len(centres), 0), np.float32)
+        cin = centres * q  # centres in input px of the whole slide
+        span = chunk_feats * STRIDE
+        keys = np.floor(cin / span).astype(int)
+        order = np.lexsort((keys[:, 0], keys[:, 1]))
+        start = 0
+        while start < len(order):
+            end = start
+            while end < len(order) and (keys[order[end]] == keys[order[start]]).all():
+                end += 1
+            idx = order[start:end]
+            lo = np.floor((cin[idx] - win_in / 2).min(0) / STRIDE) * STRIDE  # (x, y), whole feature cells
+            hi = np.ceil((cin[idx] + win_in / 2).max(0) / STRIDE) * STRIDE
+            wf, hf = int((hi[0] - lo[0]) // STRIDE), int((hi[1] - lo[1]) // STRIDE)
+            img = read_scaled(pyr, (lo[1] - m) / q, (lo[0] - m) / q, hf * STRIDE + 2 * m, wf * STRIDE + 2 * m, q)
+            if transform is not None:
+                img = transform(img)
+            feats = feature_blocks(br.body, img, device, m, block_feats)
+            fy0 = (cin[idx, 1] - win_in / 2 - lo[1]) / STRIDE
+            fx0 = (cin[idx, 0] - win_in / 2 - lo[0]) / STRIDE
+            pooled = box_means(feats, fy0, fx0, win_in / STRIDE)
+            with torch.inference_mode():
+                y = br.head(pooled).float().cpu().numpy()
+            if res.shape[1] == 0:
+                res = np.zeros((len(centres), y.shape[1]), np.float32)
+            res[idx] = y
+            start = end
+        outs.append(res)
+    return np.mean(outs, axis=0) if len(outs) > 1 else outs[0]

@@ -140,3 +140,29 @@ def test_cli_predict_modes_and_devices(trained, cohort, tmp_path, capsys):
                   "--device", dev])
         err = capsys.readouterr().err
         assert rc == 2 and f"device '{dev}' requested" in err and err.count("\n") == 1
+
+
+def test_view_bands_start_at_the_centre_and_cover_every_tile_once(model, unseen):
+    pyr = open_slide(unseen.slide)
+    rp = RegionPredictor(model, pyr, None, tile_cells=2, mode="dense")
+    tiles = rp.grid.tiles_in_box(0, 0, *pyr.level0_shape)
+    bands = rp.bands(tiles)
+    assert sorted(t for b in bands for t in b) == sorted(tiles)
+    assert tiles[0] in bands[0] and len(bands[0]) <= 9  # a small square around the view centre first
+    assert all(len({t[0] for t in b}) <= 4 for b in bands[1:])  # then bands of <= 8 cells (4 tile rows)
+    done = dict(rp.run(tiles[:12]))  # computed in bands, cached per tile
+    assert set(done) == set(tiles[:12]) and all(t in rp.cache for t in tiles[:12])
+    assert rp.bands(tiles[:12]) == [[t] for t in tiles[:12]]  # all cached now: nothing to compute
+
+
+def test_cpu_bf16_follows_the_cpu_flags_with_an_override(monkeypatch):
+    from napari_histoexpr.models.runtime import cpu_bf16_faster, inference_amp, uses_amp
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("HISTOEXPR_CPU_BF16", "0")
+    assert not inference_amp(cpu)
+    monkeypatch.setenv("HISTOEXPR_CPU_BF16", "1")
+    assert inference_amp(cpu)
+    monkeypatch.delenv("HISTOEXPR_CPU_BF16")
+    assert inference_amp(cpu) == cpu_bf16_faster() and cpu_bf16_faster() in (True, False)
+    assert not uses_amp(cpu)  # training stays fp32 on a CPU

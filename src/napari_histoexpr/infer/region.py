@@ -247,9 +247,12 @@ class RegionPredictor:
                     break
                 if i in reads:
                     later = [j for j in todo if j > i]
-                    if later:
+                    first = i == todo[0]  # the view centre: nothing competes with it for the CPU
+                    if later and not first:
                         reads[later[0]] = reader.submit(self.read_band, bands[later[0]])
                     results = self.predict_band(band, reads.pop(i).result())
+                    if later and first:
+                        reads[later[0]] = reader.submit(self.read_band, bands[later[0]])
                 else:
                     results = [(t, self.predict_tile(*t)) for t in band]
                 for t, v in results:
@@ -259,26 +262,27 @@ class RegionPredictor:
                 f.cancel()
         return done
 
-    def bands(self, tiles: list[tuple[int, int]], band_cells: int = 8) -> list[list[tuple[int, int]]]:
-        """``tiles`` grouped for dense computation: cached tiles alone, first; the others cut from
-        their bounding rectangle into horizontal bands about ``band_cells`` cells tall (so each band
-        pays the window overhang and margin once), the band through the first requested tile (the
-        view centre) first and split in two for a quick first result, then outwards."""
+    def bands(self, tiles: list[tuple[int, int]], band_cells: int = 8, first_cells: int = 6
+              ) -> list[list[tuple[int, int]]]:
+        """``tiles`` grouped for dense computation: cached tiles alone, first; then the missing tiles
+        within about ``first_cells`` cells of the first requested tile (the view centre: a quick
+        first result); then the rest cut from their bounding rectangle into horizontal bands about
+        ``band_cells`` cells tall (each band pays the window overhang and margin once), nearest
+        to the centre first."""
         cached = [[t] for t in tiles if t in self.cache]
         missing = [t for t in tiles if t not in self.cache]
         if not missing:
             return cached
-        rows = sorted({t[0] for t in missing})
+        ci, cj = missing[0]
+        r = max(0, int(round(first_cells / self.grid.tile_cells / 2 - 0.5)))
+        first = [t for t in missing if abs(t[0] - ci) <= r and abs(t[1] - cj) <= r]
+        rest = [t for t in missing if t not in set(first)]
+        rows = sorted({t[0] for t in rest})
         per = max(1, int(np.ceil(band_cells / self.grid.tile_cells)))
         groups = [rows[i:i + per] for i in range(0, len(rows), per)]
-        centre = missing[0][0]
-        groups.sort(key=lambda g: 0 if centre in g else min(abs(r - centre) for r in g))
-        if len(groups[0]) > 1:  # the centre band in two: the half with the centre first
-            g = groups.pop(0)
-            lo, hi = g[:len(g) // 2], g[len(g) // 2:]
-            groups[:0] = [lo, hi] if centre in lo else [hi, lo]
-        bands = [[t for t in missing if t[0] in set(g)] for g in groups]
-        return cached + [b for b in bands if b]
+        groups.sort(key=lambda g: min(abs(row - ci) for row in g))
+        bands = [[t for t in rest if t[0] in set(g)] for g in groups]
+        return cached + [first] + [b for b in bands if b]
 
     def read_band(self, band: list[tuple[int, int]]) -> tuple:
         """The I/O half of :meth:`predict_band`: the band's bounding rectangle of cells, the cells

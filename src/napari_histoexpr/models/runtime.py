@@ -48,8 +48,36 @@ def worker_device(device: str) -> str:
 
 
 def uses_amp(device: torch.device) -> bool:
-    """bf16 autocast is used on CUDA only (training also switches to channels_last there)."""
+    """Training: bf16 autocast (and channels_last) on CUDA only."""
     return device.type == "cuda"
+
+
+_CPU_BF16: bool | None = None
+
+
+def cpu_bf16_faster() -> bool:
+    """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16, read from the Linux CPU
+    flags), where bf16 autocast runs resnet18 ~1.7x faster; elsewhere bf16 would be emulated and
+    slower, so inference stays fp32. ``HISTOEXPR_CPU_BF16`` = ``1``/``0`` forces the choice."""
+    import os
+
+    global _CPU_BF16
+    forced = os.environ.get("HISTOEXPR_CPU_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if _CPU_BF16 is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+        except OSError:
+            flags = []
+        _CPU_BF16 = bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    return _CPU_BF16
+
+
+def inference_amp(device: torch.device) -> bool:
+    """Inference: bf16 autocast on CUDA, and on a CPU where it is measurably faster."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_bf16_faster())
 
 
 def fuse_batchnorm(net: torch.nn.Module) -> torch.nn.Module:
@@ -94,7 +122,7 @@ def predict_batches(fn: Callable[[torch.Tensor], torch.Tensor], patches: np.ndar
                     batch_size: int = 128, out_dim: int = 0) -> np.ndarray:
     """``fn`` over uint8 ``patches`` in batches (float [0, 1] input, bf16 autocast on CUDA); the
     outputs concatenated as float32 numpy (``(0, out_dim)`` for no patches)."""
-    amp = uses_amp(device)
+    amp = inference_amp(device)
     outs = []
     for i in range(0, len(patches), batch_size):
         x = to_tensor(patches[i:i + batch_size], device, channels_last=True)

@@ -12,7 +12,7 @@ from .data.expression import top_genes
 from .io.sections import open_section
 from .io.slides import is_slide_path, open_slide
 from .io.spots import read_spots
-from .io.visium import is_visium_folder
+from .io.visium import is_visium_folder, looks_like_space_ranger
 from .layerdata import slide_layer_data, spots_layer_data
 
 _GAP_UM = 500.0  # space between sections of a manifest laid out side by side
@@ -42,7 +42,8 @@ def get_reader(path):
 
         if is_prediction(path):
             return read_prediction_layers
-        return read_visium_layers if is_visium_folder(path) else None
+        # a Space Ranger folder, complete or not: reading an incomplete one names the missing file
+        return read_visium_layers if is_visium_folder(path) or looks_like_space_ranger(path) else None
     low = path.lower()
     if low.endswith(".h5ad") or low.endswith("_selection.tsv"):
         return read_spot_layers
@@ -73,7 +74,9 @@ def _spot_layers(adata, mpp=None, gene=None, translate=None):
 
 
 def read_visium_layers(path):
-    pyr, adata = open_section(None, _one(path))
+    pyr, adata = open_section(None, _one(path))  # warns (a napari notification) when there is no image
+    if pyr is None:
+        return [_spot_layers(adata)]
     return [slide_layer_data(pyr, name=Path(_one(path)).name), _spot_layers(adata, pyr.mpp)]
 
 

@@ -23,6 +23,11 @@ class MissingScalefactorsError(SpotDataError):
     """A Space Ranger folder lacks ``spatial/scalefactors_json.json`` (or a needed key in it)."""
 
 
+class NoTissueImageError(SpotDataError):
+    """A Space Ranger folder has no usable tissue image (missing, blank or corrupt); its spots and
+    counts can still be opened, in full-resolution pixel / µm coordinates."""
+
+
 class BarcodeJoinError(SpotDataError):
     """Spot positions and counts do not share enough spot identifiers to be joined."""
 
@@ -52,6 +57,10 @@ class ManifestError(HistoExprError, ValueError):
 
 class ModelFileError(HistoExprError, ValueError):
     """A model file or folder is missing, corrupt, of another format version or incompatible."""
+
+
+class SpotDataWarning(UserWarning):
+    """Spot data opened with something missing (e.g. no tissue image to show under the spots)."""
 
 
 class TrainingError(HistoExprError, RuntimeError):

@@ -9,8 +9,10 @@ spots outside the image raise :class:`~napari_histoexpr.errors.SpotsOutsideImage
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Generator
 
+from ..errors import NoTissueImageError, SpotDataWarning
 from .manifest import Section
 from .slides import SlidePyramid, open_slide
 from .spots import check_spots_in_image, read_clusters, read_spots
@@ -56,7 +58,11 @@ def open_steps(slide: PathLike, spots: PathLike = None, counts: PathLike = None,
     if pyr is None and adata is not None and "spatial" in adata.uns:
         from .visium import visium_image
 
-        pyr = visium_image(adata)
+        try:
+            pyr = visium_image(adata)
+        except NoTissueImageError as e:  # the spots and counts are fine: open them without an image
+            warnings.warn(str(e), SpotDataWarning, stacklevel=2)
+            adata.uns["histoexpr"]["warning"] = str(e)
     if pyr is not None and adata is not None:
         harmonise_mpp(pyr, adata)
         check_spots_in_image(adata, pyr.level0_shape)

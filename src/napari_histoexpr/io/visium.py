@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import BarcodeJoinError, MissingScalefactorsError, SpotDataError
+from ..errors import BarcodeJoinError, MissingScalefactorsError, NoTissueImageError, SpotDataError
 from .spotdata import VISIUM_SPOT_UM, join_ids, spot_anndata
 
 
@@ -72,9 +72,18 @@ def read_10x_mtx(folder: Path):
     feats = find("features.tsv", "genes.tsv")
     if mtx is None or bcs is None or feats is None:
         raise SpotDataError(f"{folder}: needs matrix.mtx(.gz), barcodes.tsv(.gz) and features.tsv(.gz)")
-    X = sp.csr_matrix(mmread(str(mtx))).T.tocsr()
-    barcodes = pd.read_csv(bcs, header=None, sep="\t")[0].astype(str)
-    f = pd.read_csv(feats, header=None, sep="\t")
+    try:
+        X = sp.csr_matrix(mmread(str(mtx))).T.tocsr()
+    except (EOFError, OSError, ValueError, IndexError) as e:
+        raise SpotDataError(f"{mtx}: truncated or corrupt Matrix Market file ({type(e).__name__}: {e})") from e
+    try:
+        barcodes = pd.read_csv(bcs, header=None, sep="\t")[0].astype(str)
+        f = pd.read_csv(feats, header=None, sep="\t")
+    except (EOFError, OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise SpotDataError(f"{folder}: unreadable barcodes/features file ({type(e).__name__}: {e})") from e
+    if X.shape != (len(barcodes), len(f)):
+        raise SpotDataError(f"{mtx.name}: {X.shape[1]} genes x {X.shape[0]} barcodes, but {len(f)} features and "
+                            f"{len(barcodes)} barcodes are listed")
     ids = f[0].astype(str).tolist()
     names = f[1].astype(str).tolist() if f.shape[1] > 1 else ids
     ftype = f[2].astype(str).tolist() if f.shape[1] > 2 else ["Gene Expression"] * len(ids)
@@ -94,19 +103,33 @@ def read_positions(spatial: Path) -> pd.DataFrame:
         p = spatial / name
         if not p.exists():
             continue
-        if p.suffix == ".parquet":
-            df = pd.read_parquet(p)
-        else:
-            first = p.open().readline()
-            has_header = "barcode" in first
-            df = pd.read_csv(p, header=0 if has_header else None)
-            if not has_header:
-                if df.shape[1] != 6:
-                    raise SpotDataError(f"{p.name}: expected 6 columns, found {df.shape[1]}")
-                df.columns = POSITION_COLUMNS
+        has_header = True
+        try:
+            if p.suffix == ".parquet":
+                df = pd.read_parquet(p)
+            else:
+                with p.open() as f:
+                    has_header = "barcode" in f.readline()
+                df = pd.read_csv(p, header=0 if has_header else None)
+                if not has_header:
+                    if df.shape[1] != 6:
+                        raise SpotDataError(f"{p.name}: expected 6 columns, found {df.shape[1]}")
+                    df.columns = POSITION_COLUMNS
+        except SpotDataError:
+            raise
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as e:
+            raise SpotDataError(f"{p}: malformed spot positions ({str(e).strip().splitlines()[-1]})") from e
         missing = set(POSITION_COLUMNS) - set(df.columns)
         if missing:
             raise SpotDataError(f"{p.name}: missing columns {sorted(missing)}")
+        for col in ("pxl_row_in_fullres", "pxl_col_in_fullres"):
+            values = pd.to_numeric(df[col], errors="coerce")
+            bad = np.flatnonzero(~np.isfinite(values.to_numpy(dtype=float)))
+            if len(bad):
+                line = int(bad[0]) + (2 if has_header or p.suffix == ".parquet" else 1)
+                raise SpotDataError(f"{p}: {len(bad)} spot(s) without a numeric {col} (first at line {line}: "
+                                    f"{df[col].iloc[bad[0]]!r})")
+            df[col] = values
         return df.set_index("barcode")
     raise SpotDataError(
         f"{spatial}: no tissue_positions.parquet, tissue_positions.csv or tissue_positions_list.csv"
@@ -123,6 +146,16 @@ def visium_folder(path: str | os.PathLike) -> Path:
     if p.name == "spatial" and not (p / "spatial").is_dir():
         p = p.parent
     return p
+
+
+def looks_like_space_ranger(path: str | os.PathLike) -> bool:
+    """A folder with Space Ranger's ``spatial/`` (scalefactors or spot positions in it), complete or
+    not: reading an incomplete one names what is missing."""
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    spatial = visium_folder(p) / "spatial"
+    return (spatial / "scalefactors_json.json").exists() or any(spatial.glob("tissue_positions*"))
 
 
 def is_visium_folder(path: str | os.PathLike) -> bool:
@@ -167,7 +200,9 @@ def read_visium(path: str | os.PathLike, library_id: str | None = None,
     elif (outs / "raw_feature_bc_matrix.h5").exists():
         X, barcodes, var = read_10x_h5(outs / "raw_feature_bc_matrix.h5")
     else:
-        raise SpotDataError(f"{outs}: no filtered_feature_bc_matrix(.h5) found")
+        raise SpotDataError(f"{outs}: the count matrix is missing: Space Ranger writes filtered_feature_bc_matrix.h5 "
+                            "or a filtered_feature_bc_matrix/ folder (matrix.mtx.gz, barcodes.tsv.gz, "
+                            "features.tsv.gz) next to spatial/")
     pos = read_positions(spatial)
     pos.index = pos.index.astype(str)
     try:
@@ -195,16 +230,21 @@ def read_visium(path: str | os.PathLike, library_id: str | None = None,
         "library_id": lib,
     }
     adata = spot_anndata(X, obs, var, xy, info)
-    images = {}
+    images, problems = {}, []
     if load_images:
         from PIL import Image
 
         for key in ("hires", "lowres"):
             p = spatial / f"tissue_{key}_image.png"
             if p.exists():
-                with Image.open(p) as im:
-                    images[key] = np.asarray(im.convert("RGB"))
+                try:
+                    with Image.open(p) as im:
+                        images[key] = np.asarray(im.convert("RGB"))
+                except (OSError, ValueError, SyntaxError):  # empty or corrupt: the other image may do
+                    problems.append(f"{p.name} is unreadable")
     adata.uns["spatial"] = {lib: {"images": images, "scalefactors": sf}}
+    if problems:
+        adata.uns["histoexpr"]["image_problems"] = problems
     return adata
 
 
@@ -222,7 +262,7 @@ def visium_image(adata):
     info = adata.uns["histoexpr"]
     for key in ("hires", "lowres"):
         img = entry["images"].get(key)
-        if img is None or img.size == 0 or int(img.max()) == int(img.min()):
+        if img is None or img.size == 0 or int(img.max()) == int(img.min()) or not sf.get(f"tissue_{key}_scalef"):
             continue
         scalef = float(sf[f"tissue_{key}_scalef"])
         return pyramid_from_array(
@@ -230,4 +270,5 @@ def visium_image(adata):
             mpp=info.get("mpp"), mpp_source=info.get("mpp_source"), backend=f"visium:{key}",
             base_downsample=1.0 / scalef,
         )
-    raise SpotDataError(f"{lib}: no usable tissue image (hires/lowres missing or blank)")
+    why = "; ".join(info.get("image_problems", [])) or "hires/lowres missing or blank"
+    raise NoTissueImageError(f"{lib}: no usable tissue image ({why}); the spots open without one")

@@ -130,6 +130,11 @@ class SlideSpotsWidget(PanelMixin, Container):
                          + (f"{pyr.mpp:.3f} µm/px ({pyr.mpp_source})" if pyr.mpp else "µm/px unknown"))
         if adata is not None:
             parts.append(f"{adata.n_obs} spots x {adata.n_vars} genes")
+            if adata.uns["histoexpr"].get("warning"):
+                from napari.utils.notifications import show_warning
+
+                parts.append(adata.uns["histoexpr"]["warning"])
+                show_warning(adata.uns["histoexpr"]["warning"])
         self._status.value = "\n".join(parts)
 
     def _set_completer(self, genes: list[str]) -> None:

@@ -195,28 +195,8 @@ class RegionPredictor:
 
     def predict_tile(self, ti: int, tj: int) -> np.ndarray:
         """``(genes, rows, cols)`` float32 predictions of a tile (NaN off tissue); cached."""
-        key = (ti, tj)
-        hit = self.cache.get(key)
-        if hit is not None:
-            return hit
-        rs, cs = self.grid.tile_slices(ti, tj)
-        rows, cols = rs.stop - rs.start, cs.stop - cs.start
-        out = np.full((len(self.genes), rows, cols), np.nan, np.float32)
-        if self.tile_tissue(ti, tj) > 0:
-            centres = self.grid.cell_centres(ti, tj)
-            on = self.cell_tissue(centres) >= self.min_tissue
-            if on.any():
-                flat = out.reshape(len(self.genes), -1)
-                with self._lock:
-                    if self.mode == "dense":
-                        x0, y0 = centres[0]
-                        vals = self.model.predict_cells(self.pyr, x0, y0, rows, cols, self.grid.stride,
-                                                        on.reshape(rows, cols))
-                        flat[:, on] = vals.reshape(rows * cols, -1)[on].T
-                    else:
-                        flat[:, on] = self.model.predict_centres(self.pyr, centres[on], self.batch_size).T
-        self.cache.put(key, out)
-        return out
+        hit = self.cache.get((ti, tj))
+        return hit if hit is not None else self.predict_band([(ti, tj)])[0][1]
 
     def view_tiles(self, box) -> list[tuple[int, int]]:
         return [t for t in self.grid.tiles_in_box(*box) if self.tile_tissue(*t) > 0]
@@ -276,17 +256,20 @@ class RegionPredictor:
         ci, cj = missing[0]
         r = max(0, int(round(first_cells / self.grid.tile_cells / 2 - 0.5)))
         first = [t for t in missing if abs(t[0] - ci) <= r and abs(t[1] - cj) <= r]
-        rest = [t for t in missing if t not in set(first)]
+        rest = [t for t in missing if abs(t[0] - ci) > r or abs(t[1] - cj) > r]
         rows = sorted({t[0] for t in rest})
         per = max(1, int(np.ceil(band_cells / self.grid.tile_cells)))
-        groups = [rows[i:i + per] for i in range(0, len(rows), per)]
-        groups.sort(key=lambda g: min(abs(row - ci) for row in g))
-        bands = [[t for t in rest if t[0] in set(g)] for g in groups]
-        return cached + [first] + [b for b in bands if b]
+        band_of = {row: i // per for i, row in enumerate(rows)}  # tile row -> band
+        bands: list[list] = [[] for _ in range(len(rows) // per + 1)]
+        for t in rest:
+            bands[band_of[t[0]]].append(t)
+        bands = sorted((b for b in bands if b), key=lambda b: min(abs(t[0] - ci) for t in b))
+        return cached + [first] + bands
 
     def read_band(self, band: list[tuple[int, int]]) -> tuple:
-        """The I/O half of :meth:`predict_band`: the band's bounding rectangle of cells, the cells
-        wanted (tissue cells of the band's tiles) and the input regions."""
+        """The I/O half of :meth:`predict_band` (run in reader threads): the band's bounding
+        rectangle of cells, the cells wanted (tissue cells of the band's tiles) and what the model
+        reads for them (dense: the input regions; patch: the windows)."""
         r0 = self.grid.tile_slices(min(t[0] for t in band), 0)[0].start
         r1 = self.grid.tile_slices(max(t[0] for t in band), 0)[0].stop
         c0 = self.grid.tile_slices(0, min(t[1] for t in band))[1].start
@@ -300,18 +283,25 @@ class RegionPredictor:
             rs, cs = self.grid.tile_slices(*t)
             wanted[rs.start - r0:rs.stop - r0, cs.start - c0:cs.stop - c0] = True
         on = wanted & (self.cell_tissue(centres) >= self.min_tissue).reshape(rows, cols)
-        regions = self.model.read_cells(self.pyr, *centres[0], rows, cols, self.grid.stride, on) if on.any() else None
-        return (r0, c0), rows, cols, on, regions
+        read = None
+        if on.any():
+            read = (self.model.read_cells(self.pyr, *centres[0], rows, cols, self.grid.stride, on)
+                    if self.mode == "dense" else self.model.read_centres(self.pyr, centres[on.ravel()]))
+        return (r0, c0), rows, cols, on, read
 
     def predict_band(self, band: list[tuple[int, int]], read: tuple | None = None
                      ) -> list[tuple[tuple[int, int], np.ndarray]]:
-        """Dense prediction of a band of tiles in one call; each tile is cached."""
-        (r0, c0), rows, cols, on, regions = read or self.read_band(band)
+        """Predictions of a band of tiles (in dense mode one call over their rectangle); each tile
+        is cached."""
+        (r0, c0), rows, cols, on, data = read or self.read_band(band)
         vals = np.full((len(self.genes), rows, cols), np.nan, np.float32)
-        if regions is not None:
+        if data is not None:
             with self._lock:
-                pred = self.model.compute_cells(regions)
-            vals[:, on] = pred[on].T
+                if self.mode == "dense":
+                    pred = self.model.compute_cells(data)[on]
+                else:
+                    pred = self.model.compute_centres(data, self.batch_size)
+            vals[:, on] = pred.T
         out = []
         for t in band:
             rs, cs = self.grid.tile_slices(*t)

@@ -118,39 +118,23 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
            f"grid {grid.rows} x {grid.cols} cells of {grid.stride * pyr.world_mpp:.1f} µm",
            "total": len(todo)}
 
-    def load(t):  # I/O only, in a reader thread
-        centres = grid.cell_centres(*t)
-        on = rp.cell_tissue(centres) >= rp.min_tissue
-        if not on.any():
-            return t, on, None
-        if rp.mode == "dense":
-            rs, cs = grid.tile_slices(*t)
-            rows, cols = rs.stop - rs.start, cs.stop - cs.start
-            return t, on, model.read_cells(pyr, *centres[0], rows, cols, grid.stride, on.reshape(rows, cols))
-        return t, on, model.read_patches(pyr, centres[on])
-
     arr = g["0"]
     t0 = time.perf_counter()
     n_patches, t_model = 0, 0.0
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        pending = [pool.submit(load, t) for t in todo[: 2 * max(1, workers)]]
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # reader threads read the next tiles
+        pending = [(t, pool.submit(rp.read_band, [t])) for t in todo[: 2 * max(1, workers)]]
         nxt = len(pending)
         for k in range(len(todo)):
-            (ti, tj), on, patches = pending.pop(0).result()
+            (ti, tj), fut = pending.pop(0)
             if nxt < len(todo):
-                pending.append(pool.submit(load, todo[nxt]))
+                pending.append((todo[nxt], pool.submit(rp.read_band, [todo[nxt]])))
                 nxt += 1
+            read = fut.result()
+            tm = time.perf_counter()
+            ((_, vals),) = rp.predict_band([(ti, tj)], read)
+            t_model += time.perf_counter() - tm
+            n_patches += int(read[3].sum())
             rs, cs = grid.tile_slices(ti, tj)
-            vals = np.full((len(model.genes), rs.stop - rs.start, cs.stop - cs.start), np.nan, np.float32)
-            if patches is not None:
-                tm = time.perf_counter()
-                if rp.mode == "dense":
-                    pred = model.compute_cells(patches).reshape(on.size, -1)[on]
-                else:
-                    pred = model.predict(patches, batch_size=batch_size)
-                t_model += time.perf_counter() - tm
-                vals.reshape(len(model.genes), -1)[:, on] = pred.T
-                n_patches += int(on.sum())
             arr[:, rs, cs] = vals
             g["done"][ti, tj] = 1  # after the values: a crash re-does at most this tile
             yield {"stage": "tile", "done": k + 1, "total": len(todo), "patches": n_patches}

@@ -12,6 +12,7 @@ from torch import nn
 
 from .artifact import load_artifact, load_state_strict
 from .backbones import build_backbone
+from .protocol import DenseMapModel
 from .runtime import for_inference, predict_batches, resolve_device
 
 KIND = "expression"
@@ -41,7 +42,7 @@ class ExpressionNet(nn.Module):
         return self.head(f), aux
 
 
-class ExpressionModel:
+class ExpressionModel(DenseMapModel):
     """A trained expression model loaded from ``MODEL_DIR`` for inference (no code unpickled)."""
 
     def __init__(self, net: ExpressionNet, meta: dict, device: torch.device):
@@ -84,45 +85,21 @@ class ExpressionModel:
         y = predict_batches(fn, patches, self.device, batch_size, dim)
         return y if features else y * self.std + self.mean
 
-    def predict_centres(self, pyr, centres: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        return self.predict(self.read_patches(pyr, centres), batch_size)
+    # -- the two modes (implemented once in DenseMapModel) -------------------------------------------
+    read_centres = read_patches
 
-    # -- dense mode (see napari_histoexpr.infer.dense) ----------------------------------------------
+    def compute_centres(self, patches: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return self.predict(patches, batch_size)
+
+    def scale_output(self, y: np.ndarray) -> np.ndarray:
+        return y * self.std + self.mean
+
     def dense_branches(self):
         from ..infer.dense import DenseBranch
 
         net = self.net
         return [DenseBranch(body=lambda x: net.backbone.feature_map((x - net.pixel_mean) / net.pixel_std),
                             head=net.head, px=self.px, window_um=self.window_um)]
-
-    def dense_step_um(self, requested_um: float) -> float:
-        from ..infer.dense import dense_step_um
-
-        return dense_step_um(self.dense_branches(), requested_um)
-
-    def predict_centres_dense(self, pyr, centres: np.ndarray) -> np.ndarray:
-        """Dense mode at arbitrary centres (e.g. spots): ``(N, genes)`` from the region's feature map."""
-        from ..infer.dense import dense_at_centres
-
-        y = dense_at_centres(pyr, self.dense_branches(), centres, self.device, self.patch_transform())
-        return y * self.std + self.mean
-
-    def read_cells(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float, cells=None):
-        """Dense mode, I/O half: the regions :meth:`compute_cells` needs (:mod:`napari_histoexpr.infer.dense`)."""
-        from ..infer.dense import read_cells
-
-        return read_cells(pyr, self.dense_branches(), x0, y0, rows, cols, step_l0, self.patch_transform(),
-                          cells=cells)
-
-    def compute_cells(self, regions) -> np.ndarray:
-        from ..infer.dense import compute_cells
-
-        return compute_cells(self.dense_branches(), regions, self.device) * self.std + self.mean
-
-    def predict_cells(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float,
-                      cells=None) -> np.ndarray:
-        """Dense mode: ``(rows, cols, genes)`` predicted log1p expression on a regular grid."""
-        return self.compute_cells(self.read_cells(pyr, x0, y0, rows, cols, step_l0, cells))
 
 
 def build_net(meta: dict) -> ExpressionNet:

@@ -23,6 +23,23 @@ class MapModel(Protocol):
         from its own window cut, resized and normalised as in training (the exact reference)."""
         ...
 
+    def read_centres(self, pyr, centres: np.ndarray):
+        """Patch mode, I/O half: what :meth:`compute_centres` needs for ``centres``."""
+        ...
+
+    def compute_centres(self, read, batch_size: int = 256) -> np.ndarray:
+        """Patch mode, model half: ``(N, len(genes))`` from what :meth:`read_centres` read."""
+        ...
+
+    def read_cells(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float,
+                   cells: np.ndarray | None = None):
+        """Dense mode, I/O half: what :meth:`compute_cells` needs for a grid of cells."""
+        ...
+
+    def compute_cells(self, regions) -> np.ndarray:
+        """Dense mode, model half: ``(rows, cols, len(genes))`` from what :meth:`read_cells` read."""
+        ...
+
     def dense_step_um(self, requested_um: float) -> float:
         """The dense grid step nearest ``requested_um`` (a whole number of feature cells)."""
         ...
@@ -33,3 +50,53 @@ class MapModel(Protocol):
         centred at level-0 ``(x0, y0)``, ``step_l0`` level-0 px apart (one backbone pass per region);
         only the ``cells`` wanted ((rows, cols) bool) need be right."""
         ...
+
+
+class DenseMapModel:
+    """The two prediction modes of a :class:`MapModel`, written once. Each half is split into its
+    I/O part (``read_*``, run in reader threads) and its model part (``compute_*``).
+
+    A model supplies ``device``, ``dense_branches()`` (how to run its body and head densely, see
+    :mod:`napari_histoexpr.infer.dense`), ``read_centres``/``compute_centres`` (patch mode) and may
+    override ``patch_transform()`` (stain normalisation) and ``scale_output()`` (e.g. undo z-scoring).
+    """
+
+    def patch_transform(self):
+        return None
+
+    def scale_output(self, y: np.ndarray) -> np.ndarray:
+        return y
+
+    # -- patch mode -------------------------------------------------------------------------------
+    def predict_centres(self, pyr, centres: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return self.compute_centres(self.read_centres(pyr, centres), batch_size)
+
+    # -- dense mode -------------------------------------------------------------------------------
+    def dense_step_um(self, requested_um: float) -> float:
+        from ..infer.dense import dense_step_um
+
+        return dense_step_um(self.dense_branches(), requested_um)
+
+    def read_cells(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float, cells=None):
+        """The regions :meth:`compute_cells` needs for a grid of cells (I/O only)."""
+        from ..infer.dense import read_cells
+
+        return read_cells(pyr, self.dense_branches(), x0, y0, rows, cols, step_l0, self.patch_transform(),
+                          cells=cells)
+
+    def compute_cells(self, regions) -> np.ndarray:
+        from ..infer.dense import compute_cells
+
+        return self.scale_output(compute_cells(self.dense_branches(), regions, self.device))
+
+    def predict_cells(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float,
+                      cells=None) -> np.ndarray:
+        """``(rows, cols, outputs)`` on a regular grid, one backbone pass per region."""
+        return self.compute_cells(self.read_cells(pyr, x0, y0, rows, cols, step_l0, cells))
+
+    def predict_centres_dense(self, pyr, centres: np.ndarray) -> np.ndarray:
+        """``(N, outputs)`` at arbitrary centres (e.g. spots), from the region's feature map."""
+        from ..infer.dense import dense_at_centres
+
+        return self.scale_output(dense_at_centres(pyr, self.dense_branches(), centres, self.device,
+                                                  self.patch_transform()))

@@ -11,6 +11,7 @@ from torch import nn
 
 from .artifact import load_artifact, load_state_strict
 from .backbones import build_backbone
+from .protocol import DenseMapModel
 from .runtime import for_inference, predict_batches, resolve_device
 
 KIND = "segmenter"
@@ -37,7 +38,7 @@ def class_probabilities(net: nn.Module, patches: np.ndarray, device, batch_size:
     return predict_batches(lambda x: torch.softmax(net(x).float(), 1), patches, device, batch_size, 1)
 
 
-class Segmenter:
+class Segmenter(DenseMapModel):
     """A saved segmenter; a :class:`~napari_histoexpr.models.protocol.MapModel` whose ``genes`` are
     its class names and whose values are class probabilities."""
 
@@ -61,14 +62,16 @@ class Segmenter:
             nets.append(for_inference(net, dev))
         return cls(nets, meta, dev)
 
-    def predict_centres(self, pyr, centres: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    # -- the two modes (implemented once in DenseMapModel): one branch per patch size -----------------
+    def read_centres(self, pyr, centres: np.ndarray) -> list[np.ndarray]:
         from ..data.patches import extract_patches
 
-        probs = [class_probabilities(net, extract_patches(pyr, centres, w, self.px), self.device, batch_size)
-                 for net, w in zip(self.nets, self.windows)]
-        return np.mean(probs, axis=0)
+        return [extract_patches(pyr, centres, w, self.px) for w in self.windows]
 
-    # -- dense mode (see napari_histoexpr.infer.dense): one branch per patch size ---------------------
+    def compute_centres(self, patches: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
+        return np.mean([class_probabilities(net, p, self.device, batch_size) for net, p in zip(self.nets, patches)],
+                       axis=0)
+
     def dense_branches(self):
         from ..infer.dense import DenseBranch
 
@@ -77,24 +80,3 @@ class Segmenter:
                                head=lambda f: torch.softmax(net.head(f).float(), 1), px=self.px, window_um=window)
 
         return [branch(net, w) for net, w in zip(self.nets, self.windows)]
-
-    def dense_step_um(self, requested_um: float) -> float:
-        from ..infer.dense import dense_step_um
-
-        return dense_step_um(self.dense_branches(), requested_um)
-
-    def read_cells(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float, cells=None):
-        """Dense mode, I/O half: the regions :meth:`compute_cells` needs (:mod:`napari_histoexpr.infer.dense`)."""
-        from ..infer.dense import read_cells
-
-        return read_cells(pyr, self.dense_branches(), x0, y0, rows, cols, step_l0, None, cells=cells)
-
-    def compute_cells(self, regions) -> np.ndarray:
-        from ..infer.dense import compute_cells
-
-        return compute_cells(self.dense_branches(), regions, self.device)
-
-    def predict_cells(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float,
-                      cells=None) -> np.ndarray:
-        """Dense mode: ``(rows, cols, classes)`` class probabilities on a regular grid."""
-        return self.compute_cells(self.read_cells(pyr, x0, y0, rows, cols, step_l0, cells))

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--px", type=int, default=224)
     ap.add_argument("--window-um", type=float, default=150.0)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=None, help="reader threads (default: the pipeline's)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--naive-patches", type=int, default=512, help="patches timed for the naive loader")
     ap.add_argument("--stride-um", type=float, default=None,

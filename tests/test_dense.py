@@ -115,7 +115,9 @@ def test_spots_dense_close_to_patch(model, cohort):
     d = predict_at_spots(model, pyr, adata, mode="dense")
     p = predict_at_spots(model, pyr, adata, mode="patch")
     assert d.spot_ids == p.spot_ids and d.patches is None and p.patches is not None
-    assert abs(np.nanmean(d.pearson()) - np.nanmean(p.pearson())) < 0.03
+    # a 2-feature-cell window (64 px) is mostly border: the neighbouring tissue dense mode sees moves
+    # its r by a few hundredths (HER2ST's 7-cell windows: docs/benchmarks.md)
+    assert abs(np.nanmean(d.pearson()) - np.nanmean(p.pearson())) < 0.05
     assert np.nanmean(d.pearson()) > 0.75
 
 

@@ -83,13 +83,15 @@ def _pyramid(g, n_genes: int) -> int:
 
 
 def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, tile_cells: int = 32,
-                        workers: int = 4, batch_size: int = 256, resume: bool = True, mode: str = "dense",
+                        workers: int | None = None, batch_size: int = 256, resume: bool = True, mode: str = "dense",
                         ) -> Generator[dict, None, dict]:
     """Predict every tissue tile; yields progress events, returns a summary dict.
 
     ``mode="dense"`` runs the backbone once per tile region (:mod:`.dense`); ``"patch"`` predicts
     every cell's window on its own. Reader threads read the next tiles while the model runs.
 
+    ``workers`` reader threads (default: 1 on a CPU, where reading shares the cores with the model
+    and more threads only oversubscribe them; 4 on a GPU).
     ``model`` is an :class:`~napari_histoexpr.models.expression.ExpressionModel` or a model folder;
     ``slide`` a path or an open :class:`~napari_histoexpr.io.slides.SlidePyramid`.
     """
@@ -118,6 +120,8 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
            f"grid {grid.rows} x {grid.cols} cells of {grid.stride * pyr.world_mpp:.1f} µm",
            "total": len(todo)}
 
+    if workers is None:
+        workers = 1 if model.device.type == "cpu" else 4
     arr = g["0"]
     t0 = time.perf_counter()
     n_patches, t_model = 0, 0.0

@@ -90,7 +90,7 @@ def open_openslide(path: str, apply_icc: bool) -> SlidePyramid:
         except Exception:
             profile = None
         icc = icc_transform(profile) if profile is not None else None
-    levels = []
+    levels, sources = [], []
     tile = None
     for lv in range(slide.level_count):
         tw = int(float_prop(props, f"openslide.level[{lv}].tile-width") or 512)
@@ -101,6 +101,7 @@ def open_openslide(path: str, apply_icc: bool) -> SlidePyramid:
         if tile is None:
             tile = (th, tw)
         arr = OpenSlideLevel(slide, lv, icc)
+        sources.append(arr)
         levels.append(
             da.from_array(arr, chunks=(th, tw, 3), asarray=False, fancy=False, lock=False,
                           name=f"openslide-{os.path.abspath(path)}-{lv}-{id(slide)}")
@@ -117,5 +118,6 @@ def open_openslide(path: str, apply_icc: bool) -> SlidePyramid:
     return SlidePyramid(
         path=str(path), levels=levels, downsamples=[float(d) for d in slide.level_downsamples],
         mpp=mpp, mpp_source=mpp_source, backend=f"openslide:{vendor}", tile_size=tile,
-        level0_shape=(h0, w0), properties=props, icc_applied=icc is not None, _closer=slide.close,
+        level0_shape=(h0, w0), properties=props, icc_applied=icc is not None, sources=sources,
+        _closer=slide.close,
     )

@@ -37,6 +37,9 @@ class SlidePyramid:
     level0_shape: tuple[int, int]
     properties: dict[str, Any] = field(default_factory=dict)
     icc_applied: bool = False
+    #: optional array-likes, one per level (same shapes as ``levels``), that read a 2-D box in one
+    #: call; :meth:`read_region` uses them to skip dask's per-chunk graph for large reads
+    sources: list | None = None
     _closer: Callable[[], None] | None = field(default=None, repr=False)
 
     # -- geometry -----------------------------------------------------------------------------
@@ -72,15 +75,18 @@ class SlidePyramid:
         spots at the edge of the image.
         """
         ds = self.downsamples[level]
-        arr = self.levels[level]
+        arr = self.sources[level] if self.sources else self.levels[level]
         ly, lx = int(round(y0 / ds)), int(round(x0 / ds))
-        out = np.empty((height, width, 3), np.uint8)
-        out[...] = BACKGROUND_RGB
         ry0, rx0 = max(ly, 0), max(lx, 0)
         ry1, rx1 = min(ly + height, arr.shape[0]), min(lx + width, arr.shape[1])
-        if ry1 > ry0 and rx1 > rx0:
+        if (ry0, rx0, ry1, rx1) == (ly, lx, ly + height, lx + width):  # inside the slide
             block = np.asarray(arr[ry0:ry1, rx0:rx1])
-            out[ry0 - ly:ry1 - ly, rx0 - lx:rx1 - lx] = block
+            # never hand out a view of an in-memory level (callers may write into what they get)
+            return block.copy() if not block.flags.owndata or block is arr else block
+        out = np.empty((height, width, 3), np.uint8)
+        out[...] = BACKGROUND_RGB
+        if ry1 > ry0 and rx1 > rx0:
+            out[ry0 - ly:ry1 - ly, rx0 - lx:rx1 - lx] = np.asarray(arr[ry0:ry1, rx0:rx1])
         return out
 
     def thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, float]:
@@ -140,5 +146,5 @@ def pyramid_from_array(img: np.ndarray, path: str = "<array>", mpp: float | None
         path=str(path), levels=levels, downsamples=downsamples, mpp=mpp,
         mpp_source=mpp_source or ("metadata" if mpp else "unknown"), backend=backend,
         tile_size=(PLAIN_CHUNK, PLAIN_CHUNK), level0_shape=(h0, w0),
-        properties=dict(properties or {}), icc_applied=icc_applied,
+        properties=dict(properties or {}), icc_applied=icc_applied, sources=arrays,
     )

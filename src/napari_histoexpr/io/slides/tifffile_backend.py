@@ -3,6 +3,7 @@ zarr stores (chunks = native tiles)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +48,11 @@ def tiff_mpp(tif, page) -> float | None:
     return None
 
 
-def to_rgb_dask(arr, axes: str):
-    """Reorder a tifffile level to (Y, X, 3) uint8."""
-    import dask.array as da
-
+def to_rgb(arr, axes: str, xp=None):
+    """Reorder a tifffile level (a dask array, or with ``xp=numpy`` a block of it) to (Y, X, 3) uint8."""
+    if xp is None:
+        import dask.array as xp
+    da = xp
     axes = axes.upper()
     # drop leading singleton axes (T, Z, ...)
     while arr.ndim > 2 and axes[0] not in "YXSC" and arr.shape[0] == 1:
@@ -76,6 +78,20 @@ def to_rgb_dask(arr, axes: str):
     return arr
 
 
+class TiffLevel:
+    """Array-like RGB view of one tifffile level: ``[ys, xs]`` decodes just the tiles of that box."""
+
+    def __init__(self, z, axes: str, shape: tuple, icc: Callable | None):
+        self._z, self._axes, self._icc = z, axes.upper(), icc
+        self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(np.uint8), 3
+
+    def __getitem__(self, key):
+        ys, xs = key[:2]
+        idx = tuple(ys if a == "Y" else xs if a == "X" else slice(None) for a in self._axes)
+        rgb = to_rgb(np.asarray(self._z[idx]), self._axes, np)
+        return self._icc(rgb) if self._icc is not None else rgb
+
+
 def open_tifffile(path: str, apply_icc: bool) -> SlidePyramid | None:
     """Open a tiled TIFF through tifffile/zarr; ``None`` if it is an untiled single image."""
     import dask.array as da
@@ -93,14 +109,15 @@ def open_tifffile(path: str, apply_icc: bool) -> SlidePyramid | None:
         if len(series.levels) == 1 and not tiled:
             tif.close()
             return None
-        levels, downsamples = [], []
+        levels, downsamples, stores = [], [], []
         base = None
         for i, lvl in enumerate(series.levels):
             store = lvl.aszarr()
             z = zarr.open(store, mode="r")
             if not hasattr(z, "shape"):  # a group: take the first array
                 z = z[sorted(z.array_keys())[0]]
-            arr = to_rgb_dask(da.from_zarr(z), lvl.axes)
+            arr = to_rgb(da.from_zarr(z), lvl.axes)
+            stores.append((z, lvl.axes, arr.shape))
             if base is None:
                 base = arr.shape[:2]
             levels.append(arr)
@@ -112,6 +129,9 @@ def open_tifffile(path: str, apply_icc: bool) -> SlidePyramid | None:
                 icc = icc_transform(prof.value)
                 if icc is not None:
                     levels = [lv.map_blocks(icc, dtype=np.uint8) for lv in levels]
+        sources = None
+        if all("Y" in ax.upper() and "X" in ax.upper() for _, ax, _ in stores):
+            sources = [TiffLevel(z, ax, shape, icc) for z, ax, shape in stores]
         mpp = tiff_mpp(tif, page)
         mpp_source = "metadata" if mpp and 0.05 <= mpp <= 50 else "unknown"
         if mpp_source == "unknown":
@@ -121,7 +141,8 @@ def open_tifffile(path: str, apply_icc: bool) -> SlidePyramid | None:
             path=str(path), levels=levels, downsamples=downsamples, mpp=mpp, mpp_source=mpp_source,
             backend=f"tifffile:{series.kind}", tile_size=tuple(int(c) for c in chunks),
             level0_shape=tuple(int(s) for s in base), properties={"tiff.series": series.kind},
-            icc_applied=icc is not None, _closer=tif.close,
+            icc_applied=icc is not None, sources=sources,
+            _closer=tif.close,
         )
     except SlideOpenError:
         tif.close()

@@ -28,7 +28,7 @@ def shared_data_or_none():
 @pytest.fixture(scope="session")
 def cohort(tmp_path_factory):
     """Four generated sections (2048 px at 1 µm/px, ~290 spots each) and train/test manifests:
-    s0 trains, s1 validates (early stopping), s2 and s3 are unseen."""
+    ``train`` holds s0 and s1, s2 and s3 are unseen."""
     from napari_histoexpr.data.synthetic import make_demo
     from napari_histoexpr.io.manifest import Section, write_manifest
 
@@ -47,7 +47,8 @@ PLANTED = ["ERBB2", "KRT8", "KRT18", "EPCAM", "CDH1", "COL1A1", "COL1A2", "COL3A
 
 @pytest.fixture(scope="session")
 def trained(cohort, tmp_path_factory):
-    """The CLI trains a small model on s0 (validation s1) of the generated cohort (~50 s on CPU)."""
+    """The CLI trains a small model with the default route (s0 and s1 both fitted, fixed schedule,
+    EMA weights) on the generated cohort (~60 s on CPU)."""
     from napari_histoexpr.cli import main as cli
 
     out = tmp_path_factory.mktemp("model") / "m"

@@ -65,8 +65,8 @@ def test_cli_defaults_are_the_config_defaults():
         (c.n_genes, c.epochs, c.lr, c.batch_size, c.window_um, c.px, c.backbone, c.max_aux)
     s = build_parser().parse_args(["segment", "train", "--manifest", "m.csv", "--classes", "clusters", "--out", "o"])
     d = SegConfig()
-    assert (tuple(float(w) for w in s.windows_um.split(",")), s.px, s.epochs, s.lr) == \
-        (d.windows_um, d.px, d.epochs, d.lr)
+    assert (tuple(float(w) for w in s.windows_um.split(",")), s.px, s.epochs, s.lr, s.features, s.encoder,
+            s.finetune) == (d.windows_um, d.px, d.epochs, d.lr, d.features, d.encoder, d.finetune)
 
 
 def test_panel_defaults_are_the_config_defaults(make_napari_viewer):
@@ -82,7 +82,8 @@ def test_panel_defaults_are_the_config_defaults(make_napari_viewer):
         (c.n_genes, c.epochs, c.lr, c.batch_size, c.window_um, c.px, c.backbone, c.max_aux)
     sp, d = SegmenterPanel(viewer), SegConfig()
     got = sp.config()
-    assert (got.windows_um, got.px, got.epochs) == (d.windows_um, d.px, d.epochs)
+    assert (got.windows_um, got.px, got.epochs, got.features, got.encoder, got.finetune) == \
+        (d.windows_um, d.px, d.epochs, d.features, d.encoder, d.finetune)
     with pytest.raises(TypeError, match="no setting"):
         tp.configure(not_a_setting=1)
 

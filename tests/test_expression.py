@@ -213,6 +213,41 @@ def test_resume_continues_and_checkpoint_is_plain_tensors(cohort, tmp_path):
     assert "aug_rng" in torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=True)
 
 
+def test_default_fits_every_section_and_saves_the_weight_average(cohort, tmp_path):
+    """Without a held-out set: both sections fit, no validation, and the saved model is the EMA of
+    the weights (not the last weights); ``--holdout`` / ``--val-section`` restore early stopping."""
+    from safetensors.torch import load_file
+
+    from napari_histoexpr.train.expression import TrainConfig, train_from_manifest_steps
+
+    cfg = TrainConfig(genes=FIRST_MARKERS, max_aux=0, window_um=100, px=32, epochs=3, batch_size=64,
+                      device="cpu", baselines=True)
+    events = []
+    summary = drain(train_from_manifest_steps(cohort["train"], tmp_path / "m", cfg), events.append)
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["training"]["sections"] == ["s0", "s1"] and meta["training"]["validation"] is None
+    assert summary["best_val_mean_r"] is None and len(summary["history"]) == 3
+    assert all("val_mean_r" not in e for e in events if e["stage"] == "epoch")
+    ck = torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=True)
+    steps = sum(1 for e in events if e["stage"] == "step")
+    assert int(ck["ema"]["n_averaged"]) == steps
+    saved = load_file(str(tmp_path / "m" / "model.safetensors"))
+    ema = {k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")}
+    for k, v in saved.items():
+        assert torch.equal(v, ema[k].to(v.dtype)), k
+    assert any(not torch.equal(v, ck["model"][k]) for k, v in saved.items() if v.is_floating_point())
+    base = json.loads((tmp_path / "m" / "baselines.json").read_text())
+    assert base["alpha"] in (0.1, 1.0, 10.0, 100.0, 1000.0)  # chosen on s1, refitted on both
+
+    for args, val in ((["--holdout"], "s1"), (["--val-section", "s0"], "s0")):
+        out = tmp_path / f"h{val}"
+        assert cli(["train", "--manifest", str(cohort["train"]), "--out", str(out), "--gene-list", "ERBB2",
+                    "--aux-genes", "0", "--window-um", "100", "--px", "32", "--epochs", "1", "--no-baselines",
+                    "--device", "cpu", *args]) == 0
+        meta = json.loads((out / "model.json").read_text())
+        assert meta["training"]["validation"] == val and "val_mean_r" in meta["metrics"]
+
+
 def test_train_errors_are_named(cohort, tmp_path, capsys):
     assert cli(["train", "--manifest", str(cohort["train"]), "--out", str(tmp_path / "m"),
                 "--gene-list", "ERBB2,NOTAGENE", "--epochs", "1", "--px", "32", "--window-um", "100"]) == 2

@@ -24,10 +24,20 @@ GENE_CLASS = {"ERBB2 high": 1, "COL1A1 high": 2, "PTPRC high": 3, "background": 
 
 
 @pytest.fixture(scope="session")
-def segmenter(cohort, tmp_path_factory):
+def segmenter(cohort, trained, tmp_path_factory):
+    """The default route: the trained expression model's backbone (frozen) + a class head."""
     out = tmp_path_factory.mktemp("seg") / "m"
     assert cli(["segment", "train", "--manifest", str(cohort["train"]), "--classes", "genes:ERBB2,COL1A1,PTPRC",
-                "--out", str(out), "--windows-um", "50,100", "--px", "48", "--epochs", "6",
+                "--out", str(out), "--encoder", str(trained), "--device", "cpu"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def scratch_segmenter(cohort, tmp_path_factory):
+    """Patch classifiers trained from scratch on the classes alone."""
+    out = tmp_path_factory.mktemp("seg_scratch") / "m"
+    assert cli(["segment", "train", "--manifest", str(cohort["train"]), "--classes", "genes:ERBB2,COL1A1,PTPRC",
+                "--out", str(out), "--features", "scratch", "--windows-um", "50,100", "--px", "48", "--epochs", "6",
                 "--device", "cpu"]) == 0
     return out
 
@@ -76,13 +86,16 @@ def test_geojson_round_trip_and_rasterise(tmp_path):
     assert sidecar_path(tmp_path / "x.svs").name == "x.svs.histoexpr.geojson"
 
 
-def test_segmenter_dice_on_unseen_section(segmenter, cohort, tmp_path):
+@pytest.mark.parametrize("route", ["segmenter", "scratch_segmenter"])
+def test_segmenter_dice_on_unseen_section(route, request, cohort, tmp_path):
     from napari_histoexpr.io.slides import open_slide
     from napari_histoexpr.models.segmenter import Segmenter
     from napari_histoexpr.segment.evaluate import label_map, segment_region
 
+    segmenter = request.getfixturevalue(route)
     meta = json.loads((segmenter / "model.json").read_text())
     assert meta["classes"][0] == "background" and set(meta["classes"][1:]) == set(GENE_CLASS) - {"background"}
+    assert meta["features"]["source"] == ("expression" if route == "segmenter" else "scratch")
     # CLI: spot-level Dice against the gene classes of the unseen sections
     assert cli(["segment", "evaluate", "--model", str(segmenter), "--manifest", str(cohort["unseen"]),
                 "--out", str(tmp_path / "rep"), "--device", "cpu"]) == 0
@@ -206,3 +219,47 @@ def test_drawn_regions_override_spot_classes(cohort):
     assert inside.sum() > 10
     assert (drawn.labels[inside] == "drawn class").all()
     assert (drawn.labels[~inside & tissue] == plain.labels[~inside & tissue]).all()
+
+
+def test_softmax_head_balances_classes_and_folds_the_standardisation():
+    from napari_histoexpr.train.segmenter import balanced_accuracy, fit_softmax_head
+
+    rng = np.random.default_rng(0)
+    # features on very different scales; class 2 is rare and only separable along the small-scale axis
+    n = [400, 400, 20]
+    centres = np.array([[0.0, 0.0, 0.0], [300.0, 0.0, 0.0], [0.0, 0.0, 0.02]])
+    scale = np.array([100.0, 100.0, 0.01])
+    x = np.concatenate([c + rng.normal(size=(k, 3)) * scale for c, k in zip(centres, n)]).astype(np.float32)
+    y = np.repeat(np.arange(3), n)
+    ones = np.ones(3, np.float32)
+    inv = (len(y) / np.bincount(y) / 3).astype(np.float32)
+    w, b = fit_softmax_head(x, y, 3, inv, 1e-3)
+    assert w.shape == (3, 3) and b.shape == (3,)
+    bal = balanced_accuracy((x @ w.T + b).argmax(1), y, 3)
+    w1, b1 = fit_softmax_head(x, y, 3, ones, 1e-3)
+    bal1 = balanced_accuracy((x @ w1.T + b1).argmax(1), y, 3)
+    # the weights act on raw features (standardisation folded in) and class weights lift the rare class
+    recall = ((x @ w.T + b).argmax(1)[y == 2] == 2).mean()
+    recall1 = ((x @ w1.T + b1).argmax(1)[y == 2] == 2).mean()
+    assert bal > 0.8 and bal > bal1 and recall > recall1 + 0.1, (bal, bal1, recall, recall1)
+
+
+def test_segment_train_without_encoder_trains_one_first(cohort, tmp_path):
+    from napari_histoexpr.io.manifest import read_manifest
+    from napari_histoexpr.models.expression import ExpressionModel
+    from napari_histoexpr.models.segmenter import Segmenter
+    from napari_histoexpr.segment.classes import class_spec
+    from napari_histoexpr.train.segmenter import SegConfig, segmenter_steps
+
+    cfg = SegConfig(classes=class_spec("genes", genes=["ERBB2", "COL1A1"]), device="cpu",
+                    encoder_config={"epochs": 2, "px": 32, "window_um": 100.0, "n_genes": 20, "max_aux": 0,
+                                    "baselines": False})
+    events = []
+    summary = drain(segmenter_steps(read_manifest(cohort["train"]), tmp_path / "seg", cfg), events.append)
+    assert any(e.get("stage") == "encoder" for e in events)
+    enc = ExpressionModel.load(tmp_path / "seg" / "encoder", "cpu")  # a normal expression model folder
+    assert enc.window_um == 100.0 and enc.px == 32 and len(enc.genes) == 20
+    seg = Segmenter.load(tmp_path / "seg", "cpu")
+    assert seg.windows == [100.0] and seg.px == 32 and summary["features"]["source"] == "expression"
+    assert seg.meta["features"]["encoder"] == str(tmp_path / "seg" / "encoder")
+    assert seg.meta["features"]["head_l2"] in summary["features"]["head_val_bal_acc"]

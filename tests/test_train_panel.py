@@ -23,7 +23,8 @@ def test_panel_trains_on_manifest(make_napari_viewer, qtbot, cohort, tmp_path):
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
-    assert meta["genes"] == ["ERBB2", "COL1A1", "PTPRC"] and meta["training"]["validation"] == "s1"
+    assert meta["genes"] == ["ERBB2", "COL1A1", "PTPRC"] and meta["training"]["sections"] == ["s0", "s1"]
+    assert meta["training"]["validation"] is None and meta["metrics"]["epoch"] == 1  # the default route
     assert len(panel.curve.epochs) == 2 and len(panel.curve.steps) >= 2
     assert panel.summary is not None and "saved to" in panel.status
     assert panel.actions() == {"Train": True, "Cancel": False} and not panel.busy
@@ -42,12 +43,12 @@ def test_panel_uses_open_section_and_cancel_keeps_state(make_napari_viewer, qtbo
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         panel.cancel()
     assert panel.summary is None and panel.status.startswith("cancelled")
-    assert (tmp_path / "m" / "model.json").exists()  # best so far
+    assert (tmp_path / "m" / "model.json").exists()  # the averaged weights of the last finished epoch
     ck = torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=True)
     assert int(ck["epoch"]) >= 0
     assert not list((tmp_path / "m").glob("*.part")) and not list((tmp_path / "m").glob(".*part"))
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert meta["training"]["validation"].endswith(":val")  # one section: held-out spots
+    assert meta["training"]["validation"] is None and meta["training"]["n_val"] == 0  # every spot fits
 
 
 def test_panel_without_sections_notifies(make_napari_viewer, tmp_path):

@@ -17,14 +17,14 @@ def demo_model(out: Path, epochs: int = 12, progress: Callable[[str], None] = pr
     from .data.synthetic import PLANTED_GENES, make_demo
     from .io.manifest import Section, write_manifest
     from .steps import drain
-    from .train.expression import TrainConfig, train_from_manifest_steps
+    from .train.expression import TrainConfig, epoch_line, train_from_manifest_steps
 
     out = Path(out)
     model_dir = out / "model"
     genes = [g for gs in PLANTED_GENES.values() for g in gs]
     cfg = TrainConfig(genes=genes, max_aux=10, window_um=100.0, px=64, epochs=epochs, lr=1e-3,
                       patience=epochs, batch_size=32, device="auto", seed=0)
-    stamp = json.dumps({"epochs": epochs, "genes": genes, "v": 1})
+    stamp = json.dumps({"epochs": epochs, "genes": genes, "v": 2})
     if (model_dir / "model.json").exists() and (model_dir / "demo.json").exists() \
             and (model_dir / "demo.json").read_text() == stamp:
         return model_dir
@@ -37,8 +37,7 @@ def demo_model(out: Path, epochs: int = 12, progress: Callable[[str], None] = pr
 
     def show(ev):
         if ev.get("stage") == "epoch":
-            progress(f"training the demo model: epoch {ev['epoch'] + 1}/{ev['epochs']}, "
-                     f"validation mean r {ev['val_mean_r']:.3f}")
+            progress(f"training the demo model: {epoch_line(ev)}")
         elif ev.get("stage") in ("data", "baselines"):
             progress(ev["msg"])
 

@@ -36,7 +36,7 @@ MODE_HELP = ("dense (default): one backbone pass per region, its feature map poo
 def build_parser() -> argparse.ArgumentParser:
     from ..segment.classes import CLASSES_HELP
     from ..train.expression import TrainConfig
-    from ..train.segmenter import SegConfig
+    from ..train.segmenter import FEATURES, SegConfig
 
     TC, SC = TrainConfig(), SegConfig()
     p = argparse.ArgumentParser(prog="histoexpr", description=__doc__.splitlines()[0])
@@ -79,8 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", default=TC.optimizer, choices=["adamw", "sgd"])
     t.add_argument("--lr", type=float, default=TC.lr)
     t.add_argument("--weight-decay", type=float, default=TC.weight_decay)
-    t.add_argument("--patience", type=int, default=TC.patience, help="early stopping patience (epochs)")
-    t.add_argument("--val-section", default=None, help="section for early stopping (default: last)")
+    t.add_argument("--patience", type=int, default=TC.patience,
+                   help="early stopping patience (epochs; with --val-section or --holdout)")
+    t.add_argument("--val-section", default=None,
+                   help="hold this section out for early stopping (default: fit on every section, fixed schedule)")
+    t.add_argument("--holdout", action="store_true",
+                   help="hold out the last section (15 %% of the spots of a single one) for early stopping")
+    t.add_argument("--ema-epochs", type=float, default=TC.ema_epochs,
+                   help="without a held-out set the saved model is an exponential moving average of the "
+                        f"weights over about this many epochs (0 = the last weights; default {TC.ema_epochs:g})")
     t.add_argument("--window-um", type=float, default=TC.window_um, help=f"patch side in µm (default {TC.window_um:g})")
     t.add_argument("--px", type=int, default=TC.px, help=f"patch side in pixels (default {TC.px})")
     t.add_argument("--stain-norm", action="store_true", help="Macenko-normalise patches")
@@ -109,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "and report Pearson r against the measured values")
     pr.add_argument("--stride-um", type=float, default=None, help="grid step in µm (default: window/2)")
     pr.add_argument("--batch-size", type=int, default=256)
-    pr.add_argument("--workers", type=int, default=4, help="reader threads per slide")
+    pr.add_argument("--workers", type=int, default=None,
+                    help="reader threads per slide (default 1 on CPU, where more only oversubscribe the "
+                         "cores the model uses; 4 on a GPU)")
     pr.add_argument("--device", default="auto", help=DEVICE_HELP)
     pr.add_argument("--scheduler", default=None,
                     help="dask.distributed scheduler address (default: a LocalCluster, one worker per GPU)")
@@ -124,8 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--classes", required=True,
                     help=CLASSES_HELP)
     st.add_argument("--out", required=True)
+    st.add_argument("--features", default=SC.features, choices=FEATURES,
+                    help="expression (default): the backbone of an expression model (--encoder, else one is "
+                         "trained on the same sections first, into OUT/encoder) with a class head; scratch: "
+                         "patch classifiers trained on the classes alone (--windows-um, --px, --backbone)")
+    st.add_argument("--encoder", default=None, help="expression model folder whose backbone gives the features")
+    st.add_argument("--encoder-epochs", type=int, default=None,
+                    help="epochs of the expression model trained when no --encoder is given "
+                         f"(default: histoexpr train's, {TC.epochs})")
+    st.add_argument("--finetune", action="store_true",
+                    help="expression features: also fine-tune the backbone (--epochs) instead of keeping it frozen")
+    st.add_argument("--smooth-um", type=float, default=SC.smooth_um,
+                    help="average class probabilities over a square neighbourhood this wide (µm) before "
+                         f"taking each cell's class (0: none; default {SC.smooth_um:g})")
     st.add_argument("--windows-um", default=",".join(f"{w:g}" for w in SC.windows_um),
-                    help="patch sizes in µm (comma-separated)")
+                    help="scratch: patch sizes in µm (comma-separated)")
     st.add_argument("--px", type=int, default=SC.px)
     st.add_argument("--backbone", default=SC.backbone, help=f"CNN backbone: {'|'.join(BACKBONES)}")
     st.add_argument("--epochs", type=int, default=SC.epochs)

@@ -67,19 +67,19 @@ def cmd_demo(args) -> int:
 
 def cmd_train(args) -> int:
     """Train an expression model on the sections of a manifest."""
-    from ..train.expression import TrainConfig, train_from_manifest_steps
+    from ..train.expression import TrainConfig, summary_line, train_from_manifest_steps
 
     genes = [g.strip() for g in args.gene_list.split(",") if g.strip()] if args.gene_list else None
     cfg = TrainConfig(backbone=args.backbone, n_genes=args.genes, genes=genes, max_aux=args.aux_genes,
                       aux_weight=args.aux_weight, window_um=args.window_um, px=args.px,
                       epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
                       lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
-                      val_section=args.val_section, augment=not args.no_augment,
-                      stain_norm=args.stain_norm, init=args.init, device=args.device, seed=args.seed,
+                      val_section=args.val_section, holdout=args.holdout, ema_epochs=args.ema_epochs,
+                      augment=not args.no_augment, stain_norm=args.stain_norm, init=args.init,
+                      device=args.device, seed=args.seed,
                       baselines=not args.no_baselines)
     summary = drain(train_from_manifest_steps(args.manifest, args.out, cfg, resume=args.resume))
-    progress(f"model written to {args.out} (best epoch {summary['best_epoch'] + 1}, "
-              f"validation mean r {summary['best_val_mean_r']:.3f})")
+    progress(f"model written to {args.out} ({summary_line(summary)})")
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0
 
@@ -109,14 +109,15 @@ def cmd_segment_train(args) -> int:
     """Train a transcriptome-supervised segmenter on the sections of a manifest."""
     from ..io.manifest import read_manifest
     from ..segment.classes import parse_classes_arg
-    from ..train.segmenter import SegConfig, prepare_seg_sections, train_segmenter_steps
+    from ..train.segmenter import SegConfig, segmenter_steps
 
-    cfg = SegConfig(classes=parse_classes_arg(args.classes),
-                    windows_um=tuple(float(w) for w in args.windows_um.split(",")), px=args.px,
-                    backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    cfg = SegConfig(classes=parse_classes_arg(args.classes), features=args.features, encoder=args.encoder,
+                    encoder_config={} if args.encoder_epochs is None else {"epochs": args.encoder_epochs},
+                    finetune=args.finetune, smooth_um=args.smooth_um,
+                    windows_um=tuple(float(w) for w in args.windows_um.split(",")),
+                    px=args.px, backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     val_section=args.val_section, device=args.device, seed=args.seed)
-    secs = drain(prepare_seg_sections(read_manifest(args.manifest), cfg))
-    summary = drain(train_segmenter_steps(secs, args.out, cfg))
+    summary = drain(segmenter_steps(read_manifest(args.manifest), args.out, cfg))
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

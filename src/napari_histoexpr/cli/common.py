@@ -28,10 +28,9 @@ def show_event(ev: dict) -> None:
               f"val balanced acc {ev['val_bal_acc']:.3f}; {ev['patches_per_s']:.0f} patches/s",
               file=sys.stderr, flush=True)
     elif stage == "epoch":
-        print(f"\r[histoexpr] epoch {ev['epoch'] + 1}/{ev['epochs']}: train loss {ev['train_loss']:.4f}, "
-              f"val loss {ev['val_loss']:.4f}, val mean r {ev['val_mean_r']:.3f}"
-              f"{' (best, saved)' if ev.get('best') else ''}; {ev['patches_per_s']:.0f} patches/s",
-              file=sys.stderr, flush=True)
+        from ..train.expression import epoch_line
+
+        print(f"\r[histoexpr] {epoch_line(ev)}; {ev['patches_per_s']:.0f} patches/s", file=sys.stderr, flush=True)
     elif stage == "section":
         progress(f"{ev['section']}: {ev['n_spots']} spots, mean r {ev['mean_r']:.3f}")
     elif "msg" in ev:

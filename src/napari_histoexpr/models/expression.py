@@ -54,8 +54,6 @@ class ExpressionModel(DenseMapModel):
         self.px = int(meta["input_px"])
         self.mean = np.asarray(meta["target"]["mean"], np.float32)
         self.std = np.asarray(meta["target"]["std"], np.float32)
-        self.stain = meta.get("stain_norm")
-        self._transform = None
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: str | None = "auto") -> "ExpressionModel":
@@ -63,14 +61,6 @@ class ExpressionModel(DenseMapModel):
         net = build_net(meta)
         load_state_strict(net, state, str(Path(model_dir)))
         return cls(net, meta, resolve_device(device))
-
-    def patch_transform(self):
-        """The stain normalisation the model was trained with (or ``None``)."""
-        if self.stain and self._transform is None:
-            from ..data.patches import macenko_normaliser
-
-            self._transform = macenko_normaliser(self.stain)
-        return self._transform
 
     def read_patches(self, pyr, centres: np.ndarray) -> np.ndarray:
         """The model's input patches (its window, size and stain normalisation) at level-0 ``centres``."""

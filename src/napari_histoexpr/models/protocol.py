@@ -56,13 +56,22 @@ class DenseMapModel:
     """The two prediction modes of a :class:`MapModel`, written once. Each half is split into its
     I/O part (``read_*``, run in reader threads) and its model part (``compute_*``).
 
-    A model supplies ``device``, ``dense_branches()`` (how to run its body and head densely, see
-    :mod:`napari_histoexpr.infer.dense`), ``read_centres``/``compute_centres`` (patch mode) and may
-    override ``patch_transform()`` (stain normalisation) and ``scale_output()`` (e.g. undo z-scoring).
+    A model supplies ``device``, ``meta``, ``dense_branches()`` (how to run its body and head densely,
+    see :mod:`napari_histoexpr.infer.dense`), ``read_centres``/``compute_centres`` (patch mode) and
+    may override ``scale_output()`` (e.g. undo z-scoring).
     """
 
     def patch_transform(self):
-        return None
+        """The stain normalisation the model was trained with (``meta["stain_norm"]``: a Macenko
+        target), or ``None``."""
+        stain = (getattr(self, "meta", None) or {}).get("stain_norm")
+        if not stain:
+            return None
+        if getattr(self, "_stain_transform", None) is None:
+            from ..data.patches import macenko_normaliser
+
+            self._stain_transform = macenko_normaliser(stain)
+        return self._stain_transform
 
     def scale_output(self, y: np.ndarray) -> np.ndarray:
         return y

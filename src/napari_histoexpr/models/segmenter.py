@@ -50,6 +50,13 @@ class Segmenter(DenseMapModel):
         self.window_um = max(self.windows)
         self.px = int(meta["px"])
 
+    def smooth_cells(self, step_um: float) -> int:
+        """Side (odd, in grid cells of ``step_um``) of the neighbourhood whose class probabilities
+        are averaged (``meta["smooth_um"]``; 1 = none)."""
+        um = float(self.meta.get("smooth_um") or 0.0)
+        k = max(1, int(round(um / step_um))) if um > 0 and step_um > 0 else 1
+        return k if k % 2 else k + 1
+
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: str | None = "auto") -> "Segmenter":
         state, meta = load_artifact(model_dir, kind=KIND)
@@ -66,7 +73,7 @@ class Segmenter(DenseMapModel):
     def read_centres(self, pyr, centres: np.ndarray) -> list[np.ndarray]:
         from ..data.patches import extract_patches
 
-        return [extract_patches(pyr, centres, w, self.px) for w in self.windows]
+        return [extract_patches(pyr, centres, w, self.px, transform=self.patch_transform()) for w in self.windows]
 
     def compute_centres(self, patches: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
         return np.mean([class_probabilities(net, p, self.device, batch_size) for net, p in zip(self.nets, patches)],

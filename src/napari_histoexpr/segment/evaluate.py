@@ -58,7 +58,27 @@ def segment_region(model, pyr, stride_um: float | None = None, box=None, cancell
     for k, (t, v) in enumerate(rp.run(tiles, cancelled)):
         ras.put(t, v)
         yield {"stage": "tile", "done": k + 1, "total": len(tiles), "tile": t, "values": v, "labels": label_map(v)}
+    cells = model.smooth_cells(rp.grid.stride * pyr.world_mpp)
+    if cells > 1 and not cancelled():
+        ras.data[:] = smooth_probabilities(ras.data, cells)
+        yield {"stage": "smoothed", "cells": cells, "labels": label_map(ras.data),
+               "msg": f"class probabilities averaged over {cells} x {cells} neighbouring cells"}
     return rp, ras
+
+
+def smooth_probabilities(probs: np.ndarray, cells: int) -> np.ndarray:
+    """Spatial regularisation of a class map: each cell's probabilities become the mean over the
+    ``cells x cells`` neighbourhood of predicted (finite) cells; cells never predicted stay NaN."""
+    from scipy.ndimage import uniform_filter
+
+    fin = np.isfinite(probs[0])
+    if cells <= 1 or not fin.any():
+        return probs
+    w = uniform_filter(fin.astype(np.float64), cells, mode="constant")
+    out = np.stack([uniform_filter(np.where(fin, p, 0.0).astype(np.float64), cells, mode="constant") for p in probs])
+    out = (out / np.maximum(w, 1e-12)).astype(np.float32)
+    out[:, ~fin] = np.nan
+    return out
 
 
 def label_map(probs: np.ndarray) -> np.ndarray:

@@ -48,7 +48,7 @@ class Encoder:
             self.window_um, self.px = m.window_um, m.px
             self.transform = m.patch_transform()
             self.describe = (f"expression model backbone {p} ({m.meta['backbone']}"
-                             f"{', Macenko stain normalisation' if m.stain else ''})")
+                             f"{', Macenko stain normalisation' if self.transform else ''})")
         else:
             name, _, weights = source.partition(":")
             if name not in BACKBONES:

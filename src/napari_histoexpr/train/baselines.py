@@ -3,7 +3,9 @@
 - ``mean``: predicts the training mean of every gene (its per-gene Pearson r is undefined: constant
   prediction; reported as 0, with its error for scale).
 - ``ridge``: the HEST-benchmark recipe — a frozen encoder's features, PCA (≤ 256 components),
-  ridge regression (alpha chosen on the validation spots). The encoder is the same architecture
+  ridge regression (alpha chosen on the validation spots; when the model was trained without a
+  held-out set, on the last training section — or 15 % of the spots of a single one — then refitted
+  on all). The encoder is the same architecture
   with random weights (nothing can be downloaded here) or the user's ``--init`` weights.
 """
 
@@ -46,30 +48,44 @@ def _ridge(Z: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.n
     return W.astype(np.float32), (ym - zm @ W).astype(np.float32)
 
 
+def _pca(F: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Feature mean, std and the top (≤ 256) principal axes of the standardised features."""
+    fmean, fstd = F.mean(0), F.std(0) + 1e-6
+    k = int(min(256, len(F) - 1, F.shape[1]))
+    _, _, vt = np.linalg.svd((F - fmean) / fstd, full_matrices=False)
+    return fmean, fstd, vt[:k].T.astype(np.float32)
+
+
 def fit_baselines(out: Path, cfg, train_secs, val_secs, genes: list[str], device) -> dict:
     import torch
     from safetensors.torch import save_file
 
     from ..metrics import pearson_columns
 
+    refit = not val_secs
+    if refit:  # no held-out set: choose alpha on one training section, then refit on all of them
+        from .loop import split_validation
+
+        everything = list(train_secs)
+        train_secs, val_secs, _ = split_validation(everything, None, 0.15, cfg.seed)
     enc = _encoder(cfg.backbone, cfg.init, cfg.seed)
     Xtr = np.concatenate([s.patches for s in train_secs])
     Ytr = np.concatenate([s.select(genes) for s in train_secs])
     Xva = np.concatenate([s.patches for s in val_secs])
     Yva = np.concatenate([s.select(genes) for s in val_secs])
     Ftr, Fva = encode(enc, Xtr, device), encode(enc, Xva, device)
-    fmean = Ftr.mean(0)
-    fstd = Ftr.std(0) + 1e-6
-    Ftr_s, Fva_s = (Ftr - fmean) / fstd, (Fva - fmean) / fstd
-    k = int(min(256, len(Ftr) - 1, Ftr.shape[1]))
-    _, _, vt = np.linalg.svd(Ftr_s, full_matrices=False)
-    comps = vt[:k].T.astype(np.float32)
-    Ztr, Zva = Ftr_s @ comps, Fva_s @ comps
+    fmean, fstd, comps = _pca(Ftr)
+    Ztr, Zva = ((Ftr - fmean) / fstd) @ comps, ((Fva - fmean) / fstd) @ comps
     scores = {}
     for a in ALPHAS:
         W, b = _ridge(Ztr, Ytr, a)
         scores[a] = float(np.nan_to_num(pearson_columns(Zva @ W + b, Yva)).mean())
     alpha = max(scores, key=scores.get)
+    if refit:  # the PCA and standardisation of all training spots, the chosen alpha
+        Ftr = np.concatenate([Ftr, Fva])
+        Ytr = np.concatenate([Ytr, Yva])
+        fmean, fstd, comps = _pca(Ftr)
+        Ztr = ((Ftr - fmean) / fstd) @ comps
     W, b = _ridge(Ztr, Ytr, alpha)
     tensors = {f"encoder.{k_}": v.detach().cpu().contiguous() for k_, v in enc.state_dict().items()}
     tensors.update({"feat_mean": torch.from_numpy(fmean), "feat_std": torch.from_numpy(fstd),
@@ -81,7 +97,7 @@ def fit_baselines(out: Path, cfg, train_secs, val_secs, genes: list[str], device
     tmp.replace(out / FILE)
     meta = {"backbone": cfg.backbone, "encoder": (f"user weights {cfg.init}" if cfg.init else
                                                   f"random init (seed {cfg.seed + 7919})"),
-            "pca_components": k, "alpha": alpha, "val_mean_r_by_alpha": scores}
+            "pca_components": int(comps.shape[1]), "alpha": alpha, "val_mean_r_by_alpha": scores}
     (out / META).write_text(json.dumps(meta, indent=2))
     return meta
 

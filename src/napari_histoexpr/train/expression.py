@@ -40,8 +40,10 @@ class TrainConfig:
     optimizer: str = "adamw"  # or "sgd"
     lr: float = 3e-4
     weight_decay: float = 1e-4
-    patience: int = 5
-    val_section: str | None = None  # default: the last section (or 15 % of spots if only one)
+    patience: int = 5  # early stopping (only with a held-out validation set)
+    val_section: str | None = None  # hold this section out for early stopping
+    holdout: bool = False  # hold out the last section (or 15 % of spots if only one) for early stopping
+    ema_epochs: float = 2.0  # without a held-out set: the model is an EMA of the weights (horizon, epochs)
     augment: bool = True
     hed_sigma: float = 0.05
     stain_norm: bool = False  # Macenko-normalise every patch to the first training section
@@ -50,6 +52,22 @@ class TrainConfig:
     seed: int = 0
     baselines: bool = True
     extra: dict = field(default_factory=dict)
+
+
+def epoch_line(ev: dict) -> str:
+    """One line for an expression-training ``epoch`` event (CLI, panels, demo)."""
+    line = f"epoch {ev['epoch'] + 1}/{ev['epochs']}: train loss {ev['train_loss']:.4f}"
+    if "val_mean_r" not in ev:
+        return line + " (saved)"
+    return (line + f", val loss {ev['val_loss']:.4f}, val mean r {ev['val_mean_r']:.3f}"
+            + (" (best, saved)" if ev.get("best") else ""))
+
+
+def summary_line(summary: dict) -> str:
+    """One line for a finished training run."""
+    if summary.get("best_val_mean_r") is None:
+        return f"{len(summary['history'])} epochs on all sections, the averaged weights saved"
+    return f"best epoch {summary['best_epoch'] + 1}, validation mean r {summary['best_val_mean_r']:.3f}"
 
 
 def choose_genes(train: list[SectionData], n_genes: int, max_aux: int, aux_min_detect: float,
@@ -124,21 +142,28 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
     amp = uses_amp(device)
     torch.manual_seed(cfg.seed)
 
-    # ---- split: a validation section (early stopping), else a random 15 % of spots -------------
-    train_secs, val_secs, val_name = split_validation(sections, cfg.val_section, 0.15, cfg.seed)
+    # ---- default: fit on every section, a fixed schedule, the EMA of the weights is the model ----
+    # (--val-section / --holdout: a section, or 15 % of one section's spots, for early stopping)
+    holdout = cfg.holdout or cfg.val_section is not None
+    if holdout:
+        train_secs, val_secs, val_name = split_validation(sections, cfg.val_section, 0.15, cfg.seed)
+    else:
+        train_secs, val_secs, val_name = list(sections), [], None
     genes, aux_genes, hvg50 = choose_genes(train_secs, cfg.n_genes, cfg.max_aux, cfg.aux_min_detect,
                                            cfg.genes)
     Xtr = np.concatenate([s.patches for s in train_secs])
     Ytr = np.concatenate([s.select(genes) for s in train_secs])
     Atr = np.concatenate([s.select(aux_genes) for s in train_secs]) if aux_genes else None
-    Xva = np.concatenate([s.patches for s in val_secs])
-    Yva = np.concatenate([s.select(genes) for s in val_secs])
+    Xva = np.concatenate([s.patches for s in val_secs]) if val_secs else Xtr[:0]
+    Yva = np.concatenate([s.select(genes) for s in val_secs]) if val_secs else Ytr[:0]
     mean, std = Ytr.mean(0), Ytr.std(0) + 1e-6
     amean, astd = (Atr.mean(0), Atr.std(0) + 1e-6) if Atr is not None else (None, None)
     pixel_mean, pixel_std = pixel_stats(Xtr, 200_000)
     digest = data_digest(sections, cfg)
-    yield {"stage": "data", "msg": f"{len(Xtr)} training / {len(Xva)} validation spots ({val_name}), "
-           f"{len(genes)} genes + {len(aux_genes)} aux", "n_train": len(Xtr), "n_val": len(Xva)}
+    split = (f"{len(Xtr)} training / {len(Xva)} validation spots ({val_name})" if holdout else
+             f"{len(Xtr)} training spots (all sections; fixed {cfg.epochs}-epoch schedule, EMA weights)")
+    yield {"stage": "data", "msg": f"{split}, {len(genes)} genes + {len(aux_genes)} aux",
+           "n_train": len(Xtr), "n_val": len(Xva)}
 
     net = ExpressionNet(cfg.backbone, len(genes), len(aux_genes), pixel_mean=pixel_mean,
                         pixel_std=pixel_std)
@@ -153,6 +178,12 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
     steps_per_epoch = max(1, math.ceil(len(Xtr) / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
     sched = warmup_cosine(opt, total, min(steps_per_epoch, total // 10))
+    ema = None
+    if not holdout and cfg.ema_epochs > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        decay = 1.0 - 1.0 / max(1.0, cfg.ema_epochs * steps_per_epoch)
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
     ckpt_path = out / "checkpoint.pt"
     start_epoch, best, best_epoch, history, bad = 0, -np.inf, -1, [], 0
@@ -163,6 +194,8 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
             raise TrainingError(f"{ckpt_path} is from other data or settings; remove it or train "
                                 f"into a new folder")
         net.load_state_dict(ck["model"])
+        if ema is not None and "ema" in ck:
+            ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optim"])
         sched.load_state_dict(ck["sched"])
         start_epoch, best, best_epoch = int(ck["epoch"]) + 1, float(ck["best"]), int(ck["best_epoch"])
@@ -200,32 +233,43 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
     for epoch in range(start_epoch, cfg.epochs):
         batches = epoch_batches(len(Xtr), cfg.batch_size, cfg.seed * 1000 + epoch)
         fit = yield from fit_epoch(net, Xtr, batches, loss_of, opt, sched, device, augment, clip=5.0,
-                                   info={"epoch": epoch})
-        # ---- validation ----------------------------------------------------------------------
-        net.eval()
-        pv = predict_batches(lambda x: net(x)[0], Xva, device, 128, len(genes)) * std + mean
-        val_r = float(np.nan_to_num(pearson_columns(pv, Yva)).mean())
-        val_loss = float((((pv - Yva) / std) ** 2).mean())
-        improved = val_r > best
-        if improved:
-            best, best_epoch, bad = val_r, epoch, 0
-            save_artifact(out, net.state_dict(), dict(meta_base, metrics={
-                "val_mean_r": val_r, "val_loss": val_loss, "epoch": epoch}))
-        else:
-            bad += 1
-        rec = {"epoch": epoch, "train_loss": fit["loss"], "val_loss": val_loss, "val_mean_r": val_r,
-               "patches_per_s": fit["seen"] / fit["seconds"], "lr": sched.get_last_lr()[0]}
+                                   info={"epoch": epoch},
+                                   after_step=None if ema is None else (lambda: ema.update_parameters(net)))
+        rec = {"epoch": epoch, "train_loss": fit["loss"], "patches_per_s": fit["seen"] / fit["seconds"],
+               "lr": sched.get_last_lr()[0]}
+        if holdout:  # ---- validation: the best epoch is the model --------------------------------
+            net.eval()
+            pv = predict_batches(lambda x: net(x)[0], Xva, device, 128, len(genes)) * std + mean
+            val_r = float(np.nan_to_num(pearson_columns(pv, Yva)).mean())
+            val_loss = float((((pv - Yva) / std) ** 2).mean())
+            rec.update(val_loss=val_loss, val_mean_r=val_r)
+            improved = val_r > best
+            if improved:
+                best, best_epoch, bad = val_r, epoch, 0
+                save_artifact(out, net.state_dict(), dict(meta_base, metrics={
+                    "val_mean_r": val_r, "val_loss": val_loss, "epoch": epoch}))
+            else:
+                bad += 1
+        else:  # ---- fixed schedule: every epoch's averaged weights are the model so far ---------
+            improved, best_epoch = True, epoch
+            weights = net.state_dict() if ema is None else ema.module.state_dict()
+            save_artifact(out, weights, dict(meta_base, metrics={"train_loss": fit["loss"], "epoch": epoch,
+                                                                 "ema_epochs": cfg.ema_epochs if ema else 0}))
         history.append(rec)
-        atomic_torch_save({"model": net.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
-                           "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
-                           "history": json.dumps(history), "digest": digest,
-                           "torch_rng": torch.get_rng_state(), "aug_rng": gen.get_state()}, ckpt_path)
+        ck = {"model": net.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
+              "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
+              "history": json.dumps(history), "digest": digest,
+              "torch_rng": torch.get_rng_state(), "aug_rng": gen.get_state()}
+        if ema is not None:
+            ck["ema"] = ema.state_dict()
+        atomic_torch_save(ck, ckpt_path)
         yield dict(rec, stage="epoch", epochs=cfg.epochs, best=improved)
-        if bad >= cfg.patience:
+        if holdout and bad >= cfg.patience:
             yield {"stage": "early_stop", "msg": f"no improvement for {bad} epochs; best epoch {best_epoch}"}
             break
 
-    summary = {"best_epoch": best_epoch, "best_val_mean_r": best, "history": history,
+    summary = {"best_epoch": best_epoch, "best_val_mean_r": best if holdout else None,
+               "validation": val_name, "history": history,
                "device": str(device), "raw_fwd_bwd_patches_per_s": raw,
                "train_patches_per_s": float(np.mean([h["patches_per_s"] for h in history])) if history else None}
     if cfg.baselines:

@@ -71,10 +71,11 @@ def warmup_cosine(opt, total_steps: int, warmup_steps: int):
 
 def fit_epoch(net, X: np.ndarray, batches: list[np.ndarray], loss_of: Callable, opt, sched, device,
               augment: Callable | None = None, clip: float | None = None,
-              info: dict | None = None) -> Generator[dict, None, dict]:
+              info: dict | None = None, after_step: Callable | None = None) -> Generator[dict, None, dict]:
     """One epoch: for each batch of uint8 ``X``, ``loss_of(net, x, idx)`` (under bf16 autocast on
-    CUDA), backward, optional gradient clipping, optimiser and scheduler step. Yields a ``step``
-    event per batch (with ``info``); returns ``{"seen", "loss", "seconds"}``."""
+    CUDA), backward, optional gradient clipping, optimiser and scheduler step, then ``after_step()``
+    (e.g. a weight average). Yields a ``step`` event per batch (with ``info``); returns
+    ``{"seen", "loss", "seconds"}``."""
     import torch
 
     from ..models.runtime import to_tensor, uses_amp
@@ -99,6 +100,8 @@ def fit_epoch(net, X: np.ndarray, batches: list[np.ndarray], loss_of: Callable, 
             torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         sched.step()
+        if after_step is not None:
+            after_step()
         value = float(loss.detach())
         seen += len(idx)
         tot += value * len(idx)

@@ -1,9 +1,19 @@
-"""Training the transcriptome-supervised morphology segmenter: patch classifiers (one per patch size,
-:class:`~napari_histoexpr.models.segmenter.PatchClassifier`), trained from scratch on spot classes;
-dense prediction (:mod:`napari_histoexpr.segment.evaluate`) gives class-probability maps.
+"""Training the transcriptome-supervised morphology segmenter.
 
-Like the seed study, several patch sizes are trained; the model keeps the best by validation
-balanced accuracy, or the ensemble (mean of probabilities) when that is better.
+Two routes (``SegConfig.features``):
+
+* ``"expression"`` (default) — the seed study's idea: morphology features supervised by the
+  transcriptome, then segmentation. The backbone of an expression model (``encoder``; without one,
+  an expression model is first trained on the same sections, as a user would) gets a class head:
+  a class-balanced softmax regression on its frozen features (L2 strength chosen on the validation
+  section, then refitted on all sections), optionally fine-tuned end to end (``finetune``).
+* ``"scratch"`` — patch classifiers (one per patch size) trained from scratch on the spot classes
+  alone; the model keeps the best by validation balanced accuracy, or the ensemble (mean of
+  probabilities) when that is better.
+
+Both save the same artifact (:class:`~napari_histoexpr.models.segmenter.Segmenter`: one
+:class:`~napari_histoexpr.models.segmenter.PatchClassifier` per patch size), so dense prediction
+(:mod:`napari_histoexpr.segment.evaluate`) and the panel do not care which route made it.
 """
 
 from __future__ import annotations
@@ -17,10 +27,19 @@ import numpy as np
 
 from ..errors import TrainingError
 
+FEATURES = ("expression", "scratch")
+
 
 @dataclass
 class SegConfig:
     classes: dict = field(default_factory=lambda: {"source": "column", "column": "cluster"})
+    features: str = "expression"  # "expression" (an expression model's backbone) or "scratch"
+    encoder: str | None = None  # expression model folder; None: train one on the same sections first
+    encoder_config: dict = field(default_factory=dict)  # TrainConfig fields for that expression model
+    finetune: bool = False  # expression route: also fine-tune the backbone (else frozen)
+    finetune_lr: float = 1e-4
+    smooth_um: float = 0.0  # spatial regularisation: class probabilities averaged over this neighbourhood (µm)
+    # scratch route (and the fine-tuning epochs / batch size of the expression route)
     windows_um: tuple = (50.0, 100.0)
     px: int = 64
     backbone: str = "resnet18"
@@ -62,11 +81,13 @@ class SegSection:
         return len(self.xy)
 
 
-def prepare_seg_sections(sections, cfg: SegConfig, regions: dict | None = None) -> Generator[dict, None, list]:
-    """Open sections, derive spot classes (jointly for clustering), cut patches at every window."""
+def prepare_seg_sections(sections, cfg: SegConfig, regions: dict | None = None, stain: dict | None = None
+                         ) -> Generator[dict, None, list]:
+    """Open sections, derive spot classes (jointly for clustering), cut patches at every window
+    (Macenko-normalised to ``stain`` when the encoder was trained so)."""
     import anndata as ad
 
-    from ..data.patches import extract_patches, tissue_fraction_at, tissue_mask
+    from ..data.patches import extract_patches, macenko_normaliser, tissue_fraction_at, tissue_mask
     from ..io.sections import load_section
     from ..segment.classes import (
         BACKGROUND,
@@ -90,6 +111,7 @@ def prepare_seg_sections(sections, cfg: SegConfig, regions: dict | None = None) 
     else:
         per = {s.section: spot_classes(a, spec).to_numpy() for s, _, a in opened}
     rng = np.random.default_rng(cfg.seed)
+    transform = macenko_normaliser(stain) if stain else None
     out = []
     for sec, pyr, adata in opened:
         xy = np.asarray(adata.obsm["spatial"], float)
@@ -107,10 +129,48 @@ def prepare_seg_sections(sections, cfg: SegConfig, regions: dict | None = None) 
         xy = np.concatenate([xy, bg]) if len(bg) else xy
         labels = np.concatenate([labels, np.array([BACKGROUND] * len(bg), dtype=object)])
         yield {"stage": "patches", "msg": f"{sec.section}: {keep.sum()} labelled spots + {len(bg)} background"}
-        patches = {w: extract_patches(pyr, xy, w, cfg.px) for w in cfg.windows_um}
+        patches = {w: extract_patches(pyr, xy, w, cfg.px, transform=transform) for w in cfg.windows_um}
         out.append(SegSection(sec.section, xy, labels, patches))
         pyr.close()
     return out
+
+
+def encoder_steps(sections, out_dir, cfg: SegConfig) -> Generator[dict, None, Path]:
+    """The expression model whose backbone the segmenter uses: ``cfg.encoder``, or one trained now on
+    ``sections`` (all genes + aux genes of the same spots) into ``OUT/encoder`` — a normal expression
+    model folder, usable in the "Predicted expression" panel too."""
+    from .expression import TrainConfig, train_from_manifest_steps
+
+    if cfg.encoder:
+        return Path(cfg.encoder)
+    enc = Path(out_dir) / "encoder"
+    tc = TrainConfig(**{"device": cfg.device, "seed": cfg.seed, "val_section": cfg.val_section,
+                        **cfg.encoder_config})
+    yield {"stage": "encoder", "msg": f"no encoder given: training an expression model on the same sections "
+           f"first ({tc.epochs} epochs, {tc.px} px for {tc.window_um:g} µm) -> {enc}"}
+    yield from train_from_manifest_steps(sections, enc, tc)
+    return enc
+
+
+def segmenter_steps(sections, out_dir, cfg: SegConfig, regions: dict | None = None
+                    ) -> Generator[dict, None, dict]:
+    """All of ``histoexpr segment train`` (and the panel's Train): the encoder when the route needs one,
+    the sections' classes and patches, the segmenter. Returns the training summary."""
+    from dataclasses import replace
+
+    from ..models.artifact import load_artifact
+
+    if cfg.features not in FEATURES:
+        raise TrainingError(f"unknown segmenter features {cfg.features!r}; choose one of {', '.join(FEATURES)}")
+    stain = None
+    if cfg.features == "expression":
+        enc = yield from encoder_steps(sections, out_dir, cfg)
+        _, meta = load_artifact(enc, kind="expression")
+        cfg = replace(cfg, encoder=str(enc), windows_um=(float(meta["window_um"]),), px=int(meta["input_px"]),
+                      backbone=str(meta["backbone"]))
+        stain = meta.get("stain_norm")
+    data = yield from prepare_seg_sections(sections, cfg, regions, stain)
+    return (yield from train_segmenter_steps(data, out_dir, cfg))
 
 
 def balanced_accuracy(pred: np.ndarray, true: np.ndarray, n_classes: int) -> float:
@@ -119,15 +179,15 @@ def balanced_accuracy(pred: np.ndarray, true: np.ndarray, n_classes: int) -> flo
 
 
 def train_segmenter_steps(sections: list[SegSection], out_dir, cfg: SegConfig) -> Generator[dict, None, dict]:
-    """Train one classifier per window; yields events; saves the artifact; returns a summary."""
+    """Train the segmenter of ``cfg.features`` on prepared sections; yields events; saves the
+    artifact; returns a summary."""
     import torch
 
-    from ..data.patches import augment_batch
     from ..models.artifact import atomic_write_json, save_artifact
     from ..models.runtime import resolve_device
-    from ..models.segmenter import KIND, PatchClassifier, class_probabilities
+    from ..models.segmenter import KIND
     from ..segment.classes import BACKGROUND
-    from .loop import epoch_batches, fit_epoch, pixel_stats, split_validation
+    from .loop import split_validation
 
     out = Path(out_dir)
     device = resolve_device(cfg.device)
@@ -139,11 +199,60 @@ def train_segmenter_steps(sections: list[SegSection], out_dir, cfg: SegConfig) -
     cidx = {c: i for i, c in enumerate(classes)}
     ytr = np.concatenate([[cidx[str(lab)] for lab in s.labels] for s in tr]).astype(np.int64)
     yva = np.array([cidx.get(str(lab), -1) for s in va for lab in s.labels], np.int64)
-    vmask = yva >= 0  # validation spots of classes unseen in training are not scored
     counts = np.bincount(ytr, minlength=len(classes)).astype(np.float32)
-    weights = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(classes), device=device)
-    yield {"stage": "data", "msg": f"{len(ytr)} training / {int(vmask.sum())} validation samples, "
+    yield {"stage": "data", "msg": f"{len(ytr)} training / {int((yva >= 0).sum())} validation samples, "
            f"classes {classes} (counts {counts.astype(int).tolist()})"}
+    labels = Labels(ytr, yva, classes, counts.sum() / np.maximum(counts, 1) / len(classes))
+    if cfg.features == "expression":
+        nets, results, val_probs, extra = yield from _train_on_encoder(tr, va, labels, cfg, device)
+    else:
+        nets, results, val_probs = yield from _train_from_scratch(tr, va, labels, cfg, device)
+        extra = {"source": "scratch"}
+    vmask = yva >= 0
+    ens = np.mean([val_probs[w] for w in nets], axis=0)
+    ens_acc = balanced_accuracy(ens.argmax(1)[vmask], yva[vmask], len(classes))
+    best_win = max(results, key=results.get)
+    mode = "ensemble" if len(nets) > 1 and ens_acc > results[best_win] else "best"
+    used = list(nets) if mode == "ensemble" else [best_win]
+    state = {f"w{i}.{k}": v for i, w in enumerate(used) for k, v in nets[w].state_dict().items()}
+    meta = {"kind": KIND, "backbone": cfg.backbone, "classes": classes, "windows_um": used, "px": cfg.px,
+            "mode": mode, "class_spec": cfg.classes, "features": extra, "smooth_um": float(cfg.smooth_um),
+            "stain_norm": extra.get("stain_norm"),
+            "validation": {"section": val_name, "bal_acc_by_window": {str(k): v for k, v in results.items()},
+                           "bal_acc_ensemble": ens_acc},
+            "training": {"sections": [s.name for s in tr], "config": {k: v for k, v in asdict(cfg).items()}}}
+    save_artifact(out, state, meta)
+    summary = {"mode": mode, "windows_um": used, "val_bal_acc": max(ens_acc, results[best_win]) if mode == "ensemble"
+               else results[best_win], "classes": classes, "by_window": results, "ensemble": ens_acc,
+               "features": extra, "device": str(device)}
+    atomic_write_json(out / "training.json", summary)
+    yield {"stage": "done", "msg": f"segmenter saved ({cfg.features} features, {mode}, windows {used} µm, "
+           f"val balanced acc {summary['val_bal_acc']:.3f})"}
+    return summary
+
+
+@dataclass
+class Labels:
+    """Class indices of the training and validation samples (-1: a class unseen in training) and
+    the class weights that balance the training loss."""
+
+    train: np.ndarray
+    val: np.ndarray
+    classes: list
+    weights: np.ndarray
+
+
+def _train_from_scratch(tr, va, labels: Labels, cfg: SegConfig, device) -> Generator[dict, None, tuple]:
+    """One patch classifier per window, trained from scratch on the classes; best epoch by validation
+    balanced accuracy. Returns ``(nets, val_bal_acc, val_probs)`` keyed by window."""
+    import torch
+
+    from ..data.patches import augment_batch
+    from ..models.segmenter import PatchClassifier
+    from .loop import pixel_stats
+
+    ytr, yva, vmask = labels.train, labels.val, labels.val >= 0
+    weights = torch.tensor(labels.weights, device=device)
     nets, results, val_probs = {}, {}, {}
     steps = max(1, math.ceil(len(ytr) / cfg.batch_size))
     ytr_t = torch.from_numpy(ytr)
@@ -151,51 +260,145 @@ def train_segmenter_steps(sections: list[SegSection], out_dir, cfg: SegConfig) -
         Xtr = np.concatenate([s.patches[win] for s in tr])
         Xva = np.concatenate([s.patches[win] for s in va])
         mean, std = pixel_stats(Xtr, 100_000)
-        net = PatchClassifier(cfg.backbone, len(classes), tuple(mean), tuple(std)).to(device)
+        net = PatchClassifier(cfg.backbone, len(labels.classes), tuple(mean), tuple(std)).to(device)
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps * cfg.epochs)
         gen = torch.Generator().manual_seed(cfg.seed + wi)
         augment = (lambda x, g=gen: augment_batch(x, g)) if cfg.augment else None
-        correct = [0]
+        best, probs = yield from _fit_classifier(net, Xtr, ytr_t, Xva, yva, vmask, weights, opt, sched, augment,
+                                                 cfg, device, win)
+        nets[win], results[win], val_probs[win] = net, best, probs
+    return nets, results, val_probs
 
-        def loss_of(net, x, idx):
-            y = ytr_t[idx].to(device)
-            logits = net(x)
-            correct[0] += int((logits.argmax(1) == y).sum())
-            return torch.nn.functional.cross_entropy(logits.float(), y, weight=weights)
 
-        best, best_state, best_probs = -1.0, None, None
-        for epoch in range(cfg.epochs):
-            correct[0] = 0
-            batches = epoch_batches(len(ytr), cfg.batch_size, cfg.seed * 100 + epoch)
-            fit = yield from fit_epoch(net, Xtr, batches, loss_of, opt, sched, device, augment,
-                                       info={"window_um": win, "epoch": epoch})
-            probs = class_probabilities(net, Xva, device)
-            acc = balanced_accuracy(probs.argmax(1)[vmask], yva[vmask], len(classes))
-            if acc > best:
-                best, best_probs = acc, probs
-                best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-            yield {"stage": "epoch", "window_um": win, "epoch": epoch, "epochs": cfg.epochs,
-                   "train_loss": fit["loss"], "train_acc": correct[0] / max(1, fit["seen"]), "val_bal_acc": acc,
-                   "metric": acc, "patches_per_s": fit["seen"] / fit["seconds"], "best": acc >= best}
-        net.load_state_dict(best_state)
-        nets[win], results[win], val_probs[win] = net, best, best_probs
-    ens = np.mean([val_probs[w] for w in cfg.windows_um], axis=0)
-    ens_acc = balanced_accuracy(ens.argmax(1)[vmask], yva[vmask], len(classes))
-    best_win = max(results, key=results.get)
-    mode = "ensemble" if len(cfg.windows_um) > 1 and ens_acc > results[best_win] else "best"
-    used = list(cfg.windows_um) if mode == "ensemble" else [best_win]
-    state = {f"w{i}.{k}": v for i, w in enumerate(used) for k, v in nets[w].state_dict().items()}
-    meta = {"kind": KIND, "backbone": cfg.backbone, "classes": classes, "windows_um": used, "px": cfg.px,
-            "mode": mode, "class_spec": cfg.classes,
-            "validation": {"section": val_name, "bal_acc_by_window": {str(k): v for k, v in results.items()},
-                           "bal_acc_ensemble": ens_acc},
-            "training": {"sections": [s.name for s in tr], "config": {k: v for k, v in asdict(cfg).items()}}}
-    save_artifact(out, state, meta)
-    summary = {"mode": mode, "windows_um": used, "val_bal_acc": max(ens_acc, results[best_win]) if mode == "ensemble"
-               else results[best_win], "classes": classes, "by_window": results, "ensemble": ens_acc,
-               "device": str(device)}
-    atomic_write_json(out / "training.json", summary)
-    yield {"stage": "done", "msg": f"segmenter saved ({mode}, windows {used} µm, val balanced acc "
-           f"{summary['val_bal_acc']:.3f})"}
-    return summary
+def _fit_classifier(net, Xtr, ytr_t, Xva, yva, vmask, weights, opt, sched, augment, cfg: SegConfig, device, win,
+                    ) -> Generator[dict, None, tuple]:
+    """``cfg.epochs`` epochs of class-weighted cross-entropy; ``net`` ends with its best epoch's
+    weights (validation balanced accuracy). Returns ``(best accuracy, its validation probabilities)``."""
+    import torch
+
+    from ..models.segmenter import class_probabilities
+    from .loop import epoch_batches, fit_epoch
+
+    correct = [0]
+    n_classes = net.head.out_features
+
+    def loss_of(net, x, idx):
+        y = ytr_t[idx].to(device)
+        logits = net(x)
+        correct[0] += int((logits.argmax(1) == y).sum())
+        return torch.nn.functional.cross_entropy(logits.float(), y, weight=weights)
+
+    best, best_state, best_probs = -1.0, None, None
+    for epoch in range(cfg.epochs):
+        correct[0] = 0
+        batches = epoch_batches(len(ytr_t), cfg.batch_size, cfg.seed * 100 + epoch)
+        fit = yield from fit_epoch(net, Xtr, batches, loss_of, opt, sched, device, augment,
+                                   info={"window_um": win, "epoch": epoch})
+        probs = class_probabilities(net, Xva, device)
+        acc = balanced_accuracy(probs.argmax(1)[vmask], yva[vmask], n_classes)
+        if acc > best:
+            best, best_probs = acc, probs
+            best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        yield {"stage": "epoch", "window_um": win, "epoch": epoch, "epochs": cfg.epochs,
+               "train_loss": fit["loss"], "train_acc": correct[0] / max(1, fit["seen"]), "val_bal_acc": acc,
+               "metric": acc, "patches_per_s": fit["seen"] / fit["seconds"], "best": acc >= best}
+    net.load_state_dict(best_state)
+    return best, best_probs
+
+
+#: L2 strengths tried for the class head on frozen features (chosen by validation balanced accuracy)
+HEAD_L2 = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)
+
+
+def fit_softmax_head(feats: np.ndarray, y: np.ndarray, n_classes: int, weights: np.ndarray, l2: float,
+                     steps: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Class-weighted multinomial logistic regression on standardised features (full-batch L-BFGS);
+    returns ``(W, b)`` acting on the *raw* features (the standardisation folded in)."""
+    import torch
+
+    f = torch.from_numpy(np.asarray(feats, np.float32))
+    mu, sd = f.mean(0), f.std(0) + 1e-6
+    z = (f - mu) / sd
+    yt = torch.from_numpy(np.asarray(y, np.int64))
+    wt = torch.tensor(np.asarray(weights, np.float32))
+    lin = torch.nn.Linear(z.shape[1], n_classes)
+    torch.nn.init.zeros_(lin.weight)
+    torch.nn.init.zeros_(lin.bias)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=steps, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(lin(z), yt, weight=wt) + 0.5 * l2 * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        w = lin.weight / sd
+        b = lin.bias - (w * mu).sum(1)
+    return w.numpy(), b.numpy()
+
+
+def _train_on_encoder(tr, va, labels: Labels, cfg: SegConfig, device) -> Generator[dict, None, tuple]:
+    """The expression route: the encoder's backbone + a class head on its frozen features (L2 by
+    validation balanced accuracy, then refitted on training + validation samples), optionally
+    fine-tuned. Returns ``(nets, val_bal_acc, val_probs, features_info)`` keyed by the window."""
+    import torch
+
+    from ..data.patches import augment_batch
+    from ..models.artifact import load_artifact
+    from ..models.runtime import for_inference, predict_batches
+    from ..models.segmenter import PatchClassifier, class_probabilities
+
+    state, meta = load_artifact(cfg.encoder, kind="expression")
+    win = float(meta["window_um"])
+    n_classes = len(labels.classes)
+    net = PatchClassifier(meta["backbone"], n_classes, tuple(meta["input"]["mean"]), tuple(meta["input"]["std"]))
+    net.backbone.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
+    Xtr = np.concatenate([s.patches[win] for s in tr])
+    Xva = np.concatenate([s.patches[win] for s in va])
+    yield {"stage": "features", "msg": f"encoder features of {len(Xtr) + len(Xva)} patches"}
+    import copy
+
+    frozen = for_inference(copy.deepcopy(net), device)
+    body = lambda x: frozen.backbone((x - frozen.pixel_mean) / frozen.pixel_std)  # noqa: E731
+    ftr = predict_batches(body, Xtr, device, 128, net.backbone.num_features)
+    fva = predict_batches(body, Xva, device, 128, net.backbone.num_features)
+    ytr, yva = labels.train, labels.val
+    vmask = yva >= 0
+    scores = {}
+    for l2 in HEAD_L2:
+        w, b = fit_softmax_head(ftr, ytr, n_classes, labels.weights, l2)
+        scores[l2] = balanced_accuracy((fva[vmask] @ w.T + b).argmax(1), yva[vmask], n_classes)
+        yield {"stage": "head", "msg": f"class head, L2 {l2:g}: validation balanced accuracy {scores[l2]:.3f}"}
+    l2 = max(scores, key=scores.get)  # first (weakest) of ties
+    w, b = fit_softmax_head(ftr, ytr, n_classes, labels.weights, l2)
+    with torch.no_grad():
+        net.head.weight.copy_(torch.from_numpy(w))
+        net.head.bias.copy_(torch.from_numpy(b))
+    best = scores[l2]
+    probs = class_probabilities(for_inference(copy.deepcopy(net), device), Xva, device)
+    info = {"source": "expression", "encoder": str(cfg.encoder), "encoder_sha256": meta.get("weights_sha256"),
+            "head_l2": l2, "head_val_bal_acc": scores, "finetuned": False, "stain_norm": meta.get("stain_norm")}
+    if cfg.finetune:
+        net = net.to(device)
+        steps = max(1, math.ceil(len(ytr) / cfg.batch_size))
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.finetune_lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.finetune_lr, total_steps=steps * cfg.epochs)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        augment = (lambda x: augment_batch(x, gen)) if cfg.augment else None
+        weights = torch.tensor(labels.weights, device=device)
+        ft_best, ft_probs = yield from _fit_classifier(net, Xtr, torch.from_numpy(ytr), Xva, yva, vmask, weights,
+                                                       opt, sched, augment, cfg, device, win)
+        info.update(finetuned=True, finetune_val_bal_acc=ft_best)
+        best, probs = ft_best, ft_probs
+    else:  # the head alone: refit on every labelled sample (validation too) with the chosen L2
+        f_all = np.concatenate([ftr, fva[vmask]])
+        y_all = np.concatenate([ytr, yva[vmask]])
+        w, b = fit_softmax_head(f_all, y_all, n_classes, labels.weights, l2)
+        with torch.no_grad():
+            net.head.weight.copy_(torch.from_numpy(w))
+            net.head.bias.copy_(torch.from_numpy(b))
+    return {win: net.cpu()}, {win: best}, {win: probs}, info

@@ -31,7 +31,7 @@ class LossCurve:
         self.epochs.append(len(self.epochs) + 1)  # several runs (e.g. one per patch size) go end to end
         self.train.append(ev["train_loss"])
         self.val.append(ev.get("val_loss", float("nan")))
-        self.val_r.append(ev.get("metric", ev.get("val_mean_r")))
+        self.val_r.append(ev.get("metric", ev.get("val_mean_r", float("nan"))))
         self.redraw()
 
     def redraw(self):

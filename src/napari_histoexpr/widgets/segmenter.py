@@ -23,22 +23,24 @@ from magicgui.widgets import (
 
 from ..errors import HistoExprError
 from ..models.catalog import DEVICES
-from ..train.segmenter import SegConfig
+from ..train.expression import epoch_line
+from ..train.segmenter import FEATURES, SegConfig
 from . import _annotations as gt
 from ._common import PanelMixin, fill_table, make_table, notify_error, start_worker
 from ._plots import LossCurve
+from ._seg_classes import CLASS_SOURCES, class_spec_of
 from ._session import Session
 from .layers import find_layer
 from .train_expression import SOURCES, chosen_sections
 
-CLASS_SOURCES = ("genes", "leiden clusters", "k-means clusters", "spot labels (clusters file)")
 MAP_KEY = "seg:map"
 
 
 class SegmenterPanel(PanelMixin, Container):
     SETTINGS = {"classes_from": "_source", "genes": "_genes", "quantile": "_quantile", "k": "_k",
                 "resolution": "_resolution", "train_on": "_sections", "use_regions": "_use_regions",
-                "manifest": "_manifest", "windows_um": "_windows", "px": "_px", "epochs": "_epochs",
+                "manifest": "_manifest", "features": "_features", "encoder": "_encoder",
+                "finetune": "_finetune", "windows_um": "_windows", "px": "_px", "epochs": "_epochs",
                 "device": "_device", "out": "_out", "segmenter": "_model_edit", "draw_class": "_gt_class",
                 "mode": "_mode"}
 
@@ -58,6 +60,12 @@ class SegmenterPanel(PanelMixin, Container):
         self._use_regions.tooltip = ("Spots inside regions drawn on the open section take the region's class "
                                      "(overriding the transcriptome class) for training")
         self._manifest = FileEdit(label="manifest", mode="r", filter="*.csv", nullable=True)
+        self._features = ComboBox(label="features", choices=list(FEATURES), value=d.features)
+        self._features.tooltip = ("expression: an expression model's backbone (the encoder below; empty: one is "
+                                  "trained on the same sections first) + a class head; scratch: patch "
+                                  "classifiers trained on the classes alone (patch sizes, patch px)")
+        self._encoder = FileEdit(label="encoder", mode="d", nullable=True)
+        self._finetune = CheckBox(label="fine-tune the encoder", value=d.finetune)
         self._windows = LineEdit(label="patch sizes µm", value=",".join(f"{w:g}" for w in d.windows_um))
         self._px = SpinBox(label="patch px", value=d.px, min=16, max=512)
         self._epochs = SpinBox(label="epochs", value=d.epochs, min=1, max=500)
@@ -75,7 +83,8 @@ class SegmenterPanel(PanelMixin, Container):
         self._status = Label(value="Pick how classes come from the transcriptome.")
         super().__init__(widgets=[
             self._source, self._genes, self._quantile, self._k, self._resolution, self._show_btn,
-            self._sections, self._use_regions, self._manifest, self._windows, self._px, self._epochs,
+            self._sections, self._use_regions, self._manifest, self._features, self._encoder, self._finetune,
+            self._windows, self._px, self._epochs,
             self._device, self._out, self._train_btn, self._cancel_btn, self._model_edit, self._load_btn,
             self._mode, self._seg_view_btn, self._seg_slide_btn, self._gt_class, self._gt_btn, self._status,
         ])
@@ -101,19 +110,8 @@ class SegmenterPanel(PanelMixin, Container):
 
     # -- classes -----------------------------------------------------------------------------------
     def class_spec(self) -> dict:
-        from ..segment.classes import class_spec
-
-        src = self._source.value
-        if src == CLASS_SOURCES[0]:
-            genes = [g.strip() for g in (self._genes.value or "").split(",") if g.strip()]
-            if not genes:
-                raise HistoExprError("name at least one gene, e.g. ERBB2,COL1A1")
-            return class_spec("genes", genes=genes, quantile=float(self._quantile.value))
-        if src == CLASS_SOURCES[1]:
-            return class_spec("clusters", method="leiden", resolution=float(self._resolution.value))
-        if src == CLASS_SOURCES[2]:
-            return class_spec("clusters", method="kmeans", n_clusters=int(self._k.value))
-        return class_spec("column")
+        return class_spec_of(self._source.value, self._genes.value, self._quantile.value, self._resolution.value,
+                             self._k.value)
 
     def show_classes(self):
         """Colour the open section's spots by their transcriptome class (categorical Points layer)."""
@@ -138,12 +136,14 @@ class SegmenterPanel(PanelMixin, Container):
         except ValueError:
             raise HistoExprError(f"patch sizes must be numbers in µm, e.g. 50,100 "
                                  f"(got {self._windows.value!r})") from None
-        return SegConfig(classes=self.class_spec(), windows_um=windows, px=int(self._px.value),
+        return SegConfig(classes=self.class_spec(), features=self._features.value,
+                         encoder=str(self._encoder.value) if self._encoder.value else None,
+                         finetune=bool(self._finetune.value), windows_um=windows, px=int(self._px.value),
                          epochs=int(self._epochs.value), device=self._device.value)
 
     def train(self):
         from ..io.manifest import as_sections
-        from ..train.segmenter import prepare_seg_sections, train_segmenter_steps
+        from ..train.segmenter import segmenter_steps
 
         if self._worker is not None:
             return None
@@ -158,21 +158,20 @@ class SegmenterPanel(PanelMixin, Container):
         if self._use_regions.value and self.regions() and self._sections.value == SOURCES[0]:
             regions = {secs[0].section: self.regions()}
 
-        def job():
-            data = yield from prepare_seg_sections(secs, cfg, regions=regions)
-            return (yield from train_segmenter_steps(data, out, cfg))
-
         self.curve.reset()
         self._train_btn.enabled, self._cancel_btn.enabled = False, True
-        self._worker = start_worker(job, desc="Training segmenter", yielded=self._on_event,
-                                    returned=lambda summary: self.load_model(out), errored=self._fail,
-                                    finished=self._on_finished)
+        self._worker = start_worker(segmenter_steps, secs, out, cfg, regions, desc="Training segmenter",
+                                    yielded=self._on_event, returned=lambda summary: self.load_model(out),
+                                    errored=self._fail, finished=self._on_finished)
         return self._worker
 
     def _on_event(self, ev):
         if self._closed:
             return
-        if ev.get("stage") == "step":
+        if "window_um" not in ev and ev.get("stage") in ("step", "epoch"):  # the encoder being trained
+            if ev["stage"] == "epoch":
+                self._status.value = f"encoder (expression model) {epoch_line(ev)}"
+        elif ev.get("stage") == "step":
             self.curve.add_step(ev["loss"], ev["steps"])
         elif ev.get("stage") == "epoch":
             self.curve.add_epoch(ev)
@@ -235,9 +234,10 @@ class SegmenterPanel(PanelMixin, Container):
             geo = grid_layer_geometry(grid, self.predictor.pyr.world_mpp)
             upsert_layer(self._viewer, (self.seg_labels, dict(name="segmentation", opacity=0.5, units="µm", **geo),
                                         "labels"), MAP_KEY).data = self.seg_labels
-        elif ev["stage"] == "tile":
-            self.raster.put(ev["tile"], ev["values"])
-            rs, cs = self.predictor.grid.tile_slices(*ev["tile"])
+        elif ev["stage"] in ("tile", "smoothed"):  # a new tile, or the whole map after spatial smoothing
+            if ev["stage"] == "tile":
+                self.raster.put(ev["tile"], ev["values"])
+            rs, cs = self.predictor.grid.tile_slices(*ev["tile"]) if "tile" in ev else (slice(None), slice(None))
             self.seg_labels[rs, cs] = ev["labels"]
             find_layer(self._viewer, MAP_KEY).refresh()
 

@@ -2,7 +2,7 @@
 
 Training runs in a napari worker over :func:`napari_histoexpr.train.expression.train_from_manifest_steps`;
 the panel only shows its events (a live loss curve, progress in the activity dock) and can cancel
-it: the checkpoint of the last finished epoch and the best model so far stay on disk.
+it: the checkpoint of the last finished epoch and the model saved so far stay on disk.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from magicgui.widgets import (
 
 from ..errors import HistoExprError
 from ..models.catalog import BACKBONE_NAMES, DEVICES
-from ..train.expression import TrainConfig
+from ..train.expression import TrainConfig, epoch_line, summary_line
 from ._common import PanelMixin, start_worker
 from ._plots import LossCurve
 from ._session import Session
@@ -135,8 +135,7 @@ class TrainExpressionWidget(PanelMixin, Container):
                                       f"{ev['step']}/{ev['steps']}, loss {ev['loss']:.3f}")
         elif stage == "epoch":
             self.curve.add_epoch(ev)
-            self._status.value = (f"epoch {ev['epoch'] + 1}/{ev['epochs']}: val mean r "
-                                  f"{ev['val_mean_r']:.3f}{' (saved)' if ev.get('best') else ''}")
+            self._status.value = epoch_line(ev)
         elif "msg" in ev:
             self._status.value = ev["msg"]
 
@@ -144,8 +143,7 @@ class TrainExpressionWidget(PanelMixin, Container):
         self.summary = summary
         if self._closed:
             return
-        self._status.value = (f"saved to {self._out.value}: best epoch {summary['best_epoch'] + 1}, "
-                              f"validation mean r {summary['best_val_mean_r']:.3f}")
+        self._status.value = f"saved to {self._out.value}: {summary_line(summary)}"
 
     def _on_error(self, exc: Exception):
         from napari.utils.notifications import show_error
@@ -160,7 +158,7 @@ class TrainExpressionWidget(PanelMixin, Container):
             return
         if self.summary is None and not self._status.value.startswith("error"):
             out = Path(self._out.value)
-            kept = "the best model so far is kept" if (out / "model.json").exists() else "nothing saved yet"
+            kept = "the model saved so far is kept" if (out / "model.json").exists() else "nothing saved yet"
             self._status.value = f"cancelled; {kept} (checkpoint.pt can resume)"
         self._worker = None
         self._train_btn.enabled = True

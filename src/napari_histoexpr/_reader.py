@@ -1,4 +1,5 @@
-"""npe2 reader: slides, Space Ranger folders, .h5ad, legacy ST spot files and section manifests.
+"""npe2 reader: slides, Space Ranger folders, .h5ad, legacy ST spot and counts files, ST pipeline
+folders (counts + image) and section manifests.
 
 Every reader returns LayerData tuples in the µm world, so slide, spots and predictions overlay.
 """
@@ -9,6 +10,7 @@ import os
 from pathlib import Path
 
 from .data.expression import top_genes
+from .io.legacy_st import looks_like_st_counts, st_counts_in
 from .io.sections import open_section
 from .io.slides import is_slide_path, open_slide
 from .io.spots import read_spots
@@ -42,10 +44,12 @@ def get_reader(path):
 
         if is_prediction(path):
             return read_prediction_layers
+        if st_counts_in(path):  # ST pipeline / STUtility: counts + image (reading names what is amiss)
+            return read_section_folder_layers
         # a Space Ranger folder, complete or not: reading an incomplete one names the missing file
-        return read_visium_layers if is_visium_folder(path) or looks_like_space_ranger(path) else None
+        return read_section_folder_layers if is_visium_folder(path) or looks_like_space_ranger(path) else None
     low = path.lower()
-    if low.endswith(".h5ad") or low.endswith("_selection.tsv"):
+    if low.endswith(".h5ad") or low.endswith("_selection.tsv") or looks_like_st_counts(path):
         return read_spot_layers
     if _is_manifest(path):
         return read_manifest_layers
@@ -73,7 +77,8 @@ def _spot_layers(adata, mpp=None, gene=None, translate=None):
     return (data, kwargs, kind)
 
 
-def read_visium_layers(path):
+def read_section_folder_layers(path):
+    """A Space Ranger or ST pipeline folder: its image (when usable) and spots."""
     pyr, adata = open_section(None, _one(path))  # warns (a napari notification) when there is no image
     if pyr is None:
         return [_spot_layers(adata)]

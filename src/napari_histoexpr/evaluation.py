@@ -41,7 +41,8 @@ def evaluate_steps(model_dir, manifest, out_dir, device: str = "auto", baselines
         pyr.close()
         r = sp.pearson()
         per["model"][sec.section] = named_values(sp.genes, r)
-        sections_out[sec.section] = {"n_spots": len(sp.spot_ids), "pearson": per["model"][sec.section]}
+        sections_out[sec.section] = {"n_spots": len(sp.spot_ids), "scale": sp.scale,
+                                     "pearson": per["model"][sec.section]}
         scatter[sec.section] = (sp.genes, sp.pred, sp.meas)
         if base is not None:
             gi = [genes.index(g) for g in sp.genes]

@@ -62,6 +62,7 @@ def spots_layer_data(adata, gene: str | None = None, mode: str = "log1p",
     kwargs = {
         "name": name or "spots",
         "size": diameter_um,
+        "symbol": "square" if info.get("spot_shape") == "square" else "disc",  # Visium HD bins: true squares
         "border_width": 0,
         "opacity": 0.85,
         "features": features,
@@ -137,8 +138,9 @@ def residual_layer_data(sp, gene: str, shown: list[str], mpp: float, size_um: fl
     lim = float(np.percentile(np.abs(feats["residual"]), 98)) or 1.0
     return (np.asarray(sp.xy)[:, ::-1] * mpp, {
         "features": feats, "face_color": "residual", "face_colormap": "PiYG", "face_contrast_limits": (-lim, lim),
-        "size": size_um, "border_width": 0, "name": f"residual: {gene}", "units": "µm",
-        "metadata": {"histoexpr": {"kind": "residual", "gene": gene}}}, "points")
+        "size": sp.spot_um or size_um, "symbol": "square" if sp.square else "disc", "border_width": 0,
+        "name": f"residual: {gene}", "units": "µm",
+        "metadata": {"histoexpr": {"kind": "residual", "gene": gene, "scale": sp.scale}}}, "points")
 
 
 def grid_image_kwargs(grid, world_mpp: float, name: str, colormap: str, opacity: float, meta: dict) -> dict:

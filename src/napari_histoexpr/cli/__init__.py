@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="describe a slide and/or spot data and check they align")
     i.add_argument("--slide", default=None)
-    i.add_argument("--spots", default=None, help="Space Ranger outs folder, .h5ad or ST *_selection.tsv")
+    i.add_argument("--spots", default=None, help="Space Ranger outs folder (Visium or Visium HD), .h5ad, "
+                   "ST *_selection.tsv, ST counts TSV or ST pipeline folder")
+    i.add_argument("--bin-um", type=float, default=None, help="Visium HD bin size to open: 2, 8 or 16 (default 8)")
     i.add_argument("--counts", default=None, help="legacy ST counts TSV")
     i.add_argument("--clusters", default=None, help="per-spot labels TSV/CSV with a 'label' column")
     i.add_argument("--mpp", type=float, default=None, help="override µm per level-0 pixel")

@@ -13,7 +13,8 @@ def cmd_info(args) -> int:
     """Describe a slide and/or spot data (and check that they align)."""
     from ..io.sections import open_steps
 
-    pyr, adata = drain(open_steps(args.slide, args.spots, args.counts, args.clusters, args.mpp), progress)
+    pyr, adata = drain(open_steps(args.slide, args.spots, args.counts, args.clusters, args.mpp, args.bin_um),
+                       progress)
     out: dict = {}
     if pyr is not None:
         out["slide"] = {
@@ -29,6 +30,9 @@ def cmd_info(args) -> int:
             "platform": info.get("platform"), "spot_diameter_px": info.get("spot_diameter_px"),
             "mpp": info.get("mpp"), "mpp_source": info.get("mpp_source"),
         }
+        for key in ("positions", "bin_um"):  # legacy ST placed without a spot file; Visium HD bins
+            if info.get(key):
+                out["spots"][key] = info[key]
         if args.gene:
             from ..data.expression import gene_values
 

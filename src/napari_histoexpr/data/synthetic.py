@@ -293,14 +293,15 @@ def planted_profiles(seed: int = 0) -> pd.DataFrame:
 
 
 def simulate_counts(fractions: np.ndarray, seed: int = 0, dispersion: float = 0.05,
-                    library_sd: float = 0.2) -> tuple[np.ndarray, pd.DataFrame]:
-    """Negative-binomial counts: mean = L_s * (base + sum_c frac_{s,c} * profile_c)."""
+                    library_sd: float = 0.2, scale: float = 1.0) -> tuple[np.ndarray, pd.DataFrame]:
+    """Negative-binomial counts: mean = scale * L_s * (base + sum_c frac_{s,c} * profile_c) (``scale``:
+    the capture area relative to a 55 µm spot)."""
     rng = np.random.default_rng(seed + 202)
     prof = planted_profiles(seed)
     tissue_frac = fractions[:, 1:]
     mu = prof.loc["base"].to_numpy()[None, :] * (1 - fractions[:, :1]) + tissue_frac @ prof.iloc[1:].to_numpy()
     lib = np.exp(rng.normal(0, library_sd, size=(len(fractions), 1)))
-    mu = mu * lib
+    mu = mu * lib * scale
     shape = 1.0 / dispersion
     lam = rng.gamma(shape, mu / shape)
     return rng.poisson(lam).astype(np.int32), prof
@@ -414,17 +415,8 @@ def make_demo(folder: str | os.PathLike, size: int = 4096, mpp: float = 0.5, see
         pos.to_parquet(spatial / "tissue_positions.parquet", index=False)
     else:
         pos.to_csv(spatial / "tissue_positions.csv", index=False)
-    from PIL import Image
-
-    hires_scalef = 2000.0 / size if size > 2000 else 1.0
-    lowres_scalef = 600.0 / size
-    for key, sf in (("hires", hires_scalef), ("lowres", lowres_scalef)):
-        ds = 1.0 / sf
-        n = int(round(size * sf))
-        img = tissue.render(0, 0, n, n, ds)
-        Image.fromarray(img).save(spatial / f"tissue_{key}_image.png")
-    sfj = {"spot_diameter_fullres": diam, "tissue_hires_scalef": hires_scalef,
-           "fiducial_diameter_fullres": diam * 1.6153846, "tissue_lowres_scalef": lowres_scalef}
+    sfj = {"spot_diameter_fullres": diam, "fiducial_diameter_fullres": diam * 1.6153846,
+           **_spatial_images(spatial, tissue, size)}
     (spatial / "scalefactors_json.json").write_text(json.dumps(sfj, indent=2))
 
     truth = data.truth
@@ -439,6 +431,59 @@ def make_demo(folder: str | os.PathLike, size: int = 4096, mpp: float = 0.5, see
     cm_ds = 16
     np.save(truth / f"class_map_ds{cm_ds}.npy", tissue.class_map(cm_ds))
     done.write_text(json.dumps(params))
+    return data
+
+
+def _spatial_images(spatial: Path, tissue: SyntheticTissue, size: int) -> dict:
+    """Space Ranger's hires (≤ 2000 px) and lowres (600 px) tissue images; returns their scale factors."""
+    from PIL import Image
+
+    hires_scalef = 2000.0 / size if size > 2000 else 1.0
+    lowres_scalef = 600.0 / size
+    for key, sf in (("hires", hires_scalef), ("lowres", lowres_scalef)):
+        n = int(round(size * sf))
+        Image.fromarray(tissue.render(0, 0, n, n, 1.0 / sf)).save(spatial / f"tissue_{key}_image.png")
+    return {"tissue_hires_scalef": hires_scalef, "tissue_lowres_scalef": lowres_scalef}
+
+
+def make_visium_hd(folder: str | os.PathLike, size: int = 1024, mpp: float = 1.0, seed: int = 0,
+                   bins: tuple[int, ...] = (8, 16)) -> DemoData:
+    """Write a synthetic Visium HD section following Space Ranger's layout: ``slide.tif`` and
+    ``outs/binned_outputs/square_XXXum/`` per bin size (``filtered_feature_bc_matrix.h5``,
+    ``spatial/tissue_positions.parquet``, ``spatial/scalefactors_json.json`` with
+    ``microns_per_pixel`` and ``bin_size_um``, hires/lowres images); bins' counts follow the planted
+    classes under each bin (means scaled by bin area / 55 µm spot area). ``truth/class_map_ds1.npy``."""
+    folder = Path(folder)
+    data = DemoData(folder, folder / "slide.tif", folder / "outs", folder / "truth")
+    tissue = SyntheticTissue(size, size, mpp, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_pyramidal_tiff(data.slide, tissue.render, size, size, mpp)
+    genes = gene_names()
+    spot_area = np.pi * 27.5 ** 2
+    for b in bins:
+        side = b / mpp
+        n = int(size // side)
+        rows, cols = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        rows, cols = rows.ravel(), cols.ravel()
+        xy = np.stack([(cols + 0.5) * side, (rows + 0.5) * side], 1)
+        frac = spot_fractions(tissue, xy, side, n=5)
+        in_tissue = (frac[:, 0] < 0.5).astype(int)
+        counts, _ = simulate_counts(frac, seed + b, scale=b * b / spot_area)
+        bcs = [f"s_{b:03d}um_{r:05d}_{c:05d}-1" for r, c in zip(rows, cols)]
+        d = data.spots / "binned_outputs" / f"square_{b:03d}um"
+        spatial = d / "spatial"
+        spatial.mkdir(parents=True, exist_ok=True)
+        keep = in_tissue == 1
+        write_10x_h5(d / "filtered_feature_bc_matrix.h5", counts[keep], [x for x, k in zip(bcs, keep) if k], genes)
+        pd.DataFrame({"barcode": bcs, "in_tissue": in_tissue, "array_row": rows, "array_col": cols,
+                      "pxl_row_in_fullres": xy[:, 1], "pxl_col_in_fullres": xy[:, 0]}
+                     ).to_parquet(spatial / "tissue_positions.parquet", index=False)
+        sfj = {"spot_diameter_fullres": side, "bin_size_um": float(b), "microns_per_pixel": mpp,
+               "fiducial_diameter_fullres": 0.0, "regist_target_img_scalef": 1.0,
+               **_spatial_images(spatial, tissue, size)}
+        (spatial / "scalefactors_json.json").write_text(json.dumps(sfj, indent=2))
+    data.truth.mkdir(exist_ok=True)
+    np.save(data.truth / "class_map_ds1.npy", tissue.class_map(1))
     return data
 
 

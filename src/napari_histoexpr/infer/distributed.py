@@ -73,7 +73,7 @@ def spot_report(model_dir, slide, spots, out_dir, device: str = "auto", mode: st
     tmp = Path(out_dir) / ".spots_prediction.h5ad.part"
     out.write_h5ad(tmp)
     os.replace(tmp, Path(out_dir) / "spots_prediction.h5ad")
-    rep = {"n_spots": len(sp.spot_ids), "mode": sp.mode, "pearson": per, "summary": summary}
+    rep = {"n_spots": len(sp.spot_ids), "mode": sp.mode, "scale": sp.scale, "pearson": per, "summary": summary}
     atomic_write_json(Path(out_dir) / "spots_report.json", rep)
     return rep
 

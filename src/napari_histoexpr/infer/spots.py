@@ -22,6 +22,9 @@ class SpotPrediction:
     meas: np.ndarray  # (N, G)
     patches: np.ndarray | None  # (N, px, px, 3) in patch mode or when asked (for baselines)
     mode: str = "patch"  # how the predictions were made
+    scale: str = "spots"  # what was compared: the spots, or (Visium HD) bins summed over model windows
+    spot_um: float | None = None  # side / diameter of what was compared, µm
+    square: bool = False  # square footprints (Visium HD)
 
     def pearson(self) -> np.ndarray:
         from ..metrics import pearson_columns
@@ -41,7 +44,9 @@ def predict_at_spots(model, pyr, adata, name: str = "section", min_tissue: float
 
     ``mode="dense"`` pools one feature map of the section over each spot's window
     (:func:`~napari_histoexpr.infer.dense.dense_at_centres`); ``"patch"`` cuts and predicts every
-    spot's patch as in training. ``keep_patches`` also returns the patches (for baselines)."""
+    spot's patch as in training. ``keep_patches`` also returns the patches (for baselines).
+    Visium HD bins are first summed over squares of the model's window
+    (:func:`~napari_histoexpr.io.visium_hd.comparison_spots`), the scale then stated in ``scale``."""
     from ..data.expression import log1p_normalised, shared_genes
     from ..data.patches import extract_patches
     from ..data.sections import spots_on_tissue
@@ -51,6 +56,9 @@ def predict_at_spots(model, pyr, adata, name: str = "section", min_tissue: float
         raise HistoExprError(f"unknown prediction mode {mode!r}; use dense or patch")
     if mode == "dense" and not all(b.exact for b in model.dense_branches()):
         mode = "patch"  # a window of a fractional number of feature cells: no exact dense pooling
+    from ..io.visium_hd import comparison_spots
+
+    adata, scale = comparison_spots(adata, model.window_um, pyr.world_mpp)
     genes = shared_genes(model.genes, adata)
     if not genes:
         raise UnknownGeneError(model.genes[0], [])
@@ -64,5 +72,7 @@ def predict_at_spots(model, pyr, adata, name: str = "section", min_tissue: float
         patches = extract_patches(pyr, xy[keep], model.window_um, model.px, transform=model.patch_transform())
     pred = model.predict(patches) if mode == "patch" else model.predict_centres_dense(pyr, xy[keep])
     pred = pred[:, [model.genes.index(g) for g in genes]]
+    info = adata.uns.get("histoexpr", {})
+    spot_um = float(info["spot_diameter_px"]) * pyr.world_mpp if info.get("spot_diameter_px") else None
     return SpotPrediction(name, list(map(str, ad.obs_names)), xy[keep], genes, pred, log1p_normalised(ad, genes),
-                          patches, mode)
+                          patches, mode, scale, spot_um, info.get("spot_shape") == "square")

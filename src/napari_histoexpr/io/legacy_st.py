@@ -1,8 +1,21 @@
-"""Legacy Spatial Transcriptomics (ST): a spots x genes counts TSV (ids ``XxY``) and a ``*_selection.tsv``."""
+"""Legacy Spatial Transcriptomics (ST): a spots x genes counts TSV whose spot ids are ``XxY`` array
+coordinates, placed on the H&E image by one of
+
+* a ``*_selection.tsv`` spot file (ST spot detector: ``x, y, pixel_x, pixel_y[, selected]``);
+* a 3 x 3 alignment file (ST pipeline / st_analysis: nine numbers, ``[x, y, 1] @ T`` = pixel);
+* nothing: the original ST pipeline's convention that the H&E image is cropped to the array frame,
+  array x 1..33 spanning its width and y 1..35 its height (``pixel = (a - 1) * size / (32, 34)``).
+
+A folder with one counts matrix and one image (the ST pipeline / STUtility layout) is read as a
+section (:func:`find_st_folder`). Without an image, spots are placed on the 200 µm array pitch in
+µm (mpp 1) and re-placed on the image once one is opened (:func:`place_on_frame`).
+"""
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +89,163 @@ def guess_st_counts(selection: Path) -> Path | None:
             if (folder / name).exists() and (folder / name) != selection:
                 return folder / name
     return None
+
+
+#: the ST array: x 1..33, y 1..35 (the image is cropped to this frame without an alignment)
+ST_FRAME = (33, 35)
+_ID = re.compile(r"^\s*(-?\d+(?:\.\d+)?)x(-?\d+(?:\.\d+)?)\s*$")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+
+
+def parse_st_ids(ids, source: str) -> np.ndarray:
+    """``(N, 2)`` array coordinates from ``XxY`` spot ids (fractional after alignment, e.g.
+    ``10.03x12.95``); a :class:`SpotDataError` names the first id that is not one."""
+    out = np.empty((len(ids), 2), float)
+    for i, sid in enumerate(ids):
+        m = _ID.match(str(sid))
+        if m is None:
+            raise SpotDataError(f"{source}: spot id {str(sid)!r} (row {i + 2}) is not an ST 'XxY' array "
+                                f"coordinate")
+        out[i] = float(m.group(1)), float(m.group(2))
+    if not np.isfinite(out).all():
+        raise SpotDataError(f"{source}: non-finite array coordinates")
+    return out
+
+
+def read_alignment(path: str | os.PathLike) -> np.ndarray:
+    """A 3 x 3 ST alignment (nine numbers, whitespace separated, row-major; ``[x, y, 1] @ T``)."""
+    path = Path(path)
+    try:
+        vals = [float(v) for v in path.read_text().split()]
+    except (OSError, ValueError) as e:
+        raise SpotDataError(f"{path.name}: not an alignment file ({e})") from e
+    if len(vals) != 9 or not np.isfinite(vals).all():
+        raise SpotDataError(f"{path.name}: an alignment file holds 9 numbers, found {len(vals)}")
+    t = np.array(vals).reshape(3, 3)
+    if abs(np.linalg.det(t[:2, :2])) < 1e-9:
+        raise SpotDataError(f"{path.name}: the alignment maps the array onto a line")
+    return t
+
+
+def frame_transform(image_hw: tuple[int, int]) -> np.ndarray:
+    """The frame convention as an alignment: array (1, 1) at pixel (0, 0), (33, 35) at the far corner."""
+    h, w = image_hw
+    sx, sy = w / (ST_FRAME[0] - 1), h / (ST_FRAME[1] - 1)
+    return np.array([[sx, 0.0, 0.0], [0.0, sy, 0.0], [-sx, -sy, 1.0]])
+
+
+def _apply(t: np.ndarray, arr: np.ndarray) -> np.ndarray:
+    return np.hstack([arr, np.ones((len(arr), 1))]) @ t[:, :2]
+
+
+def read_st_matrix(counts: str | os.PathLike, alignment: str | os.PathLike | None = None,
+                   mpp: float | None = None):
+    """Legacy ST counts without a spot file: positions from ``alignment``, else provisional ones on
+    the 200 µm pitch (µm, mpp 1) that :func:`place_on_frame` moves onto the image's frame."""
+    counts = Path(counts)
+    if not counts.exists():
+        raise SpotDataError(f"file not found: {counts}")
+    try:
+        df = pd.read_csv(counts, sep="\t", index_col=0)
+    except Exception as e:  # a parser or decompression error, named with the file
+        raise SpotDataError(f"{counts.name}: not a counts TSV ({type(e).__name__}: {e})") from e
+    if df.empty:
+        raise SpotDataError(f"{counts.name}: no spots")
+    arr = parse_st_ids(df.index, counts.name)
+    try:
+        X = sp.csr_matrix(df.to_numpy(dtype=np.float32))
+    except ValueError as e:
+        raise SpotDataError(f"{counts.name}: non-numeric counts ({e})") from e
+    info = {"platform": "st", "source": str(counts)}
+    if alignment is not None:
+        t = read_alignment(alignment)
+        pitch = float(np.sqrt(abs(np.linalg.det(t[:2, :2]))))
+        xy = _apply(t, arr)
+        info.update(positions=f"alignment {Path(alignment).name}")
+    else:
+        pitch, xy = ST_PITCH_UM, (arr - 1.0) * ST_PITCH_UM
+        info.update(positions="st-frame")  # provisional: µm on the array pitch
+    info.update(spot_diameter_px=pitch * ST_SPOT_UM / ST_PITCH_UM, pitch_px=pitch)
+    if mpp is not None:
+        info.update(mpp=float(mpp), mpp_source="given")
+    else:
+        info.update(mpp=ST_PITCH_UM / pitch, mpp_source="estimated from the 200 µm ST spot pitch")
+    obs = pd.DataFrame({"array_x": arr[:, 0], "array_y": arr[:, 1]}, index=df.index.astype(str))
+    return spot_anndata(X, obs, pd.DataFrame(index=df.columns.astype(str)), xy, info)
+
+
+def place_on_frame(adata, image_hw: tuple[int, int]) -> None:
+    """Move provisionally placed ST spots (``positions == "st-frame"``) onto an image cropped to the
+    array frame; a no-op for spots placed otherwise."""
+    info = adata.uns["histoexpr"]
+    if info.get("positions") != "st-frame":
+        return
+    t = frame_transform(image_hw)
+    arr = adata.obs[["array_x", "array_y"]].to_numpy(float)
+    adata.obsm["spatial"] = _apply(t, arr)
+    pitch = float(np.sqrt(t[0, 0] * t[1, 1]))
+    info.update(positions="st-frame (image cropped to the array frame)", pitch_px=pitch,
+                spot_diameter_px=pitch * ST_SPOT_UM / ST_PITCH_UM)
+    if info.get("mpp_source") != "given":
+        info["mpp"] = ST_PITCH_UM / pitch
+
+
+def looks_like_st_counts(path: str | os.PathLike) -> bool:
+    """A TSV(.gz) whose first data row's id is an ``XxY`` array coordinate."""
+    p = Path(path)
+    if not p.is_file() or not p.name.lower().endswith((".tsv", ".tsv.gz")) or "_selection" in p.name:
+        return False
+    try:
+        head = pd.read_csv(p, sep="\t", index_col=0, nrows=1)
+    except Exception:
+        return False
+    return len(head) == 1 and _ID.match(str(head.index[0])) is not None
+
+
+@dataclass
+class STFolder:
+    counts: Path
+    image: Path | None
+    selection: Path | None
+    alignment: Path | None
+
+
+def st_counts_in(folder: str | os.PathLike) -> list[Path]:
+    """The legacy ST counts matrices (:func:`looks_like_st_counts`) directly inside ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(f for f in folder.iterdir() if looks_like_st_counts(f))
+
+
+def find_st_folder(folder: str | os.PathLike) -> STFolder:
+    """The files of an ST pipeline / STUtility folder: one counts matrix (``XxY`` ids), at most one
+    H&E image, optionally a ``*_selection.tsv`` and an ``*alignment*.txt``; a :class:`SpotDataError`
+    names what is missing or ambiguous."""
+    folder = Path(folder)
+    counts = st_counts_in(folder)
+    if not counts:
+        raise SpotDataError(f"{folder.name}: no ST counts matrix (a TSV whose spot ids are 'XxY')")
+    if len(counts) > 1:
+        raise SpotDataError(f"{folder.name}: several ST counts files ({', '.join(f.name for f in counts)}); "
+                            f"open one section at a time (a manifest names each)")
+    files = sorted(f for f in folder.iterdir() if f.is_file())
+    images = [f for f in files if f.suffix.lower() in _IMAGE_SUFFIXES]
+    if len(images) > 1:
+        raise SpotDataError(f"{folder.name}: several images ({', '.join(f.name for f in images)}); "
+                            f"open the slide and the counts separately")
+    sel = [f for f in files if f.name.endswith("_selection.tsv")]
+    ali = [f for f in files if "alignment" in f.name.lower() and f.suffix.lower() == ".txt"]
+    return STFolder(counts[0], images[0] if images else None, sel[0] if sel else None, ali[0] if ali else None)
+
+
+def read_st_folder(folder: str | os.PathLike, mpp: float | None = None):
+    """The spots of an ST folder (:func:`find_st_folder`); its image path in ``uns['histoexpr']['image']``."""
+    st = find_st_folder(folder)
+    if st.selection is not None:
+        adata = read_legacy_st(st.counts, st.selection, mpp=mpp)
+    else:
+        adata = read_st_matrix(st.counts, st.alignment, mpp=mpp)
+    if st.image is not None:
+        adata.uns["histoexpr"]["image"] = str(st.image)
+    return adata

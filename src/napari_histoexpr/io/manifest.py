@@ -4,9 +4,9 @@
 section,patient,image,spots,counts,clusters,mpp
 C2,C,images/C2.jpg,spots/C2_selection.tsv,counts/C2.tsv.gz,clusters/C2-cluster-annotation.tsv.gz,
 ```
-Relative paths resolve from the CSV's folder. ``spots`` is a Space Ranger outs folder, an ``.h5ad``
-or a legacy ST selection TSV (then ``counts`` is its counts TSV); ``clusters`` and ``mpp`` are
-optional.
+Relative paths resolve from the CSV's folder. ``spots`` is a Space Ranger outs folder (Visium HD:
+``bin_um`` picks the bin size), an ``.h5ad``, legacy ST files or an ST pipeline folder;
+``counts``, ``clusters``, ``mpp`` and ``bin_um`` are optional.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pandas as pd
 from ..errors import ManifestError
 
 REQUIRED = ("section", "image", "spots")
-OPTIONAL = ("patient", "counts", "clusters", "mpp")
+OPTIONAL = ("patient", "counts", "clusters", "mpp", "bin_um")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class Section:
     counts: Path | None = None
     clusters: Path | None = None
     mpp: float | None = None
+    bin_um: float | None = None  # Visium HD: the bin size to open (default 8 µm)
 
 
 def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Section]:
@@ -71,15 +72,18 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Sec
         if name in seen:
             raise ManifestError(f"{path.name} line {line}: duplicate section {name!r}")
         seen.add(name)
-        mpp = None
-        mv = str(row.get("mpp", "") or "").strip()
-        if mv:
+        def positive(col):
+            v = str(row.get(col, "") or "").strip()
+            if not v:
+                return None
             try:
-                mpp = float(mv)
+                x = float(v)
             except ValueError:
-                raise ManifestError(f"{path.name} line {line}: mpp {mv!r} is not a number") from None
-            if not (mpp > 0 and math.isfinite(mpp)):
-                raise ManifestError(f"{path.name} line {line}: mpp must be positive")
+                raise ManifestError(f"{path.name} line {line}: {col} {v!r} is not a number") from None
+            if not (x > 0 and math.isfinite(x)):
+                raise ManifestError(f"{path.name} line {line}: {col} must be positive")
+            return x
+
         out.append(Section(
             section=name,
             patient=str(row.get("patient", "") or name).strip() or name,
@@ -87,7 +91,8 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Sec
             spots=resolve("spots", True),
             counts=resolve("counts"),
             clusters=resolve("clusters"),
-            mpp=mpp,
+            mpp=positive("mpp"),
+            bin_um=positive("bin_um"),
         ))
     if not out:
         raise ManifestError(f"{path.name}: no sections")
@@ -110,9 +115,12 @@ def write_manifest(path: str | os.PathLike, sections: list[Section]) -> Path:
 
     rows = [{"section": s.section, "patient": s.patient, "image": rel(s.image), "spots": rel(s.spots),
              "counts": rel(s.counts), "clusters": rel(s.clusters),
-             "mpp": "" if s.mpp is None else repr(s.mpp)} for s in sections]
-    pd.DataFrame(rows, columns=list(REQUIRED[:1]) + ["patient", "image", "spots", "counts",
-                                                     "clusters", "mpp"]).to_csv(path, index=False)
+             "mpp": "" if s.mpp is None else repr(s.mpp),
+             "bin_um": "" if s.bin_um is None else repr(s.bin_um)} for s in sections]
+    cols = ["section", "patient", "image", "spots", "counts", "clusters", "mpp"]
+    if any(s.bin_um is not None for s in sections):
+        cols.append("bin_um")
+    pd.DataFrame(rows, columns=cols).to_csv(path, index=False)
     return path
 
 

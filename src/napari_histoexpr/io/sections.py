@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Generator
 
 from ..errors import NoTissueImageError, SpotDataWarning
+from .legacy_st import place_on_frame
 from .manifest import Section
 from .slides import SlidePyramid, open_slide
 from .spots import check_spots_in_image, read_clusters, read_spots
@@ -37,12 +38,12 @@ def harmonise_mpp(slide, adata) -> float | None:
 
 
 def open_steps(slide: PathLike, spots: PathLike = None, counts: PathLike = None, clusters: PathLike = None,
-               mpp: float | None = None) -> Generator[str, None, tuple]:
+               mpp: float | None = None, bin_um: float | None = None) -> Generator[str, None, tuple]:
     """Open a slide and/or spots, yielding a progress message per step (a GUI worker shows them).
 
     Returns ``(SlidePyramid | None, AnnData | None)`` with mpp harmonised and spots checked
     against the image bounds. Raises the named errors of :mod:`napari_histoexpr.errors`.
-    With spots but no slide, a Visium folder's own tissue image is used.
+    With spots but no slide, a Visium or ST folder's own tissue image is used.
     """
     pyr: SlidePyramid | None = None
     adata = None
@@ -51,10 +52,12 @@ def open_steps(slide: PathLike, spots: PathLike = None, counts: PathLike = None,
         pyr = open_slide(slide, mpp=mpp)
     yield "reading spots" if spots else "no spots given"
     if spots:
-        adata = read_spots(spots, counts=counts or None, mpp=mpp)
+        adata = read_spots(spots, counts=counts or None, mpp=mpp, bin_um=bin_um)
         if clusters:
             read_clusters(adata, clusters)
     yield "aligning"
+    if pyr is None and adata is not None and adata.uns["histoexpr"].get("image"):  # an ST folder's image
+        pyr = open_slide(adata.uns["histoexpr"]["image"], mpp=mpp)
     if pyr is None and adata is not None and "spatial" in adata.uns:
         from .visium import visium_image
 
@@ -64,6 +67,7 @@ def open_steps(slide: PathLike, spots: PathLike = None, counts: PathLike = None,
             warnings.warn(str(e), SpotDataWarning, stacklevel=2)
             adata.uns["histoexpr"]["warning"] = str(e)
     if pyr is not None and adata is not None:
+        place_on_frame(adata, pyr.level0_shape)  # legacy ST counts without a spot file
         harmonise_mpp(pyr, adata)
         check_spots_in_image(adata, pyr.level0_shape)
     yield "done"
@@ -71,17 +75,18 @@ def open_steps(slide: PathLike, spots: PathLike = None, counts: PathLike = None,
 
 
 def open_section(slide: PathLike, spots: PathLike = None, counts: PathLike = None, clusters: PathLike = None,
-                 mpp: float | None = None) -> tuple:
+                 mpp: float | None = None, bin_um: float | None = None) -> tuple:
     """:func:`open_steps` run to completion: ``(SlidePyramid | None, AnnData | None)``."""
     from ..steps import drain
 
-    return drain(open_steps(slide, spots, counts, clusters, mpp))
+    return drain(open_steps(slide, spots, counts, clusters, mpp, bin_um))
 
 
 def load_section(section: Section) -> tuple:
     """A manifest :class:`~napari_histoexpr.io.manifest.Section` opened: ``(SlidePyramid, AnnData)``,
     the AnnData tagged with the section and patient names."""
-    pyr, adata = open_section(section.image, section.spots, section.counts, section.clusters, section.mpp)
+    pyr, adata = open_section(section.image, section.spots, section.counts, section.clusters, section.mpp,
+                              section.bin_um)
     adata.uns["histoexpr"]["section"] = section.section
     adata.uns["histoexpr"]["patient"] = section.patient
     return pyr, adata

@@ -13,7 +13,14 @@ import numpy as np
 import pandas as pd
 
 from ..errors import BarcodeJoinError, SpotDataError, SpotsOutsideImageError
-from .legacy_st import guess_st_counts, read_legacy_st
+from .legacy_st import (
+    guess_st_counts,
+    looks_like_st_counts,
+    read_legacy_st,
+    read_st_folder,
+    read_st_matrix,
+    st_counts_in,
+)
 from .spotdata import VISIUM_SPOT_UM, nearest_neighbour_distance
 from .visium import read_visium
 
@@ -67,15 +74,21 @@ def read_clusters(adata, path: str | os.PathLike, column: str = "label", key: st
 
 
 def read_spots(path: str | os.PathLike, counts: str | os.PathLike | None = None,
-               mpp: float | None = None):
-    """Read spots from a Space Ranger folder, an ``.h5ad`` or a legacy ST selection TSV (+ counts)."""
+               mpp: float | None = None, bin_um: float | None = None):
+    """Read spots from a Space Ranger folder, an ``.h5ad``, a legacy ST selection TSV (+ counts), a
+    legacy ST counts TSV on its own or an ST pipeline folder (:mod:`.legacy_st`). ``bin_um``: the bin
+    size of a Visium HD run (default 8 µm)."""
     p = Path(path)
     if not p.exists():
         raise SpotDataError(f"spot data not found: {p}")
-    if p.is_dir() or p.name in ("filtered_feature_bc_matrix.h5", "scalefactors_json.json"):
-        adata = read_visium(p)
+    if p.is_dir() and st_counts_in(p):
+        adata = read_st_folder(p, mpp=mpp)
+    elif p.is_dir() or p.name in ("filtered_feature_bc_matrix.h5", "scalefactors_json.json"):
+        adata = read_visium(p, bin_um=bin_um)
     elif p.suffix == ".h5ad":
         adata = read_h5ad(p)
+    elif counts is None and looks_like_st_counts(p):
+        adata = read_st_matrix(p, mpp=mpp)
     elif p.name.endswith((".tsv", ".tsv.gz", ".csv")):
         if counts is None:
             guess = guess_st_counts(p)
@@ -84,7 +97,7 @@ def read_spots(path: str | os.PathLike, counts: str | os.PathLike | None = None,
             counts = guess
         adata = read_legacy_st(counts, p, mpp=mpp)
     else:
-        raise SpotDataError(f"unsupported spot data: {p.name} (Space Ranger folder, .h5ad or ST TSV)")
+        raise SpotDataError(f"unsupported spot data: {p.name} (Space Ranger folder, .h5ad, ST TSV or ST folder)")
     if mpp is not None:
         info = adata.uns["histoexpr"]
         info["mpp"], info["mpp_source"] = float(mpp), "given"

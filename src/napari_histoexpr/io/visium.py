@@ -150,10 +150,14 @@ def visium_folder(path: str | os.PathLike) -> Path:
 
 def looks_like_space_ranger(path: str | os.PathLike) -> bool:
     """A folder with Space Ranger's ``spatial/`` (scalefactors or spot positions in it), complete or
-    not: reading an incomplete one names what is missing."""
+    not — reading an incomplete one names what is missing — or a Visium HD run."""
+    from .visium_hd import binned_outputs
+
     p = Path(path)
     if not p.is_dir():
         return False
+    if binned_outputs(p) is not None:
+        return True
     spatial = visium_folder(p) / "spatial"
     return (spatial / "scalefactors_json.json").exists() or any(spatial.glob("tissue_positions*"))
 
@@ -186,9 +190,13 @@ def read_scalefactors(spatial: Path) -> dict:
 
 
 def read_visium(path: str | os.PathLike, library_id: str | None = None,
-                load_images: bool = True, in_tissue_only: bool = True):
-    """Read a Space Ranger 1.x/2.x ``outs`` folder."""
-    outs = visium_folder(path)
+                load_images: bool = True, in_tissue_only: bool = True, bin_um: float | None = None):
+    """Read a Space Ranger 1.x/2.x ``outs`` folder, or one bin size of a Visium HD run (``bin_um``,
+    default 8 µm; :mod:`.visium_hd`)."""
+    from .visium_hd import hd_bin_folder, hd_info
+
+    hd = hd_bin_folder(path, bin_um)
+    outs = hd if hd is not None else visium_folder(path)
     spatial = outs / "spatial"
     if not spatial.is_dir():
         raise SpotDataError(f"{outs}: no 'spatial' folder; not a Space Ranger outs folder")
@@ -229,6 +237,8 @@ def read_visium(path: str | os.PathLike, library_id: str | None = None,
         "mpp_source": "estimated from the 55 µm spot diameter",
         "library_id": lib,
     }
+    if hd is not None:  # square bins of a known size; microns_per_pixel from Space Ranger
+        info.update(hd_info(sf, outs) or {})
     adata = spot_anndata(X, obs, var, xy, info)
     images, problems = {}, []
     if load_images:

@@ -102,4 +102,5 @@ class Session:
             return None
         return Section(section=Path(info["image"]).stem or name, patient="", image=Path(info["image"]),
                        spots=Path(info["spots"]), counts=Path(info["counts"]) if info.get("counts") else None,
-                       mpp=float(info["mpp"]) if info.get("mpp") else None)
+                       mpp=float(info["mpp"]) if info.get("mpp") else None,
+                       bin_um=float(info["bin_um"]) if info.get("bin_um") else None)

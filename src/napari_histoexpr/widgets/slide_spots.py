@@ -15,9 +15,12 @@ from magicgui.widgets import (
 from ..data.expression import VALUE_MODES
 from ..errors import UnknownGeneError
 from ..io.sections import N_OPEN_STEPS, open_steps
+from ..io.visium_hd import DEFAULT_BIN_UM
 from ..layerdata import spots_layer_data
 from ._common import PanelMixin, notify_error, start_worker
 from ._session import Session
+
+HD_BINS = (2, 8, 16)  # Space Ranger's Visium HD bin sizes (µm)
 
 COLORMAPS = ("viridis", "magma", "inferno", "plasma", "turbo", "cividis", "gray")
 
@@ -26,6 +29,7 @@ class SlideSpotsWidget(PanelMixin, Container):
     """Open a slide + spots off the GUI thread; pick a gene with completion; set value mode/contrast."""
 
     SETTINGS = {"slide": "_slide_edit", "spots": "_spots_edit", "counts": "_counts_edit", "mpp": "_mpp",
+                "bin_um": "_bin",
                 "gene": "_gene", "mode": "_mode", "low_percentile": "_lo", "high_percentile": "_hi",
                 "colormap": "_cmap"}
 
@@ -40,11 +44,13 @@ class SlideSpotsWidget(PanelMixin, Container):
         self._spots_edit = FileEdit(label="spots", mode="r", nullable=True,
                                     filter="*.h5 *.h5ad *.tsv *.tsv.gz *.csv *.json")
         self._spots_edit.tooltip = ("Space Ranger: pick filtered_feature_bc_matrix.h5 or "
-                                    "scalefactors_json.json in outs/; legacy ST: *_selection.tsv; "
-                                    "or an .h5ad with obsm['spatial']")
+                                    "scalefactors_json.json in outs/ (Visium HD: the outs folder); legacy ST: "
+                                    "*_selection.tsv or a counts TSV with XxY ids; or an .h5ad with obsm['spatial']")
         self._counts_edit = FileEdit(label="ST counts", mode="r", nullable=True, filter="*.tsv *.tsv.gz")
         self._counts_edit.tooltip = "Legacy ST only: spots x genes counts TSV (found automatically in a HER2ST layout)"
         self._mpp = FloatSpinBox(label="µm/px (0 = auto)", value=0.0, min=0.0, max=100.0, step=0.01)
+        self._bin = ComboBox(label="HD bin µm", choices=list(HD_BINS), value=DEFAULT_BIN_UM)
+        self._bin.tooltip = "Visium HD only: which bin size of binned_outputs/ to open"
         self._open_btn = PushButton(text="Open")
         self._gene = LineEdit(label="gene")
         self._gene.tooltip = "Type a gene name (completion over all genes), Enter to apply"
@@ -54,7 +60,7 @@ class SlideSpotsWidget(PanelMixin, Container):
         self._cmap = ComboBox(label="colormap", choices=list(COLORMAPS), value="viridis")
         self._status = Label(value="Open a slide and/or its spots.")
         super().__init__(widgets=[
-            self._slide_edit, self._spots_edit, self._counts_edit, self._mpp, self._open_btn,
+            self._slide_edit, self._spots_edit, self._counts_edit, self._mpp, self._bin, self._open_btn,
             self._gene, self._mode, self._lo, self._hi, self._cmap, self._status,
         ])
         self._completer = None
@@ -89,9 +95,10 @@ class SlideSpotsWidget(PanelMixin, Container):
             return None
         self._open_btn.enabled = False
         self._status.value = "opening…"
-        self._pending = {"image": slide, "spots": spots, "counts": counts, "mpp": mpp}
+        bin_um = float(self._bin.value)
+        self._pending = {"image": slide, "spots": spots, "counts": counts, "mpp": mpp, "bin_um": bin_um}
         self._worker = start_worker(
-            open_steps, slide, spots, counts, None, mpp, desc="Opening slide & spots", total=N_OPEN_STEPS,
+            open_steps, slide, spots, counts, None, mpp, bin_um, desc="Opening slide & spots", total=N_OPEN_STEPS,
             yielded=self._on_step, returned=self._on_opened, errored=self._on_error,
             finished=self._on_finished)
         return self._worker

@@ -1,5 +1,5 @@
 """npe2 reader: slides, Space Ranger folders, .h5ad, legacy ST spot and counts files, ST pipeline
-folders (counts + image) and section manifests.
+folders (counts + image), SpatialData stores and section manifests.
 
 Every reader returns LayerData tuples in the µm world, so slide, spots and predictions overlay.
 """
@@ -13,6 +13,7 @@ from .data.expression import top_genes
 from .io.legacy_st import looks_like_st_counts, st_counts_in
 from .io.sections import open_section
 from .io.slides import is_slide_path, open_slide
+from .io.spatialdata_store import is_spatialdata_store
 from .io.spots import read_spots
 from .io.visium import is_visium_folder, looks_like_space_ranger
 from .layerdata import slide_layer_data, spots_layer_data
@@ -44,6 +45,8 @@ def get_reader(path):
 
         if is_prediction(path):
             return read_prediction_layers
+        if is_spatialdata_store(path):  # SpatialData: image, spots and their table
+            return read_section_folder_layers
         if st_counts_in(path):  # ST pipeline / STUtility: counts + image (reading names what is amiss)
             return read_section_folder_layers
         # a Space Ranger folder, complete or not: reading an incomplete one names the missing file
@@ -78,7 +81,7 @@ def _spot_layers(adata, mpp=None, gene=None, translate=None):
 
 
 def read_section_folder_layers(path):
-    """A Space Ranger or ST pipeline folder: its image (when usable) and spots."""
+    """A Space Ranger or ST pipeline folder, or a SpatialData store: its image (when usable) and spots."""
     pyr, adata = open_section(None, _one(path))  # warns (a napari notification) when there is no image
     if pyr is None:
         return [_spot_layers(adata)]

@@ -13,6 +13,7 @@ from ..errors import HistoExprError
 from .commands import (
     cmd_demo,
     cmd_evaluate,
+    cmd_export,
     cmd_info,
     cmd_predict,
     cmd_segment_evaluate,
@@ -65,6 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--gene", default=None)
     i.add_argument("--mode", default="log1p", choices=["raw", "log1p", "normalised"])
     i.set_defaults(func=cmd_info)
+
+    x = sub.add_parser("export", help="write a section (slide, spots, measured table, predicted maps) to "
+                       "another format")
+    x.add_argument("--format", required=True, choices=["spatialdata"],
+                   help="spatialdata: a SpatialData .zarr store (napari-spatialdata, squidpy); needs the "
+                        "spatialdata package")
+    x.add_argument("--slide", default=None, help="slide (default: a Space Ranger or ST folder's own image)")
+    x.add_argument("--spots", required=True, help="spot data, as for info")
+    x.add_argument("--counts", default=None, help="legacy ST counts TSV")
+    x.add_argument("--mpp", type=float, default=None, help="override µm per level-0 pixel")
+    x.add_argument("--bin-um", type=float, default=None, help="Visium HD bin size (default 8)")
+    x.add_argument("--prediction", default=None, help="a histoexpr predict output folder to include")
+    x.add_argument("--out", required=True, help="the store to write (e.g. section.zarr)")
+    x.add_argument("--overwrite", action="store_true")
+    x.set_defaults(func=cmd_export)
 
     t = sub.add_parser("train", help="train an expression model (BrST-Net style) on a section manifest")
     t.add_argument("--manifest", required=True, help="section manifest CSV (see docs/formats.md)")

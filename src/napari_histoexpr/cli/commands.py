@@ -43,6 +43,23 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """Write a section to another format (SpatialData)."""
+    from ..io.sections import open_steps
+    from ..io.spatialdata_store import export_section
+
+    pyr, adata = drain(open_steps(args.slide, args.spots, args.counts, None, args.mpp, args.bin_um), progress)
+    if pyr is None:
+        from ..errors import HistoExprError
+
+        raise HistoExprError("export needs an image: give --slide (the spot data has none of its own)")
+    path = export_section(pyr, adata, args.out, prediction=args.prediction, overwrite=args.overwrite)
+    progress(f"SpatialData store written: {path}")
+    print(json.dumps({"out": str(path), "n_spots": int(adata.n_obs), "n_genes": int(adata.n_vars),
+                      "prediction": args.prediction}, indent=2))
+    return 0
+
+
 def cmd_demo(args) -> int:
     """Generate the built-in section and show it (or, headless, write a screenshot)."""
     from ..data.synthetic import make_demo

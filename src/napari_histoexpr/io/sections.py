@@ -16,6 +16,7 @@ from ..errors import NoTissueImageError, SpotDataWarning
 from .legacy_st import place_on_frame
 from .manifest import Section
 from .slides import SlidePyramid, open_slide
+from .spatialdata_store import is_spatialdata_store
 from .spots import check_spots_in_image, read_clusters, read_spots
 
 #: number of progress messages :func:`open_steps` yields (for a determinate progress bar)
@@ -43,7 +44,7 @@ def open_steps(slide: PathLike, spots: PathLike = None, counts: PathLike = None,
 
     Returns ``(SlidePyramid | None, AnnData | None)`` with mpp harmonised and spots checked
     against the image bounds. Raises the named errors of :mod:`napari_histoexpr.errors`.
-    With spots but no slide, a Visium or ST folder's own tissue image is used.
+    With spots but no slide, a Visium or ST folder's (or a SpatialData store's) own image is used.
     """
     pyr: SlidePyramid | None = None
     adata = None
@@ -51,10 +52,15 @@ def open_steps(slide: PathLike, spots: PathLike = None, counts: PathLike = None,
     if slide:
         pyr = open_slide(slide, mpp=mpp)
     yield "reading spots" if spots else "no spots given"
-    if spots:
+    if spots and is_spatialdata_store(spots):  # a SpatialData store: its own image, spots and table
+        from .spatialdata_store import read_store
+
+        store_pyr, adata = read_store(spots)
+        pyr = pyr or store_pyr
+    elif spots:
         adata = read_spots(spots, counts=counts or None, mpp=mpp, bin_um=bin_um)
-        if clusters:
-            read_clusters(adata, clusters)
+    if adata is not None and clusters:
+        read_clusters(adata, clusters)
     yield "aligning"
     if pyr is None and adata is not None and adata.uns["histoexpr"].get("image"):  # an ST folder's image
         pyr = open_slide(adata.uns["histoexpr"]["image"], mpp=mpp)

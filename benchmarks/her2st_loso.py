@@ -1,10 +1,11 @@
 """Leave-one-section-out expression benchmark on HER2ST patient C (C2–C5); prints JSON.
 
-For each held-out section, trains on the other three (the last of them is the validation section
-for early stopping) and evaluates on the held-out one with ``histoexpr evaluate`` (model and the
-two baselines). Writes every fold's model and report under ``--out``.
+For each held-out section, trains on the other three with ``histoexpr train``'s defaults (all three
+fitted, fixed schedule, EMA weights; ``--holdout``: the last of them for early stopping instead) and
+evaluates on the held-out one with ``histoexpr evaluate`` (model and the two baselines). Writes
+every fold's model and report under ``--out``.
 
-    python benchmarks/her2st_loso.py --data HER2ST_DIR [--device cuda] [--epochs 20]
+    python benchmarks/her2st_loso.py --data HER2ST_DIR [--device cuda] [--epochs 20] [--holdout]
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def write_manifests(data: Path, out: Path, held: str) -> tuple[Path, Path]:
 def main(argv=None) -> int:
     from napari_histoexpr.cli import drain
     from napari_histoexpr.evaluation import evaluate_steps
-    from napari_histoexpr.train.expression import TrainConfig, train_from_manifest_steps
+    from napari_histoexpr.train.expression import TrainConfig, epoch_line, train_from_manifest_steps
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="HER2ST data folder (images/, spots/, counts/, clusters/)")
@@ -48,6 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--folds", default=",".join(SECTIONS))
+    ap.add_argument("--holdout", action="store_true", help="early stopping on the last training section")
     args = ap.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
     if not data.is_dir():
@@ -58,11 +60,11 @@ def main(argv=None) -> int:
     for held in args.folds.split(","):
         tr, te = write_manifests(data, out, held)
         cfg = TrainConfig(backbone=args.backbone, epochs=args.epochs, px=args.px, window_um=args.window_um,
-                          batch_size=args.batch_size, lr=args.lr, device=args.device, patience=6)
+                          batch_size=args.batch_size, lr=args.lr, device=args.device, patience=6,
+                          holdout=args.holdout)
         t0 = time.perf_counter()
         log = lambda ev: ev.get("stage") == "epoch" and print(  # noqa: E731
-            f"[{held}] epoch {ev['epoch'] + 1}: val r {ev['val_mean_r']:.3f}, "
-            f"{ev['patches_per_s']:.0f} patches/s", file=sys.stderr, flush=True)
+            f"[{held}] {epoch_line(ev)}, {ev['patches_per_s']:.0f} patches/s", file=sys.stderr, flush=True)
         summary = drain(train_from_manifest_steps(tr, out / f"model_{held}", cfg), log)
         t_train = time.perf_counter() - t0
         rep = drain(evaluate_steps(out / f"model_{held}", te, out / f"report_{held}", device=args.device),

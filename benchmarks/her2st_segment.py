@@ -104,7 +104,9 @@ def main(argv=None) -> int:
         def log(ev, held=held):
             if ev.get("stage") == "encoder":
                 times["encoder_start"] = time.perf_counter()
-            if ev.get("stage") == "data" and "encoder_start" in times and "encoder_s" not in times:
+            elif ev.get("stage") == "baselines":  # the encoder's last stage
+                times["encoder_baselines"] = True
+            elif "encoder_baselines" in times and "encoder_s" not in times:  # the segmenter's first event
                 times["encoder_s"] = time.perf_counter() - times["encoder_start"]
             if ev.get("stage") in ("epoch", "head", "encoder"):
                 print(f"[{held}] {ev.get('msg') or {k: ev.get(k) for k in ('epoch', 'val_mean_r', 'val_bal_acc')}}",

@@ -114,3 +114,53 @@ def test_folder_without_matrix_names_the_missing_file(folders, tmp_path):
     with pytest.raises(SpotDataError, match="filtered_feature_bc_matrix"):
         reader(str(d))
     assert cli(["info", "--spots", str(d)]) == 2
+
+
+def test_fuzz_findings_are_named(folders, tmp_path):
+    """Classes the fuzz pass (benchmarks/fuzz_inputs.py) found raising raw errors or crashing."""
+    import json
+
+    import h5py
+
+    from napari_histoexpr.errors import MissingScalefactorsError
+
+    d = _copy(folders["sr2"], tmp_path)
+    # duplicated barcodes in the positions
+    p = d / "spatial" / "tissue_positions.csv"
+    good = p.read_text()
+    lines = good.splitlines()
+    lines[3] = lines[2].split(",")[0] + "," + ",".join(lines[3].split(",")[1:])
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SpotDataError, match="more than once in the positions"):
+        read_spots(d)
+    p.write_text(good)
+    # corrupt sparse indices in the HDF5 matrix: a named error, not a segmentation fault later
+    h5 = d / "filtered_feature_bc_matrix.h5"
+    with h5py.File(h5, "r+") as f:
+        idx = f["matrix/indices"][:]
+        idx[len(idx) // 2] = 10 ** 6
+        f["matrix/indices"][:] = idx
+    with pytest.raises(SpotDataError, match="corrupt or incomplete feature-barcode matrix"):
+        read_spots(d)
+    # scalefactors of the wrong type or undecodable
+    d2 = _copy(folders["sr1"], tmp_path / "b")
+    sfp = d2 / "spatial" / "scalefactors_json.json"
+    sf = json.loads(sfp.read_text())
+    sfp.write_text(json.dumps(dict(sf, spot_diameter_fullres={"a": 1})))
+    with pytest.raises(MissingScalefactorsError, match="not a positive number"):
+        read_spots(d2)
+    sfp.write_bytes(b'{"spot_diameter_fullres": \xf4\x80}')
+    with pytest.raises(MissingScalefactorsError, match="not valid JSON"):
+        read_spots(d2)
+
+
+def test_st_selection_with_non_finite_coordinates_is_named(tmp_path):
+    sel = tmp_path / "S_selection.tsv"
+    sel.write_text("x\ty\tpixel_x\tpixel_y\tselected\n2\t3\t40.0\t60.0\t1\n3\t3\tinf\t60.0\t1\n")
+    (tmp_path / "S.tsv").write_text("\tG1\tG2\n2x3\t1\t2\n3x3\t3\t4\n")
+    with pytest.raises(SpotDataError, match=r"S_selection\.tsv: 1 row\(s\) without a finite pixel_x \(first at line 3"):
+        read_spots(sel)
+    (tmp_path / "S.tsv").write_bytes(b"\tG1\tG2\n2x3\t1\t2\n3x3\t\xb2\xff\t4\n")
+    sel.write_text("x\ty\tpixel_x\tpixel_y\tselected\n2\t3\t40.0\t60.0\t1\n3\t3\t80.0\t60.0\t1\n")
+    with pytest.raises(SpotDataError, match=r"S\.tsv"):
+        read_spots(sel)

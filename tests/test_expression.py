@@ -185,6 +185,10 @@ def test_artifact_round_trip_and_corruption(trained, tmp_path, capsys):
     (bad / "model.json").write_text(json.dumps(dict(meta, genes=meta["genes"][:3])))
     with pytest.raises(ModelFileError, match="do not fit"):
         ExpressionModel.load(bad)
+    for field, value in (("window_um", "text"), ("input_px", None), ("genes", 5), ("backbone", ["x"])):
+        (bad / "model.json").write_text(json.dumps(dict(meta, **{field: value})))
+        with pytest.raises(ModelFileError, match="missing or malformed field|do not fit"):
+            ExpressionModel.load(bad)
     (bad / "model.json").write_text("{trunc")
     with pytest.raises(ModelFileError, match="JSON"):
         ExpressionModel.load(bad)

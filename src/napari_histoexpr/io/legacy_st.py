@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from ..errors import SpotDataError
-from .spotdata import ST_PITCH_UM, ST_SPOT_UM, join_ids, spot_anndata
+from .spotdata import ST_PITCH_UM, ST_SPOT_UM, counts_matrix, join_ids, numeric_columns, read_table, spot_anndata
 
 
 def estimate_st_pitch_px(sel: pd.DataFrame) -> float:
@@ -48,14 +47,16 @@ def read_legacy_st(counts: str | os.PathLike, selection: str | os.PathLike,
     for p in (counts, selection):
         if not p.exists():
             raise SpotDataError(f"file not found: {p}")
-    sel = pd.read_csv(selection, sep="\t")
+    sel = read_table(selection, sep="\t")
     need = {"x", "y", "pixel_x", "pixel_y"}
     if not need <= set(sel.columns):
         raise SpotDataError(f"{selection.name}: needs columns {sorted(need)}, found {list(sel.columns)}")
+    sel = numeric_columns(sel, [c for c in ("x", "y", "new_x", "new_y", "pixel_x", "pixel_y") if c in sel],
+                          selection.name)
     if selected_only and "selected" in sel:
         sel = sel[sel["selected"] == 1]
     sel.index = [f"{int(x)}x{int(y)}" for x, y in zip(sel["x"], sel["y"])]
-    df = pd.read_csv(counts, sep="\t", index_col=0)
+    df = read_table(counts, sep="\t", index_col=0)
     df.index = df.index.astype(str)
     ic, ip = join_ids(df.index, sel.index, f"{counts.name} + {selection.name}")
     df = df.iloc[ic]
@@ -68,7 +69,7 @@ def read_legacy_st(counts: str | os.PathLike, selection: str | os.PathLike,
     obs = pd.DataFrame({"array_x": sel["x"].to_numpy(), "array_y": sel["y"].to_numpy()},
                        index=df.index)
     var = pd.DataFrame(index=df.columns.astype(str))
-    X = sp.csr_matrix(df.to_numpy(dtype=np.float32))
+    X = counts_matrix(df, counts.name)
     xy = sel[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
     info = {
         "platform": "st",
@@ -145,17 +146,14 @@ def read_st_matrix(counts: str | os.PathLike, alignment: str | os.PathLike | Non
     counts = Path(counts)
     if not counts.exists():
         raise SpotDataError(f"file not found: {counts}")
-    try:
-        df = pd.read_csv(counts, sep="\t", index_col=0)
-    except Exception as e:  # a parser or decompression error, named with the file
-        raise SpotDataError(f"{counts.name}: not a counts TSV ({type(e).__name__}: {e})") from e
+    df = read_table(counts, sep="\t", index_col=0)
     if df.empty:
         raise SpotDataError(f"{counts.name}: no spots")
+    if not df.index.is_unique:
+        raise SpotDataError(f"{counts.name}: spot ids appear more than once (e.g. "
+                            f"{list(df.index[df.index.duplicated()][:3])})")
     arr = parse_st_ids(df.index, counts.name)
-    try:
-        X = sp.csr_matrix(df.to_numpy(dtype=np.float32))
-    except ValueError as e:
-        raise SpotDataError(f"{counts.name}: non-numeric counts ({e})") from e
+    X = counts_matrix(df, counts.name)
     info = {"platform": "st", "source": str(counts)}
     if alignment is not None:
         t = read_alignment(alignment)

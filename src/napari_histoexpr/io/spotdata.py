@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import BarcodeJoinError
+from ..errors import BarcodeJoinError, SpotDataError
 
 VISIUM_SPOT_UM = 55.0  # Visium spot diameter
 VISIUM_PITCH_UM = 100.0
@@ -39,10 +39,52 @@ def spot_anndata(X, obs: pd.DataFrame, var: pd.DataFrame, spatial_xy: np.ndarray
     return adata
 
 
+def read_table(path, **kwargs) -> pd.DataFrame:
+    """``pd.read_csv`` whose parser, decoding and decompression errors become a
+    :class:`SpotDataError` naming the file."""
+    import zlib
+
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError,
+            zlib.error, ValueError) as e:
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise SpotDataError(f"{getattr(path, 'name', path)}: unreadable table ({type(e).__name__}: {msg[:200]})") from e
+
+
+def numeric_columns(df: pd.DataFrame, cols, where: str) -> pd.DataFrame:
+    """``cols`` of ``df`` as finite floats; a :class:`SpotDataError` names the first bad row (line)."""
+    out = df.copy()
+    for c in cols:
+        v = pd.to_numeric(out[c], errors="coerce").to_numpy(dtype=float)
+        bad = np.flatnonzero(~np.isfinite(v))
+        if len(bad):
+            raise SpotDataError(f"{where}: {len(bad)} row(s) without a finite {c} (first at line {bad[0] + 2}: "
+                                f"{df[c].iloc[bad[0]]!r})")
+        out[c] = v
+    return out
+
+
+def counts_matrix(df: pd.DataFrame, where: str):
+    """The counts of a spots x genes table as CSR float32; non-numeric or non-finite cells are named."""
+    try:
+        X = df.to_numpy(dtype=np.float32)
+    except (ValueError, TypeError) as e:
+        raise SpotDataError(f"{where}: non-numeric counts ({e})") from e
+    if not np.isfinite(X).all():
+        raise SpotDataError(f"{where}: counts that are NaN or infinite")
+    return sp.csr_matrix(X)
+
+
 def join_ids(ids_counts: pd.Index, ids_pos: pd.Index, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Positions in both indexes of the shared ids; raise when the join is empty or poor."""
     ids_counts = pd.Index(ids_counts.astype(str))
     ids_pos = pd.Index(ids_pos.astype(str))
+    for ids, side in ((ids_counts, "counts"), (ids_pos, "positions")):
+        if not ids.is_unique:
+            dup = ids[ids.duplicated()].unique()
+            raise SpotDataError(f"{what}: {len(dup)} spot id(s) appear more than once in the {side} "
+                                f"(e.g. {list(dup[:3])})")
     shared = ids_counts.intersection(ids_pos, sort=False)
     if len(shared) == 0:
         raise BarcodeJoinError(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from ..errors import BarcodeJoinError, SpotDataError, SpotsOutsideImageError
 from .legacy_st import (
@@ -34,6 +35,18 @@ def read_h5ad(path: str | os.PathLike):
         raise SpotDataError(f"cannot read {Path(path).name}: {e}") from e
     if "spatial" not in adata.obsm:
         raise SpotDataError(f"{Path(path).name}: no obsm['spatial'] with spot coordinates")
+    if sp.issparse(adata.X):
+        try:  # corrupt indices/indptr would crash later sparse operations
+            adata.X.check_format(full_check=True)
+        except (ValueError, TypeError) as e:
+            raise SpotDataError(f"{Path(path).name}: corrupt sparse count matrix ({e})") from e
+    try:
+        xy = np.asarray(adata.obsm["spatial"], dtype=float)
+        ok = xy.ndim == 2 and xy.shape[1] >= 2 and bool(np.isfinite(xy[:, :2]).all())
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise SpotDataError(f"{Path(path).name}: obsm['spatial'] is not finite (x, y) coordinates")
     info = dict(adata.uns.get("histoexpr", {}))
     if "spot_diameter_px" not in info:
         # scanpy convention: uns['spatial'][lib]['scalefactors']['spot_diameter_fullres']

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,25 +31,40 @@ def read_10x_h5(path: Path):
         f = h5py.File(path, "r")
     except OSError as e:
         raise SpotDataError(f"cannot read {path.name}: not an HDF5 file ({e})") from e
-    with f:
-        if "matrix" in f:
-            g = f["matrix"]
-            feats = g["features"]
-            names = [x.decode() for x in feats["name"][:]]
-            ids = [x.decode() for x in feats["id"][:]]
-            ftype = ([x.decode() for x in feats["feature_type"][:]]
-                     if "feature_type" in feats else ["Gene Expression"] * len(ids))
-        else:  # v2: one group per genome
-            groups = [k for k in f.keys() if isinstance(f[k], h5py.Group)]
-            if not groups:
-                raise SpotDataError(f"{path.name}: no 'matrix' group; not a 10x feature-barcode file")
-            g = f[groups[0]]
-            names = [x.decode() for x in g["gene_names"][:]]
-            ids = [x.decode() for x in g["genes"][:]]
-            ftype = ["Gene Expression"] * len(ids)
-        n_feat, n_bc = (int(v) for v in g["shape"][:])
-        mat = sp.csc_matrix((g["data"][:], g["indices"][:], g["indptr"][:]), shape=(n_feat, n_bc))
-        barcodes = [x.decode() for x in g["barcodes"][:]]
+    try:
+        return _read_10x_groups(f, path)
+    except SpotDataError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, IndexError, UnicodeDecodeError, OverflowError) as e:
+        raise SpotDataError(f"{path.name}: corrupt or incomplete feature-barcode matrix "
+                            f"({type(e).__name__}: {str(e)[:200]})") from e
+    finally:
+        f.close()
+
+
+def _read_10x_groups(f, path: Path):
+    """The matrix of an open feature-barcode HDF5 (v3 ``matrix`` group or v2 per-genome groups)."""
+    import h5py
+
+    if "matrix" in f:
+        g = f["matrix"]
+        feats = g["features"]
+        names = [x.decode() for x in feats["name"][:]]
+        ids = [x.decode() for x in feats["id"][:]]
+        ftype = ([x.decode() for x in feats["feature_type"][:]]
+                 if "feature_type" in feats else ["Gene Expression"] * len(ids))
+    else:  # v2: one group per genome
+        groups = [k for k in f.keys() if isinstance(f[k], h5py.Group)]
+        if not groups:
+            raise SpotDataError(f"{path.name}: no 'matrix' group; not a 10x feature-barcode file")
+        g = f[groups[0]]
+        names = [x.decode() for x in g["gene_names"][:]]
+        ids = [x.decode() for x in g["genes"][:]]
+        ftype = ["Gene Expression"] * len(ids)
+    n_feat, n_bc = (int(v) for v in g["shape"][:])
+    mat = sp.csc_matrix((g["data"][:], g["indices"][:], g["indptr"][:]), shape=(n_feat, n_bc))
+    mat.check_format(full_check=True)  # corrupt indices/indptr would crash later sparse operations
+    barcodes = [x.decode() for x in g["barcodes"][:]]
     X = mat.T.tocsr()
     var = pd.DataFrame({"gene_ids": ids, "feature_types": ftype}, index=names)
     keep = var["feature_types"].to_numpy() == "Gene Expression"
@@ -74,12 +90,12 @@ def read_10x_mtx(folder: Path):
         raise SpotDataError(f"{folder}: needs matrix.mtx(.gz), barcodes.tsv(.gz) and features.tsv(.gz)")
     try:
         X = sp.csr_matrix(mmread(str(mtx))).T.tocsr()
-    except (EOFError, OSError, ValueError, IndexError) as e:
+    except (EOFError, OSError, ValueError, IndexError, TypeError, UnicodeDecodeError, zlib.error) as e:
         raise SpotDataError(f"{mtx}: truncated or corrupt Matrix Market file ({type(e).__name__}: {e})") from e
     try:
         barcodes = pd.read_csv(bcs, header=None, sep="\t")[0].astype(str)
         f = pd.read_csv(feats, header=None, sep="\t")
-    except (EOFError, OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+    except (EOFError, OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, zlib.error) as e:
         raise SpotDataError(f"{folder}: unreadable barcodes/features file ({type(e).__name__}: {e})") from e
     if X.shape != (len(barcodes), len(f)):
         raise SpotDataError(f"{mtx.name}: {X.shape[1]} genes x {X.shape[0]} barcodes, but {len(f)} features and "
@@ -182,10 +198,17 @@ def read_scalefactors(spatial: Path) -> dict:
         )
     try:
         sf = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MissingScalefactorsError(f"{p.name} is not valid JSON ({e})") from e
-    if "spot_diameter_fullres" not in sf:
+    if not isinstance(sf, dict) or "spot_diameter_fullres" not in sf:
         raise MissingScalefactorsError(f"{p.name} has no 'spot_diameter_fullres'")
+    for k in ("spot_diameter_fullres", "tissue_hires_scalef", "tissue_lowres_scalef", "microns_per_pixel",
+              "bin_size_um"):
+        v = sf.get(k)
+        if v is None and k != "spot_diameter_fullres":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0:
+            raise MissingScalefactorsError(f"{p.name}: {k} is {v!r}, not a positive number")
     return sf
 
 

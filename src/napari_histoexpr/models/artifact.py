@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,19 @@ def load_artifact(model_dir: str | os.PathLike, kind: str | None = None) -> tupl
     except Exception as e:
         raise ModelFileError(f"{mw}: corrupt safetensors file ({e})") from e
     return state, meta
+
+
+@contextmanager
+def meta_fields(where: str | os.PathLike):
+    """Building a model from its ``model.json``: a missing field or one of the wrong type or value
+    becomes a :class:`ModelFileError` naming the folder (not a raw KeyError/TypeError)."""
+    try:
+        yield
+    except ModelFileError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
+        raise ModelFileError(f"{where}: {META} has a missing or malformed field "
+                             f"({type(e).__name__}: {str(e)[:200]})") from e
 
 
 def load_state_strict(module, state: dict, where: str) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifact import load_artifact, load_state_strict
+from .artifact import load_artifact, load_state_strict, meta_fields
 from .backbones import build_backbone
 from .protocol import DenseMapModel
 from .runtime import for_inference, predict_batches, resolve_device
@@ -58,9 +58,10 @@ class ExpressionModel(DenseMapModel):
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: str | None = "auto") -> "ExpressionModel":
         state, meta = load_artifact(model_dir, kind=KIND)
-        net = build_net(meta)
-        load_state_strict(net, state, str(Path(model_dir)))
-        return cls(net, meta, resolve_device(device))
+        with meta_fields(model_dir):
+            net = build_net(meta)
+            load_state_strict(net, state, str(Path(model_dir)))
+            return cls(net, meta, resolve_device(device))
 
     def read_patches(self, pyr, centres: np.ndarray) -> np.ndarray:
         """The model's input patches (its window, size and stain normalisation) at level-0 ``centres``."""

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifact import load_artifact, load_state_strict
+from .artifact import load_artifact, load_state_strict, meta_fields
 from .backbones import build_backbone
 from .protocol import DenseMapModel
 from .runtime import for_inference, predict_batches, resolve_device
@@ -62,12 +62,13 @@ class Segmenter(DenseMapModel):
         state, meta = load_artifact(model_dir, kind=KIND)
         dev = resolve_device(device)
         nets = []
-        for i in range(len(meta["windows_um"])):
-            net = PatchClassifier(meta["backbone"], len(meta["classes"]))
-            load_state_strict(net, {k[len(f"w{i}."):]: v for k, v in state.items() if k.startswith(f"w{i}.")},
-                              str(model_dir))
-            nets.append(for_inference(net, dev))
-        return cls(nets, meta, dev)
+        with meta_fields(model_dir):
+            for i in range(len(meta["windows_um"])):
+                net = PatchClassifier(meta["backbone"], len(meta["classes"]))
+                load_state_strict(net, {k[len(f"w{i}."):]: v for k, v in state.items() if k.startswith(f"w{i}.")},
+                                  str(model_dir))
+                nets.append(for_inference(net, dev))
+            return cls(nets, meta, dev)
 
     # -- the two modes (implemented once in DenseMapModel): one branch per patch size -----------------
     def read_centres(self, pyr, centres: np.ndarray) -> list[np.ndarray]:

@@ -166,15 +166,16 @@ def save_model(out: str | os.PathLike, kind: str, net, projector: Projector, met
 
 def load_model_parts(model_dir: str | os.PathLike, kind: str, build: Callable[[dict], object]):
     """``(net, projector, meta)`` from a model folder of this ``kind``."""
-    from ..models.artifact import load_artifact, load_state_strict
+    from ..models.artifact import load_artifact, load_state_strict, meta_fields
 
     state, meta = load_artifact(model_dir, kind=kind)
     try:
         proj = Projector.from_state(state)
     except KeyError as e:
         raise ModelFileError(f"{model_dir}: the weights lack the feature projection ({e})") from e
-    net = build(meta)
-    load_state_strict(net, {k[4:]: v for k, v in state.items() if k.startswith("net.")}, str(model_dir))
+    with meta_fields(model_dir):
+        net = build(meta)
+        load_state_strict(net, {k[4:]: v for k, v in state.items() if k.startswith("net.")}, str(model_dir))
     return net.eval(), proj, meta
 
 

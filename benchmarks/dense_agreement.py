@@ -8,6 +8,7 @@ compare the two modes on a held-out section; prints JSON.
 - timings of both whole-section predictions.
 
     python benchmarks/dense_agreement.py --data HER2ST_DIR [--held C2] [--epochs 8] [--px 224]
+        [--model MODEL_DIR]    # an existing model trained without the held-out section
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--genes", type=int, default=250)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="benchmark-output/dense-agreement")
+    ap.add_argument("--model", default=None, help="use this model instead of training one")
     args = ap.parse_args(argv)
 
     import zarr
@@ -46,7 +48,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     train_csv, _ = write_manifests(Path(args.data), out, args.held)
-    model_dir = out / f"model_{args.held}_{args.px}_{args.epochs}"
+    model_dir = Path(args.model) if args.model else out / f"model_{args.held}_{args.px}_{args.epochs}"
     t0 = time.perf_counter()
     if not (model_dir / "model.json").exists():
         cfg = TrainConfig(n_genes=args.genes, epochs=args.epochs, px=args.px, window_um=args.window_um,
@@ -72,7 +74,8 @@ def main(argv=None) -> int:
     rg = pearson_columns(a[:, fin].T, b[:, fin].T)
     print(json.dumps({
         "benchmark": "dense_agreement", "held_out": args.held, "px": args.px, "window_um": args.window_um,
-        "epochs": args.epochs, "train_seconds": round(t_train, 1), "grid_step_um": round(step, 3),
+        "model": str(model_dir), "epochs": args.epochs if not args.model else None,
+        "train_seconds": round(t_train, 1), "grid_step_um": round(step, 3),
         "grid_cells": int(fin.sum()), "genes": int(a.shape[0]),
         "grid_agreement_median_r": round(float(np.nanmedian(rg)), 4),
         "grid_agreement_p10_r": round(float(np.nanpercentile(rg, 10)), 4),

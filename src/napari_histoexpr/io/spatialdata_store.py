@@ -29,7 +29,8 @@ def _sd():
     try:
         import spatialdata
     except ImportError as e:
-        raise HistoExprError(f"SpatialData support needs the spatialdata package ({HINT})") from e
+        raise HistoExprError(f"SpatialData support needs the spatialdata package ({HINT}; "
+                             f"importing it failed: {e})") from e
     return spatialdata
 
 

@@ -187,7 +187,7 @@ def test_artifact_round_trip_and_corruption(trained, tmp_path, capsys):
         ExpressionModel.load(bad)
     for field, value in (("window_um", "text"), ("input_px", None), ("genes", 5), ("backbone", ["x"])):
         (bad / "model.json").write_text(json.dumps(dict(meta, **{field: value})))
-        with pytest.raises(ModelFileError, match="missing or malformed field|do not fit"):
+        with pytest.raises(ModelFileError, match="missing or malformed field|lacks a needed field|do not fit"):
             ExpressionModel.load(bad)
     (bad / "model.json").write_text("{trunc")
     with pytest.raises(ModelFileError, match="JSON"):

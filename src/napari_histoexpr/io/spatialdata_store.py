@@ -177,12 +177,11 @@ def read_store(path: str | os.PathLike):
     rgb_images = {k: v for k, v in levels_of.items() if v[0].shape[0] in (3, 4)}
     name = IMAGE if IMAGE in rgb_images else max(rgb_images, key=lambda k: int(np.prod(rgb_images[k][0].shape[1:])),
                                                   default=None)
-    img_scale, img_off, ds0, h0 = np.ones(2), np.zeros(2), 1.0, None
+    img_scale, img_off, ds0 = np.ones(2), np.zeros(2), 1.0
     if name is not None:
         img_scale, img_off = _scale_translation(get_transformation(sdata.images[name], cs))
-        h0 = rgb_images[name][0].shape[1]
-        if ours.get("level0_shape"):
-            ds0 = float(ours["level0_shape"][0]) / h0
+        if ours.get("level0_shape"):  # our export: the slide's first level may be reduced
+            ds0 = float(ours["level0_shape"][0]) / rgb_images[name][0].shape[1]
     # spots: shape centres in the image's pixel-corner frame -> level-0 pixel centres
     s_scale, s_off = _scale_translation(get_transformation(shapes, cs))
     geoms = shapes.geometry
@@ -223,7 +222,7 @@ def read_store(path: str | os.PathLike):
     import scipy.sparse as sp
 
     adata = spot_anndata(sp.csr_matrix(rows.X, dtype=np.float32), obs, rows.var.copy(), xy, info)
-    if "spot_diameter_px" not in info or not np.isfinite(diam):
+    if not np.isfinite(diam):
         adata.uns["histoexpr"]["spot_diameter_px"] = 0.5 * nearest_neighbour_distance(xy)
     pyr = None
     if name is not None:

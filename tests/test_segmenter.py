@@ -86,6 +86,25 @@ def test_geojson_round_trip_and_rasterise(tmp_path):
     assert sidecar_path(tmp_path / "x.svs").name == "x.svs.histoexpr.geojson"
 
 
+def test_autosave_removes_parts_of_killed_writers_only(tmp_path):
+    """A writer killed between its temporary file and the rename leaves a ``.part``; the next save
+    removes it (its process is gone) but never one a live writer is still filling."""
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    path = tmp_path / "s.tif.histoexpr.geojson"
+    stale = tmp_path / f".{path.name}.{int(dead.stdout)}.part"
+    live = tmp_path / f".{path.name}.{os.getppid()}.part"
+    stale.write_text("{half a file")
+    live.write_text("{being written")
+    save_regions(path, [(np.array([[0.0, 0.0], [5.0, 0.0], [5.0, 5.0]]), "tumour")])
+    assert not stale.exists() and live.exists()
+    assert [c for _, c in load_regions(path)] == ["tumour"]
+
+
 @pytest.mark.parametrize("route", ["segmenter", "scratch_segmenter"])
 def test_segmenter_dice_on_unseen_section(route, request, cohort, tmp_path):
     from napari_histoexpr.io.slides import open_slide

@@ -113,10 +113,13 @@ def atomic_torch_save(obj, path: Path) -> None:
     """``torch.save`` to a temporary name, then rename: an interrupted save leaves the old file."""
     import torch
 
+    from ..models.artifact import remove_dead_parts
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+    remove_dead_parts(path)
 
 
 def raw_throughput(net, px: int, batch: int, device, steps: int = 5) -> float:

@@ -39,58 +39,22 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmark-output/view")
     args = ap.parse_args(argv)
 
-    import napari
-    from qtpy.QtCore import QTimer
-    from qtpy.QtWidgets import QApplication
-
-    from napari_histoexpr.viewer_app import wait_for
-    from napari_histoexpr.widgets.expression_view import DEBOUNCE_MS, ExpressionPanel
-    from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
+    from live_viewer import QtGapMeter, open_live_viewer, pct_ms, plugin_slots, settle
+    from napari_histoexpr.widgets.expression_view import DEBOUNCE_MS
+    from pan_large_slide import make_slide
     from slide_throughput import make_model
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)  # a fresh clone has no benchmark-output/
-    from pan_large_slide import make_slide
-
     slide = out / f"slide_{args.size}.tif"
     if not slide.exists():
         make_slide(slide, args.size, 0.5)
     model_dir = make_model(out / f"model_{args.backbone}", args.backbone, args.px, args.window_um)
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(1400, 900)
-    sp = SlideSpotsWidget(viewer)
-    viewer.window.add_dock_widget(sp)
-    wait_for(sp.open(slide=str(slide)))
-    panel = ExpressionPanel(viewer)
-    viewer.window.add_dock_widget(panel)
-    panel.configure(device=args.device)
-    panel.load_model(model_dir, genes=["G0", "G1"])
+    viewer, panel = open_live_viewer(slide, model_dir, args.device)
     cam = viewer.scene.camera
     cam.zoom = args.zoom
-
-    gaps = []
-    last = [time.perf_counter()]
-
-    def tick():
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(5)
-    timer.timeout.connect(tick)
-    timer.start()
-
-    def settle(timeout=120.0):
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < timeout:
-            QApplication.processEvents()
-            if not panel.busy:
-                pred = panel.predictor
-                if pred is not None and all(pred.cache.get(t) is not None for t in panel.last_request_tiles):
-                    return time.perf_counter() - t0
-            time.sleep(0.001)
-        raise TimeoutError
+    meter = QtGapMeter()
+    gaps = meter.gaps
 
     def measure(mode: str) -> dict:
         panel.configure(mode=mode)
@@ -98,7 +62,7 @@ def main(argv=None) -> int:
         h, w = args.size * 0.5, args.size * 0.5
         cam.center = (0, h / 2, w / 2)
         panel.predict_view()
-        t_first = settle()
+        t_first = settle(panel)
         setup_block = float(max(gaps)) if gaps else 0.0
         gaps.clear()
         panel.gui_timings.clear()
@@ -113,32 +77,23 @@ def main(argv=None) -> int:
                 bucket = misses
             t0 = time.perf_counter()
             cam.center = c
-            settle()
+            settle(panel)
             bucket.append(time.perf_counter() - t0)
             if bucket is misses:  # the first predicted tiles of the new view on screen (progressive view)
                 firsts.append(min((t for t in panel.tile_times if t > t0), default=time.perf_counter()) - t0)
-        all_gaps = np.array(gaps) if gaps else np.array([0.0])
-        slots = [t for _, t in panel.gui_timings] or [0.0]
-
-        def pct(v):
-            return {"p50": round(1e3 * float(np.percentile(v, 50)), 1),
-                    "p95": round(1e3 * float(np.percentile(v, 95)), 1), "n": len(v)}
-
+        blocked = meter.blocked_ms()
         return {"mode": panel.predictor.mode, "grid_step_um": round(panel.predictor.stride_um, 3),
                 "tile_cells": panel.predictor.grid.tile_cells, "view_tiles": len(panel.last_request_tiles),
-                "refresh_new_region_ms": pct(misses), "first_result_new_region_ms": pct(firsts),
-                "refresh_cached_region_ms": pct(hits), "first_view_s": round(t_first, 2),
+                "refresh_new_region_ms": pct_ms(misses), "first_result_new_region_ms": pct_ms(firsts),
+                "refresh_cached_region_ms": pct_ms(hits), "first_view_s": round(t_first, 2),
                 "longest_qt_block_setup_ms": round(1e3 * (setup_block - 0.005), 1),
-                "longest_qt_block_ms_incl_napari_rendering": round(1e3 * float(all_gaps.max() - 0.005), 1),
-                "qt_block_p99_ms": round(1e3 * float(np.percentile(all_gaps, 99) - 0.005), 1),
-                "longest_plugin_slot_ms": round(1e3 * max(slots), 1),
-                "plugin_slot_p99_ms": round(1e3 * float(np.percentile(slots, 99)), 1),
-                "slowest_slot": max(panel.gui_timings, key=lambda x: x[1], default=("", 0))[0]}
+                "longest_qt_block_ms_incl_napari_rendering": round(float(blocked.max()), 1),
+                "qt_block_p99_ms": round(float(np.percentile(blocked, 99)), 1), **plugin_slots(panel)}
 
     res = {"benchmark": "view_refresh", "device": str(panel.model.device), "backbone": args.backbone,
            "px": args.px, "window_um": args.window_um, "canvas": list(viewer.canvas.size), "debounce_ms": DEBOUNCE_MS,
            **{m: measure(m) for m in args.modes.split(",")}}
-    timer.stop()
+    meter.stop()
     print(json.dumps(res, indent=2))
     viewer.close()
     return 0

@@ -258,6 +258,80 @@ def test_stale_view_request_is_cancelled(panel_on_section, qtbot):
     _wait_idle(qtbot, panel)
 
 
+def test_stop_keeps_predicted_tiles_and_predicting_again_completes(panel_on_section, qtbot):
+    viewer, panel, _ = panel_on_section
+    panel.configure(follow=False, stride_um=10.0)  # many small tiles: a slow request
+    cam = viewer.scene.camera
+    cam.zoom = 3.0
+    cam.center = (0, 300.0, 300.0)
+    panel.build_predictor()  # then predicts this small view
+    qtbot.waitUntil(lambda: panel.predictor is not None, timeout=60_000)
+    _wait_idle(qtbot, panel)
+    assert not panel.actions()["Stop"]
+    cam.zoom = 0.35
+    cam.center = (0, 1024.0, 1024.0)
+    worker = panel.predict_view()
+    assert worker is not None and panel.actions()["Stop"]
+    tiles = list(panel.last_request_tiles)
+    qtbot.waitUntil(lambda: any(panel.predictor.cache.get(t) is not None for t in tiles), timeout=60_000)
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        panel.stop()
+    cache = panel.predictor.cache
+    done = [t for t in tiles if cache.get(t) is not None]
+    assert 1 <= len(done) < len(tiles), (len(done), len(tiles))
+    assert panel.status.startswith("stopped:") and not panel.actions()["Stop"] and not panel.busy
+    layer = panel.gene_layer("ERBB2")
+    assert np.isfinite(layer.data).any()  # what was predicted stays on screen
+    panel.predict_view()  # a new request picks up where the stopped one left off
+    _wait_idle(qtbot, panel)
+    assert all(cache.get(t) is not None for t in tiles)
+
+
+def test_load_button_swaps_models_in_a_worker_while_predicting(panel_on_section, qtbot, trained, tmp_path):
+    """The Load button loads in a worker (the viewer stays responsive); a swap in the middle of a
+    view prediction leaves no stale tile of the old model on the new layers; a corrupt model
+    folder is a notification and the loaded model keeps working."""
+    import shutil
+
+    from napari.utils.notifications import notification_manager
+
+    viewer, panel, _ = panel_on_section
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    try:
+        panel.configure(stride_um=10.0)  # a slow view: still predicting when the new model arrives
+        cam = viewer.scene.camera
+        cam.zoom, cam.center = 0.35, (0, 1024.0, 1024.0)
+        qtbot.waitUntil(lambda: panel.actions()["Stop"], timeout=60_000)
+        panel.configure(stride_um=25.0, model=str(trained))
+        worker = panel.load_model(background=True)
+        assert panel.status.startswith("loading")
+        with qtbot.waitSignal(worker.finished, timeout=60_000):
+            pass
+        assert panel.predictor is None or panel.predictor.requested_stride_um == pytest.approx(25.0)
+        cam.center = (0, 1000.0, 1000.0)
+        _wait_idle(qtbot, panel)
+        grid = panel.predictor.grid
+        layer = panel.gene_layer("ERBB2")
+        assert layer.data.shape == (grid.rows, grid.cols)
+        assert tuple(layer.scale) == pytest.approx(grid_layer_geometry(grid, 1.0)["scale"])
+        assert len([ly for ly in viewer.layers if ly.name.startswith("predicted: ERBB2")]) == 1
+        bad = tmp_path / "bad"
+        shutil.copytree(trained, bad)
+        (bad / "model.safetensors").write_bytes(b"not a model")
+        worker = panel.load_model(str(bad), background=True)
+        with qtbot.waitSignal(worker.finished, timeout=60_000):
+            pass
+        qtbot.waitUntil(lambda: any("corrupt" in str(n.message) or "bad" in str(n.message) for n in seen),
+                        timeout=10_000)
+        assert panel.status.startswith("error") and panel.model is not None
+        cam.center = (0, 1400.0, 1400.0)
+        _wait_idle(qtbot, panel)  # the model loaded before keeps following the view
+        assert all(panel.predictor.cache.get(t) is not None for t in panel.last_request_tiles)
+    finally:
+        notification_manager.notification_ready.disconnect(seen.append)
+
+
 def test_compare_with_measured_spots(panel_on_section, qtbot):
     viewer, panel, _ = panel_on_section
     w = panel.compare_spots()

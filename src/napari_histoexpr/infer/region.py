@@ -158,7 +158,7 @@ class RegionPredictor:
         if mode not in MODES:
             raise HistoExprError(f"unknown prediction mode {mode!r}; use dense or patch")
         self.model, self.pyr, self.mode, self.requested_mode = model, pyr, mode, mode
-        requested = float(stride_um or model.window_um / 2)
+        requested = float(stride_um or getattr(model, "default_step_um", None) or model.window_um / 2)
         self.requested_stride_um = requested
         if mode == "dense" and not all(b.exact for b in model.dense_branches()):
             mode = self.mode = "patch"  # windows of a fractional number of feature cells: no exact pooling
@@ -208,6 +208,12 @@ class RegionPredictor:
         In dense mode the tiles not cached yet are computed in **bands** (:meth:`bands`), each in a
         single dense call, the band through the view's centre first; the next band is read while
         the model runs the current one."""
+        try:
+            return (yield from self._run(tiles, cancelled))
+        finally:
+            release_free_memory()
+
+    def _run(self, tiles, cancelled):
         from concurrent.futures import ThreadPoolExecutor
 
         done = 0
@@ -325,6 +331,21 @@ class Raster:
 
     def gene(self, name: str) -> np.ndarray:
         return self.data[self.genes.index(name)]
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``) after a view: the
+    large, short-lived buffers of a zoomed-out view otherwise stay in the process for good (the
+    RSS of a long session kept every high-water mark). A no-op elsewhere."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class LatestRequest:

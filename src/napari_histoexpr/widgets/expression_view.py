@@ -53,6 +53,7 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
         self.gui_timings: deque = deque(maxlen=10000)
         self.tile_times: deque = deque(maxlen=10000)  # when each predicted tile reached the layers
         self._building = self._spot_worker = self._requests = None
+        self._layers_pending = False
         self.last_request_tiles: list = []
         self._model_edit = FileEdit(label="model", mode="d", nullable=True)
         self._load_btn = PushButton(text="Load model")
@@ -63,10 +64,12 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
         self._mode.tooltip = ("dense: one backbone pass per region, pooled per cell (fast); "
                               "patch: every cell's window on its own (the exact reference, slower)")
         self._stride = FloatSpinBox(label="grid step µm", value=0.0, min=0.0, max=1000.0, step=5.0)
-        self._stride.tooltip = ("Distance between predicted cells (0 = half the model's window; dense mode "
-                                "rounds it to whole feature cells)")
+        self._stride.tooltip = ("Distance between predicted cells (0 = the model's own grid: half its window, or "
+                                "a sub-spot model's cell; dense mode rounds it to whole feature cells)")
         self._follow = CheckBox(label="follow view", value=True)
         self._predict_btn = PushButton(text="Predict view")
+        self._stop_btn = PushButton(text="Stop", enabled=False)
+        self._stop_btn.tooltip = "Stop predicting the view; the tiles done so far stay on screen and cached"
         self._current = ComboBox(label="display gene", choices=[])
         self._opacity = FloatSlider(label="opacity", value=0.6, min=0.0, max=1.0)
         self._cmap = ComboBox(label="colormap", choices=list(COLORMAPS), value="inferno")
@@ -77,7 +80,7 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
         self._picked = Label(value="")
         super().__init__(widgets=[
             self._model_edit, self._load_btn, self._genes, self._device, self._mode, self._stride, self._follow,
-            self._predict_btn, self._current, self._opacity, self._cmap, self._lo, self._hi,
+            self._predict_btn, self._stop_btn, self._current, self._opacity, self._cmap, self._lo, self._hi,
             self._compare_btn, self._status, self._picked,
         ])
         self.table = make_table(self, ["gene", "r (view)", "r (section)", "spots"])
@@ -89,8 +92,9 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
         self._repaint.setSingleShot(True)
         self._repaint.setInterval(15)
         self._repaint.timeout.connect(lambda: self._refresh_layers(final=False))
-        self._load_btn.changed.connect(lambda *_: self.load_model())
+        self._load_btn.changed.connect(lambda *_: self.load_model(background=True))
         self._predict_btn.changed.connect(lambda *_: self.predict_view())
+        self._stop_btn.changed.connect(lambda *_: self.stop())
         self._compare_btn.changed.connect(lambda *_: self.compare_spots())
         self._genes.changed.connect(self._on_genes)
         for w in (self._current, self._opacity, self._cmap, self._lo, self._hi):
@@ -106,25 +110,41 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
         the model's genes, not layers, and re-setting them would drop the user's selection."""
 
     # -- model and slide ---------------------------------------------------------------------------
-    def load_model(self, path=None, genes: list[str] | None = None):
+    def load_model(self, path=None, genes: list[str] | None = None, background: bool = False):
+        """Load a model folder and show ``genes`` (default: its first). With ``background`` (what the
+        button does) the weights load in a worker, so the viewer stays responsive; the worker is
+        returned. Otherwise the model is loaded here and returned (scripts)."""
         from ..models.expression import ExpressionModel
 
-        model = self._load_model_folder(ExpressionModel.load, path,
-                                        "choose a model folder (model.safetensors + model.json)")
-        if model is None:
-            return None
+        missing = "choose a model folder (model.safetensors + model.json)"
+        if not background:
+            model = self._load_model_folder(ExpressionModel.load, path, missing)
+            return None if model is None else self._use_model(model, genes)
+        path = path or self._model_edit.value
+        if not path:
+            return self._fail(HistoExprError(missing))
+        self._status.value = f"loading {Path(str(path)).name}…"
+        return start_worker(ExpressionModel.load, str(path), self._device.value,
+                            returned=lambda m: self._use_model(m, genes, path), errored=self._fail)
+
+    @timed
+    def _use_model(self, model, genes: list[str] | None = None, path=None):
+        if path is not None and str(self._model_edit.value or "") != str(path):
+            self._model_edit.value = path
+        self._halt()  # a view request of the previous model must not reach the new model's layers
         self.model, self.predictor, self.spot_pred = model, None, None
         g = list(model.genes)
         self._genes.choices = g
         self._genes.value = genes or g[:1]
         self._status.value = (f"{Path(str(self._model_edit.value)).name}: {len(g)} genes, {model.meta['backbone']}, "
-                              f"{model.window_um:g} µm window, on {model.device}")
+                              + (f"sub-spot map of {model.cell_um:g} µm cells" if model.subspot else
+                                 f"{model.window_um:g} µm window") + f", on {model.device}")
         return model
 
     def build_predictor(self):
         """The predictor for the open slide; ``None`` while one is being built in a worker (the
         tissue mask reads the slide: never on the Qt thread), after which the view is predicted."""
-        from ..infer.region import LatestRequest, Raster, RegionPredictor
+        from ..infer.region import RegionPredictor
 
         if self.model is None:
             raise HistoExprError("load a model first")
@@ -137,15 +157,6 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
         if self._building is not None:
             return None
 
-        def ready(pred):
-            self._building = None
-            if self._closed:
-                return
-            self.predictor, self.raster, self._requests = pred, Raster(pred.grid, self.model.genes), LatestRequest()
-            for g in self.selected_genes():
-                self._gene_layer(g, create=True)
-            self.predict_view()
-
         def failed(exc):
             self._building = None
             self._fail(exc)
@@ -153,15 +164,48 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
         # dense bands make small tiles free: 2 cells hug the view; patch mode keeps 8
         tile_cells = 2 if self._mode.value == "dense" else 8
         self._building = start_worker(functools.partial(RegionPredictor, tile_cells=tile_cells, mode=self._mode.value),
-                                      self.model, pyr, stride, returned=ready, errored=failed)
+                                      self.model, pyr, stride, returned=self._on_predictor, errored=failed)
         self._status.value = "finding tissue…"
         return None
+
+    @timed
+    def _on_predictor(self, pred):
+        from ..infer.region import LatestRequest, Raster
+
+        self._building = None
+        if pred.model is not self.model or pred.requested_mode != self._mode.value:
+            self.predict_view()  # the model or mode changed while this one was built
+            return
+        self.predictor, self.raster, self._requests = pred, Raster(pred.grid, self.model.genes), LatestRequest()
+        self._layers_then_predict(self.selected_genes())
+
+    def _layers_then_predict(self, genes: list[str]):
+        """Bring each gene layer to the new grid, one per turn of the event loop (napari takes ~20 ms
+        per layer to take a new shape, scale and translate), then predict the view."""
+        from qtpy.QtCore import QTimer
+
+        pred = self.predictor
+        self._layers_pending = True
+
+        @timed
+        def layer_step(self):
+            if self.predictor is not pred:  # superseded by another model or grid
+                self._layers_pending = False
+                return
+            if genes:
+                self._gene_layer(genes.pop(0), create=True)
+                QTimer.singleShot(0, lambda: layer_step(self))
+            else:
+                self._layers_pending = False
+                self.predict_view()
+
+        QTimer.singleShot(0, lambda: layer_step(self))
 
     @property
     def busy(self) -> bool:
         """Work in flight: building the predictor, predicting the view, a pending debounce or repaint."""
         return (self._building is not None or self._worker is not None or self._timer.isActive()
-                or self._repaint.isActive())
+                or self._repaint.isActive() or self._layers_pending)
 
     def selected_genes(self) -> list[str]:
         return list(self._genes.value or [])
@@ -178,11 +222,15 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
             return layer
         if not create:
             return None
-        if layer is not None:
-            self._viewer.layers.remove(layer)
-        return self._viewer.add_image(self.raster.gene(gene), **grid_image_kwargs(
-            self.predictor.grid, self.predictor.pyr.world_mpp, f"predicted: {gene}", self._cmap.value,
-            float(self._opacity.value), {"key": f"pred:{gene}", "kind": "prediction", "gene": gene}))
+        kw = grid_image_kwargs(self.predictor.grid, self.predictor.pyr.world_mpp, f"predicted: {gene}",
+                               self._cmap.value, float(self._opacity.value),
+                               {"key": f"pred:{gene}", "kind": "prediction", "gene": gene})
+        if layer is not None:  # another model or grid: the same layer shows the new raster
+            layer.data = self.raster.gene(gene)
+            layer.scale, layer.translate = kw["scale"], kw["translate"]
+            layer.metadata = kw["metadata"]
+            return layer
+        return self._viewer.add_image(self.raster.gene(gene), **kw)
 
     def _on_genes(self, *_):
         genes = self.selected_genes()
@@ -273,14 +321,38 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
         this = []  # the worker, for its own finished handler (which runs after we return)
         self._worker = start_worker(
             pred.run, todo, cancelled, desc="Predicting view", total=len(todo),
-            yielded=lambda item, c=cancelled: self._on_tile(item, c), errored=self._fail,
+            yielded=lambda item, c=cancelled: self._on_tile(item, c, pred), errored=self._fail,
             finished=lambda: self._on_view_done(this[0], len(todo)))
         this.append(self._worker)
+        self._stop_btn.enabled = True
         self._status.value = f"predicting {len(todo)} of {len(tiles)} tiles in view…"
         return self._worker
 
+    def _halt(self):
+        """Supersede the in-flight view request and quit its worker (at its next tile); returns it."""
+        if self._requests is not None:
+            self._requests.new()
+        worker, self._worker = self._worker, None
+        self._timer.stop()
+        self._stop_btn.enabled = False
+        if worker is not None:
+            worker.quit()
+        return worker
+
     @timed
-    def _on_tile(self, item, cancelled):
+    def stop(self):
+        """Stop predicting the view; tiles already predicted stay cached and shown. Following the
+        view resumes with the next camera move or "Predict view"."""
+        if self._halt() is None or self.predictor is None:
+            return
+        self._refresh_layers()
+        pending = sum(self.predictor.cache.get(t) is None for t in self.last_request_tiles)
+        self._status.value = f"stopped: {pending} of {len(self.last_request_tiles)} tiles in view not predicted"
+
+    @timed
+    def _on_tile(self, item, cancelled, pred):
+        if pred is not self.predictor:  # a late tile of a model or grid no longer shown
+            return
         tile, values = item
         self.raster.put(tile, values)  # a stale request's tiles are still right: keep them
         self.tile_times.append(time.perf_counter())
@@ -291,6 +363,7 @@ class ExpressionPanel(SpotComparison, PanelMixin, Container):
     def _on_view_done(self, worker, n):
         if self._worker is worker:
             self._worker = None
+            self._stop_btn.enabled = False
             self._status.value = f"view predicted ({n} new tiles, {len(self.predictor.cache)} cached)"
             self._refresh_layers()
             self.update_table()

@@ -108,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
                         f"weights over about this many epochs (0 = the last weights; default {TC.ema_epochs:g})")
     t.add_argument("--window-um", type=float, default=TC.window_um, help=f"patch side in µm (default {TC.window_um:g})")
     t.add_argument("--px", type=int, default=TC.px, help=f"patch side in pixels (default {TC.px})")
+    t.add_argument("--subspot-um", type=float, default=None, metavar="UM",
+                   help="train a sub-spot model: expression for every UM-µm cell, fitted so the mean of the "
+                        "cells inside each spot matches the spot (its patch: the spot plus a cell of context "
+                        "on each side, 32 px per cell; --window-um and --px are then ignored)")
+    t.add_argument("--subspot-smooth", type=float, default=TC.subspot_smooth, metavar="CELLS",
+                   help="a sub-spot cell's value is read through a Gaussian of this sigma over its neighbours, "
+                        f"in cells (0 = none; default {TC.subspot_smooth:g}: it removed most cell-to-cell noise)")
+    t.add_argument("--pool", type=int, default=TC.pool, metavar="K",
+                   help="train on pseudo-spots of K x K neighbouring spots (expression averaged, footprint "
+                        "their union), e.g. to judge a sub-spot model on real single spots (default 1)")
     t.add_argument("--stain-norm", action="store_true", help="Macenko-normalise patches")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--no-baselines", action="store_true")

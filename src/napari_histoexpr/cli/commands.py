@@ -97,7 +97,8 @@ def cmd_train(args) -> int:
                       lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
                       val_section=args.val_section, holdout=args.holdout, ema_epochs=args.ema_epochs,
                       augment=not args.no_augment, stain_norm=args.stain_norm, init=args.init,
-                      device=args.device, seed=args.seed,
+                      device=args.device, seed=args.seed, subspot_um=args.subspot_um, pool=args.pool,
+                      subspot_smooth=args.subspot_smooth,
                       baselines=not args.no_baselines)
     summary = drain(train_from_manifest_steps(args.manifest, args.out, cfg, resume=args.resume))
     progress(f"model written to {args.out} ({summary_line(summary)})")

@@ -179,11 +179,13 @@ def _unit_rows(m: np.ndarray) -> np.ndarray:
 
 
 def augment_batch(x, generator=None, hed_sigma: float = 0.05, brightness: float = 0.05,
-                  flips: bool = True):
+                  flips: bool = True, paired=None):
     """Random flips, 90° rotations and HED colour jitter of a float batch ``(N, 3, H, W)`` in [0, 1].
 
     HED jitter (Tellez et al.): each image's haematoxylin, eosin and DAB concentrations are scaled
-    by ``U(1-σ, 1+σ)`` and shifted by ``U(-σ, σ)`` in optical-density space.
+    by ``U(1-σ, 1+σ)`` and shifted by ``U(-σ, σ)`` in optical-density space. ``paired`` (``(N, h, w)``
+    maps over the same images, e.g. footprint weights) gets the same flips and rotations; it is then
+    returned too: ``(x, paired)``.
     """
     import torch
 
@@ -192,8 +194,14 @@ def augment_batch(x, generator=None, hed_sigma: float = 0.05, brightness: float 
     if flips:
         k = torch.randint(0, 4, (n,), generator=generator).tolist()
         f = torch.randint(0, 2, (n,), generator=generator).tolist()
-        x = torch.stack([torch.rot90(xi.flip(-1) if fi else xi, ki, dims=(-2, -1))
-                         for xi, ki, fi in zip(x, k, f)])
+
+        def turn(batch):
+            return torch.stack([torch.rot90(b.flip(-1) if fi else b, ki, dims=(-2, -1))
+                                for b, ki, fi in zip(batch, k, f)])
+
+        x = turn(x)
+        if paired is not None:
+            paired = turn(paired)
     if hed_sigma > 0:
         m = torch.from_numpy(_unit_rows(HED_FROM_RGB_OD)).to(dev, x.dtype)  # (3 stains, 3 rgb)
         minv = torch.linalg.inv(m)
@@ -207,7 +215,7 @@ def augment_batch(x, generator=None, hed_sigma: float = 0.05, brightness: float 
     if brightness > 0:
         b = 1 + (torch.rand((n, 1, 1, 1), generator=generator) * 2 - 1).to(dev, x.dtype) * brightness
         x = (x * b).clamp(0, 1)
-    return x
+    return x if paired is None else (x, paired)
 
 
 def _od(img: np.ndarray) -> np.ndarray:

@@ -66,6 +66,9 @@ class SyntheticTissue:
     n_regions: int = 14
     #: tumour/stroma/immune proportions of the regions (None: the classes cycle, equal shares)
     class_weights: tuple[float, float, float] | None = None
+    #: small immune clusters (a pattern finer than a spot): ``(pitch µm, probability, min radius µm,
+    #: max radius µm)`` of a jittered grid of disks, or ``None``
+    blobs: tuple[float, float, float, float] | None = None
 
     def __post_init__(self):
         rng = np.random.default_rng(self.seed)
@@ -113,7 +116,24 @@ class SyntheticTissue:
             closer = d < best
             best = np.where(closer, d, best)
             lab = np.where(closer, sl, lab)
+        if self.blobs is not None:
+            lab = np.where(self.in_blob(ys, xs), 3, lab)
         return np.where(tissue, lab, 0).astype(np.uint8)
+
+    def in_blob(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """Whether level-0 points fall inside a small immune cluster (see :attr:`blobs`)."""
+        pitch, prob, rmin, rmax = self.blobs
+        yy, xx = np.broadcast_arrays(np.asarray(ys, float) * self.mpp, np.asarray(xs, float) * self.mpp)  # µm
+        gy, gx = np.floor(yy / pitch).astype(np.int64), np.floor(xx / pitch).astype(np.int64)
+        inside = np.zeros(yy.shape, bool)
+        for oy in (-1, 0, 1):
+            for ox in (-1, 0, 1):
+                cy, cx = gy + oy, gx + ox
+                u = [_hash01(cy, cx, 5000 + 17 * k + self.seed) for k in range(4)]
+                ny, nx = (cy + 0.2 + 0.6 * u[0]) * pitch, (cx + 0.2 + 0.6 * u[1]) * pitch
+                r = rmin + (rmax - rmin) * u[2]
+                inside |= (u[3] < prob) & ((yy - ny) ** 2 + (xx - nx) ** 2 < r * r)
+        return inside
 
     def class_map(self, downsample: float) -> np.ndarray:
         """The class raster at ``downsample`` (cell centres sampled)."""
@@ -271,6 +291,32 @@ def spot_fractions(tissue: SyntheticTissue, xy: np.ndarray, diameter_px: float, 
     return np.stack([(cls == c).mean(axis=1) for c in range(len(CLASSES))], axis=1)
 
 
+def planted_expression(tissue: SyntheticTissue, cell_px: float, genes: list[str], seed: int = 0,
+                       n: int = 5) -> np.ndarray:
+    """The planted log1p-normalised expression (mean counts, no noise) of ``genes`` on a grid of
+    ``cell_px`` square cells over the whole section: ``(rows, cols, len(genes))``, cell ``(i, j)``
+    covering level-0 ``[j, j+1) x [i, i+1)`` times ``cell_px``; NaN where the cell is mostly background."""
+    rows, cols = int(tissue.height // cell_px), int(tissue.width // cell_px)
+    g = (np.arange(n) + 0.5) / n * cell_px
+    ys = (np.arange(rows) * cell_px)[:, None, None, None] + g[None, None, :, None]
+    xs = (np.arange(cols) * cell_px)[None, :, None, None] + g[None, None, None, :]
+    cls = tissue.classes_at(np.broadcast_to(ys, (rows, cols, n, n)), np.broadcast_to(xs, (rows, cols, n, n)))
+    frac = np.stack([(cls == c).mean(axis=(2, 3)) for c in range(len(CLASSES))], -1).reshape(-1, len(CLASSES))
+    prof = planted_profiles(seed)
+    mu = prof.loc["base"].to_numpy()[None, :] * (1 - frac[:, :1]) + frac[:, 1:] @ prof.iloc[1:].to_numpy()
+    norm = np.log1p(mu / np.maximum(mu.sum(1, keepdims=True), 1e-9) * 1e4)
+    out = norm[:, [list(prof.columns).index(gn) for gn in genes]].reshape(rows, cols, len(genes))
+    out[frac[:, 0].reshape(rows, cols) > 0.5] = np.nan
+    return out
+
+
+def demo_tissue(demo: "DemoData") -> SyntheticTissue:
+    """The procedural tissue a :func:`make_demo` folder was written from (its ground truth)."""
+    p = json.loads((demo.truth / "done.json").read_text())
+    return SyntheticTissue(p["size"], p["size"], p["mpp"], p["seed"],
+                           blobs=tuple(p["blobs"]) if p.get("blobs") else None)
+
+
 def gene_names() -> list[str]:
     genes = [g for c in ("tumour", "stroma", "immune") for g in PLANTED_GENES[c]]
     return genes + HOUSEKEEPING + [f"NOISE{i:03d}" for i in range(1, N_NOISE_GENES + 1)]
@@ -360,18 +406,20 @@ class DemoData:
 
 def make_demo(folder: str | os.PathLike, size: int = 4096, mpp: float = 0.5, seed: int = 0,
               layout: str = "sr2", library_ids: bool = True, aperio: bool = False,
-              overwrite: bool = False) -> DemoData:
+              overwrite: bool = False, spot_um: float = 55.0, pitch_um: float = 100.0,
+              blobs: tuple[float, float, float, float] | None = None) -> DemoData:
     """Write a synthetic section: ``slide.tif`` + a Space Ranger ``outs/`` folder + ground truth.
 
     ``layout`` ``"sr1"`` writes ``tissue_positions_list.csv`` without header, ``"sr2"``
     ``tissue_positions.csv`` with header, ``"parquet"`` ``tissue_positions.parquet``; ``"mtx"``
-    writes the ``filtered_feature_bc_matrix/`` folder instead of the HDF5.
-    Existing complete output is reused unless ``overwrite``.
+    writes the ``filtered_feature_bc_matrix/`` folder instead of the HDF5. Spots are ``spot_um``
+    disks on a hexagonal grid of ``pitch_um``; ``blobs`` adds small immune clusters (a pattern finer
+    than the spots, see :class:`SyntheticTissue`). Existing complete output is reused unless ``overwrite``.
     """
     folder = Path(folder)
     done = folder / "truth" / "done.json"
     params = dict(size=size, mpp=mpp, seed=seed, layout=layout, library_ids=library_ids, aperio=aperio,
-                  version=DATA_VERSION)
+                  spot_um=spot_um, pitch_um=pitch_um, blobs=list(blobs) if blobs else None, version=DATA_VERSION)
     data = DemoData(folder, folder / "slide.tif", folder / "outs", folder / "truth")
     if done.exists() and not overwrite:
         try:
@@ -380,14 +428,14 @@ def make_demo(folder: str | os.PathLike, size: int = 4096, mpp: float = 0.5, see
         except json.JSONDecodeError:
             pass
     folder.mkdir(parents=True, exist_ok=True)
-    tissue = SyntheticTissue(size, size, mpp, seed)
+    tissue = SyntheticTissue(size, size, mpp, seed, blobs=tuple(blobs) if blobs else None)
     write_pyramidal_tiff(data.slide, tissue.render, size, size, mpp, aperio=aperio)
 
-    xy, arow, acol = visium_grid(size, size, mpp)
-    diam = 55.0 / mpp
-    frac = spot_fractions(tissue, xy, diam)
+    xy, arow, acol = visium_grid(size, size, mpp, pitch_um)
+    diam = spot_um / mpp
+    frac = spot_fractions(tissue, xy, diam, n=9 if spot_um <= 60 else 15)
     in_tissue = (frac[:, 0] < 0.5).astype(int)
-    counts, prof = simulate_counts(frac, seed)
+    counts, prof = simulate_counts(frac, seed, scale=(spot_um / 55.0) ** 2)
     counts[in_tissue == 0] = 0
     bcs = _barcodes(len(xy), seed)
     genes = gene_names()

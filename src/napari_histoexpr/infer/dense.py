@@ -50,6 +50,11 @@ class DenseBranch:
     head: Callable
     px: int
     window_um: float
+    #: context the network saw around a window in training, input px (a sub-spot model's cells sat
+    #: inside a larger patch): the margin read around regions is at least this
+    context_px: int = 0
+    #: ``(w, w)`` weights of the window's feature cells (e.g. a Gaussian); ``None``: their plain mean
+    kernel: np.ndarray | None = None
 
     @property
     def feature_um(self) -> float:
@@ -134,9 +139,10 @@ def feature_blocks(body, img: np.ndarray, device, margin_px: int = MARGIN_PX,
 
 
 def margin_for(branch: DenseBranch, margin_px: int = MARGIN_PX) -> int:
-    """The context margin of a branch: ``margin_px`` rounded down to whole feature cells (at least
-    one), whatever the window: a margin cut to half of a small window left visible seams."""
-    return max(STRIDE, margin_px // STRIDE * STRIDE)
+    """The context margin of a branch: ``margin_px`` (or the context it was trained with, if more)
+    rounded down to whole feature cells (at least one), whatever the window: a margin cut to half of
+    a small window left visible seams."""
+    return max(STRIDE, max(margin_px, branch.context_px) // STRIDE * STRIDE)
 
 
 @dataclass
@@ -194,7 +200,12 @@ def compute_cells(branches: list[DenseBranch], regions: list[CellRegion], device
     outs = []
     for br, reg in zip(branches, regions):
         feats = feature_blocks(br.body, reg.img, device, reg.margin_px, block_feats, reg.needed_features())
-        pooled = F.avg_pool2d(feats[None], kernel_size=reg.w, stride=reg.k)[0]  # (C, rows, cols)
+        if br.kernel is None:
+            pooled = F.avg_pool2d(feats[None], kernel_size=reg.w, stride=reg.k)[0]  # (C, rows, cols)
+        else:  # a weighted window: the same kernel for every channel
+            kern = torch.as_tensor(br.kernel, dtype=feats.dtype, device=feats.device)
+            kern = kern[None, None].expand(feats.shape[0], 1, reg.w, reg.w)
+            pooled = F.conv2d(feats[None], kern, stride=reg.k, groups=feats.shape[0])[0]
         flat = pooled.permute(1, 2, 0).reshape(reg.rows * reg.cols, -1)
         with torch.inference_mode():
             outs.append(br.head(flat).float().cpu().numpy().reshape(reg.rows, reg.cols, -1))

@@ -54,8 +54,10 @@ def predict_at_spots(model, pyr, adata, name: str = "section", min_tissue: float
 
     if mode not in ("dense", "patch"):
         raise HistoExprError(f"unknown prediction mode {mode!r}; use dense or patch")
-    if mode == "dense" and not all(b.exact for b in model.dense_branches()):
-        mode = "patch"  # a window of a fractional number of feature cells: no exact dense pooling
+    if mode == "dense" and (getattr(model, "subspot", None) or not all(b.exact for b in model.dense_branches())):
+        # a window of a fractional number of feature cells: no exact dense pooling; a sub-spot model's
+        # spot value is its cells' mean over the spot's disk on the spot's own patch, as in training
+        mode = "patch"
     from ..io.visium_hd import comparison_spots
 
     adata, scale = comparison_spots(adata, model.window_um, pyr.world_mpp)
@@ -70,9 +72,12 @@ def predict_at_spots(model, pyr, adata, name: str = "section", min_tissue: float
     patches = None
     if mode == "patch" or keep_patches:
         patches = extract_patches(pyr, xy[keep], model.window_um, model.px, transform=model.patch_transform())
-    pred = model.predict(patches) if mode == "patch" else model.predict_centres_dense(pyr, xy[keep])
-    pred = pred[:, [model.genes.index(g) for g in genes]]
     info = adata.uns.get("histoexpr", {})
     spot_um = float(info["spot_diameter_px"]) * pyr.world_mpp if info.get("spot_diameter_px") else None
+    if mode == "dense":
+        pred = model.predict_centres_dense(pyr, xy[keep])
+    else:
+        pred = model.predict(patches, spot_um=spot_um) if getattr(model, "subspot", None) else model.predict(patches)
+    pred = pred[:, [model.genes.index(g) for g in genes]]
     return SpotPrediction(name, list(map(str, ad.obs_names)), xy[keep], genes, pred, log1p_normalised(ad, genes),
                           patches, mode, scale, spot_um, info.get("spot_shape") == "square")

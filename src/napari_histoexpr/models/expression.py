@@ -1,5 +1,14 @@
 """Spot expression from H&E patches (BrST-Net / ST-Net): a CNN backbone, a head for the target
-genes and an auxiliary head (AuxNet) for the remaining expressed genes."""
+genes and an auxiliary head (AuxNet) for the remaining expressed genes.
+
+A **sub-spot** model (``meta["subspot"]``, iStar-style) is the same network read differently: every
+cell of the backbone's feature map (``cell_um`` of slide, 32 input px) gets its own expression from
+the head, and what was fitted to a measured spot is the mean of the cells inside the spot's disk
+(weighted by the part of each cell inside it). The head is linear, so that mean is the head applied
+to the disk-weighted mean of the cells' features: :func:`footprint_weights` gives those weights.
+Each cell's value is read through a small Gaussian over its neighbours (``smooth_cells``, in
+training and prediction alike: it removed most of the cell-to-cell noise of the maps).
+"""
 
 from __future__ import annotations
 
@@ -42,6 +51,39 @@ class ExpressionNet(nn.Module):
         return self.head(f), aux
 
 
+def smoothing_kernel(sigma_cells: float) -> np.ndarray:
+    """The ``(w, w)`` Gaussian (``sigma_cells``, cut at 2 sigma, sum 1) a sub-spot model averages
+    each cell's neighbourhood with; ``[[1]]`` for 0."""
+    r = int(np.ceil(2 * sigma_cells)) if sigma_cells > 0 else 0
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    g = np.exp(-x ** 2 / (2 * sigma_cells ** 2)) if r else np.ones(1)
+    k = np.outer(g, g)
+    return (k / k.sum()).astype(np.float32)
+
+
+def footprint_weights(cells: int, cell_um: float, disks: np.ndarray, supersample: int = 8,
+                      smooth_cells: float = 0.0) -> np.ndarray:
+    """``(cells, cells)`` weights of a patch's feature cells (``cell_um`` each, the patch centred on
+    the origin) for a footprint made of ``disks`` (``(M, 3)``: centre ``dx, dy`` and radius, µm):
+    the fraction of each cell inside the union of the disks, normalised to sum 1. With
+    ``smooth_cells``, the mean over the footprint of the cells after :func:`smoothing_kernel`
+    (the kernel spread over the weights, cut at the patch border)."""
+    n = cells * supersample
+    c = (np.arange(n) + 0.5) / supersample * cell_um - cells * cell_um / 2
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    inside = np.zeros((n, n), bool)
+    for dx, dy, r in np.asarray(disks, float).reshape(-1, 3):
+        inside |= (xx - dx) ** 2 + (yy - dy) ** 2 <= r * r
+    w = inside.reshape(cells, supersample, cells, supersample).mean(axis=(1, 3))
+    if w.sum() <= 0:
+        w[cells // 2, cells // 2] = 1.0  # a footprint smaller than a cell sample: the centre cell
+    if smooth_cells > 0:
+        from scipy.signal import convolve2d
+
+        w = convolve2d(w, smoothing_kernel(smooth_cells), mode="same")
+    return (w / w.sum()).astype(np.float32)
+
+
 class ExpressionModel(DenseMapModel):
     """A trained expression model loaded from ``MODEL_DIR`` for inference (no code unpickled)."""
 
@@ -54,6 +96,18 @@ class ExpressionModel(DenseMapModel):
         self.px = int(meta["input_px"])
         self.mean = np.asarray(meta["target"]["mean"], np.float32)
         self.std = np.asarray(meta["target"]["std"], np.float32)
+        sub = meta.get("subspot")
+        #: ``{"cell_um", "cells", "spot_um", ...}`` for a sub-spot model, else ``None``
+        self.subspot = dict(sub) if sub else None
+        if self.subspot is not None:
+            self.cell_um = float(self.subspot["cell_um"])
+            self.cells = int(self.subspot["cells"])
+            self.smooth_cells = float(self.subspot.get("smooth_cells", 0.0))
+
+    @property
+    def default_step_um(self) -> float:
+        """The grid step maps use unless asked otherwise: a sub-spot model's cell, else half the window."""
+        return self.cell_um if self.subspot else self.window_um / 2
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: str | None = "auto") -> "ExpressionModel":
@@ -69,18 +123,48 @@ class ExpressionModel(DenseMapModel):
 
         return extract_patches(pyr, centres, self.window_um, self.px, transform=self.patch_transform())
 
-    def predict(self, patches: np.ndarray, batch_size: int = 128, features: bool = False) -> np.ndarray:
-        """Predicted log1p-normalised expression ``(N, genes)`` (or backbone features)."""
-        fn = self.net.features if features else (lambda x: self.net(x)[0])
+    def predict(self, patches: np.ndarray, batch_size: int = 128, features: bool = False,
+                spot_um: float | None = None) -> np.ndarray:
+        """Predicted log1p-normalised expression ``(N, genes)`` (or backbone features) of the spots
+        the patches are centred on; a sub-spot model averages its cells over a ``spot_um`` disk
+        (default: the spot size it was trained on), as in training."""
+        if self.subspot is not None:
+            w = torch.from_numpy(footprint_weights(self.cells, self.cell_um,
+                                                   [(0.0, 0.0, (spot_um or self.subspot["spot_um"]) / 2)],
+                                                   smooth_cells=self.smooth_cells))
+            fn = self._pooled_fn(w.to(self.device))
+        else:
+            fn = self.net.features
+        if not features:
+            fn = (lambda f: (lambda x: self.net.head(f(x))))(fn)
         dim = self.net.backbone.num_features if features else len(self.genes)
         y = predict_batches(fn, patches, self.device, batch_size, dim)
         return y if features else y * self.std + self.mean
+
+    def _pooled_fn(self, weights: torch.Tensor):
+        """Features of a batch pooled over its patches' feature cells with ``weights`` (cells, cells)."""
+        net = self.net
+
+        def fn(x):
+            fmap = net.backbone.feature_map((x - net.pixel_mean) / net.pixel_std)
+            return torch.einsum("nchw,hw->nc", fmap.float(), weights)
+
+        return fn
 
     # -- the two modes (implemented once in DenseMapModel) -------------------------------------------
     read_centres = read_patches
 
     def compute_centres(self, patches: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        return self.predict(patches, batch_size)
+        if self.subspot is None:
+            return self.predict(patches, batch_size)
+        # patch mode of a sub-spot map: each cell's own patch (its training context), its centre cell
+        kern = smoothing_kernel(self.smooth_cells)
+        w = np.zeros((self.cells, self.cells), np.float32)
+        lo = self.cells // 2 - len(kern) // 2
+        w[lo:lo + len(kern), lo:lo + len(kern)] = kern
+        fn = self._pooled_fn(torch.from_numpy(w).to(self.device))
+        y = predict_batches(lambda x: self.net.head(fn(x)), patches, self.device, batch_size, len(self.genes))
+        return y * self.std + self.mean
 
     def scale_output(self, y: np.ndarray) -> np.ndarray:
         return y * self.std + self.mean
@@ -89,8 +173,12 @@ class ExpressionModel(DenseMapModel):
         from ..infer.dense import DenseBranch
 
         net = self.net
-        return [DenseBranch(body=lambda x: net.backbone.feature_map((x - net.pixel_mean) / net.pixel_std),
-                            head=net.head, px=self.px, window_um=self.window_um)]
+        body = lambda x: net.backbone.feature_map((x - net.pixel_mean) / net.pixel_std)  # noqa: E731
+        if self.subspot is not None:  # one feature cell per grid cell (its smoothing window), training context
+            kern = smoothing_kernel(self.smooth_cells)
+            return [DenseBranch(body=body, head=net.head, px=32 * len(kern), window_um=self.cell_um * len(kern),
+                                context_px=(self.px - 32) // 2, kernel=kern)]
+        return [DenseBranch(body=body, head=net.head, px=self.px, window_um=self.window_um)]
 
 
 def build_net(meta: dict) -> ExpressionNet:

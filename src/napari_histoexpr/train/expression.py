@@ -51,6 +51,10 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     baselines: bool = True
+    #: train a sub-spot model with cells of this many µm (None: a spot-level model)
+    subspot_um: float | None = None
+    pool: int = 1  # train on pseudo-spots of pool x pool neighbouring spots (evaluation protocol)
+    subspot_smooth: float = 0.7  # sub-spot cells read through a Gaussian of this sigma (cells)
     extra: dict = field(default_factory=dict)
 
 
@@ -211,19 +215,49 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
     ytr_z = torch.from_numpy((Ytr - mean) / std)
     atr_z = torch.from_numpy((Atr - amean) / astd) if Atr is not None else None
 
+    sub = cfg.subspot_um
+    if sub:  # every sample's footprint as weights over its patch's feature cells
+        from ..models.expression import footprint_weights
+
+        cells = Xtr.shape[1] // 32
+        sm = cfg.subspot_smooth
+        w_tr = torch.from_numpy(np.stack([footprint_weights(cells, sub, s.footprint(i), smooth_cells=sm)
+                                          for s in train_secs for i in range(len(s))]))
+        w_va = torch.from_numpy(np.stack([footprint_weights(cells, sub, s.footprint(i), smooth_cells=sm)
+                                          for s in val_secs for i in range(len(s))] or [np.zeros((cells, cells))]))
+
+    def forward(net, x, w=None):
+        """``(main, aux)``: of the whole patch, or (sub-spot) of its cells averaged over ``w``."""
+        if w is None:
+            return net(x)
+        fmap = net.backbone.feature_map((x - net.pixel_mean) / net.pixel_std)
+        f = net.dropout(torch.einsum("nchw,nhw->nc", fmap.float(), w.to(fmap.device)))
+        return net.head(f), (net.aux_head(f) if net.aux_head is not None else None)
+
     def loss_of(net, x, idx):
-        pred, aux = net(x)
+        w = None
+        if sub:
+            w = w_tr[idx]
+            if cfg.augment:  # the footprint turns with the patch
+                x, w = augment_batch(x, gen, hed_sigma=cfg.hed_sigma, paired=w.to(x.device))
+        pred, aux = forward(net, x, w)
         loss = torch.nn.functional.mse_loss(pred.float(), ytr_z[idx].to(device))
         if aux is not None:
             loss = loss + cfg.aux_weight * torch.nn.functional.mse_loss(aux.float(), atr_z[idx].to(device))
         return loss
 
-    augment = (lambda x: augment_batch(x, gen, hed_sigma=cfg.hed_sigma)) if cfg.augment else None
+    augment = (lambda x: augment_batch(x, gen, hed_sigma=cfg.hed_sigma)) if cfg.augment and not sub else None
     meta_base = {
         "kind": KIND, "backbone": cfg.backbone, "genes": genes, "aux_genes": aux_genes,
         "hvg50": hvg50, "target": {"transform": "log1p(counts / total * 1e4)", "zscore": True,
                                    "mean": mean.tolist(), "std": std.tolist()},
         "window_um": cfg.window_um, "input_px": cfg.px,
+        "subspot": None if not sub else {
+            "cell_um": sub, "cells": cfg.px // 32, "spot_um": train_secs[0].spot_um or 55.0,
+            "smooth_cells": cfg.subspot_smooth,
+            "aggregate": "mean over the cells inside the spot (area-weighted) of z-scored log1p expression",
+            "pool": cfg.pool},
+        "pool": cfg.pool,
         "input": {"mean": pixel_mean, "std": pixel_std, "range": "rgb uint8 / 255"},
         "stain_norm": cfg.extra.get("stain_target"),
         "training": {"sections": [s.name for s in train_secs], "validation": val_name,
@@ -239,7 +273,12 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
                "lr": sched.get_last_lr()[0]}
         if holdout:  # ---- validation: the best epoch is the model --------------------------------
             net.eval()
-            pv = predict_batches(lambda x: net(x)[0], Xva, device, 128, len(genes)) * std + mean
+            if sub:
+                pv = np.concatenate([predict_batches(lambda x, w=w_va[i:i + 128]: forward(net, x, w)[0],
+                                                     Xva[i:i + 128], device, 128, len(genes))
+                                     for i in range(0, len(Xva), 128)]) * std + mean
+            else:
+                pv = predict_batches(lambda x: net(x)[0], Xva, device, 128, len(genes)) * std + mean
             val_r = float(np.nan_to_num(pearson_columns(pv, Yva)).mean())
             val_loss = float((((pv - Yva) / std) ** 2).mean())
             rec.update(val_loss=val_loss, val_mean_r=val_r)
@@ -281,14 +320,27 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
     return summary
 
 
+def subspot_geometry(cell_um: float, footprint_um: float) -> tuple[float, int]:
+    """``(window_um, px)`` of a sub-spot model's patches: the footprint plus a cell of context on each
+    side, rounded up to an odd number of cells (so one cell sits at the centre), 32 px per cell."""
+    cells = int(np.ceil((footprint_um + 2 * cell_um) / cell_um - 1e-6))
+    cells += 1 - cells % 2
+    return cells * cell_um, cells * 32
+
+
 def train_from_manifest_steps(manifest, out_dir, cfg: TrainConfig, resume: bool = False
                               ) -> Generator[dict, None, dict]:
     """Open the sections of ``manifest`` (a CSV path or Sections), then train (events as in train_steps)."""
     from ..data.sections import prepare_sections_steps
     from ..io.manifest import as_sections
 
-    data, target = yield from prepare_sections_steps(as_sections(manifest), cfg.window_um, cfg.px,
-                                                     cfg.min_tissue, cfg.stain_norm)
+    geometry = None
+    if cfg.subspot_um:
+        geometry = lambda footprint_um: subspot_geometry(cfg.subspot_um, footprint_um)  # noqa: E731
+    data, target, window = yield from prepare_sections_steps(as_sections(manifest), cfg.window_um, cfg.px,
+                                                             cfg.min_tissue, cfg.stain_norm, cfg.pool, geometry)
+    if cfg.subspot_um:
+        cfg.window_um, cfg.px = window, int(round(window / cfg.subspot_um)) * 32
     if target is not None:
         cfg.extra["stain_target"] = target
     return (yield from train_steps(data, out_dir, cfg, resume=resume))

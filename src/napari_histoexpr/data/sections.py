@@ -11,6 +11,9 @@ import numpy as np
 
 from .expression import log1p_normalised, shared_genes
 
+#: spot diameter assumed where a section does not say (a Visium spot)
+DEFAULT_SPOT_UM = 55.0
+
 
 @dataclass
 class SectionData:
@@ -28,7 +31,7 @@ class SectionData:
     def footprint(self, i: int) -> np.ndarray:
         if self.footprints is not None:
             return self.footprints[i]
-        return np.array([[0.0, 0.0, (self.spot_um or 55.0) / 2]])
+        return np.array([[0.0, 0.0, (self.spot_um or DEFAULT_SPOT_UM) / 2]])
 
     def select(self, genes: list[str]) -> np.ndarray:
         """``(N, len(genes))`` expression of ``genes`` (in that order)."""
@@ -88,7 +91,7 @@ def pool_groups(xy: np.ndarray, k: int, min_fill: float = 0.75) -> list[np.ndarr
 
 def pooled_footprint_um(pyr, adata, pool: int) -> float:
     """The largest side of a ``pool x pool`` pseudo-spot's footprint, µm (one spot: its diameter)."""
-    spot = spot_diameter_um(pyr, adata) or 55.0
+    spot = spot_diameter_um(pyr, adata) or DEFAULT_SPOT_UM
     if pool <= 1:
         return spot
     pitch, rows = grid_spacing(np.asarray(adata.obsm["spatial"], float))
@@ -115,7 +118,7 @@ def prepare_section(name: str, pyr, adata, window_um: float, px: int, genes: lis
         groups = pool_groups(xy, pool)
         centres = np.stack([xy[g].mean(0) for g in groups]) if groups else np.zeros((0, 2))
         expr = np.stack([np.log1p(np.expm1(expr[g]).mean(0)) for g in groups]) if groups else expr[:0]
-        footprints = [np.column_stack([(xy[g] - c) * pyr.world_mpp, np.full(len(g), (spot_um or 55.0) / 2)])
+        footprints = [np.column_stack([(xy[g] - c) * pyr.world_mpp, np.full(len(g), (spot_um or DEFAULT_SPOT_UM) / 2)])
                       for g, c in zip(groups, centres)]
         ids, xy = ["+".join(ids[i] for i in g) for g in groups], centres
     patches = extract_patches(pyr, xy, window_um, px, progress=progress, transform=transform)

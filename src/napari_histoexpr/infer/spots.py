@@ -49,7 +49,7 @@ def predict_at_spots(model, pyr, adata, name: str = "section", min_tissue: float
     (:func:`~napari_histoexpr.io.visium_hd.comparison_spots`), the scale then stated in ``scale``."""
     from ..data.expression import log1p_normalised, shared_genes
     from ..data.patches import extract_patches
-    from ..data.sections import spots_on_tissue
+    from ..data.sections import spot_diameter_um, spots_on_tissue
     from ..errors import HistoExprError
 
     if mode not in ("dense", "patch"):
@@ -73,11 +73,8 @@ def predict_at_spots(model, pyr, adata, name: str = "section", min_tissue: float
     if mode == "patch" or keep_patches:
         patches = extract_patches(pyr, xy[keep], model.window_um, model.px, transform=model.patch_transform())
     info = adata.uns.get("histoexpr", {})
-    spot_um = float(info["spot_diameter_px"]) * pyr.world_mpp if info.get("spot_diameter_px") else None
-    if mode == "dense":
-        pred = model.predict_centres_dense(pyr, xy[keep])
-    else:
-        pred = model.predict(patches, spot_um=spot_um) if getattr(model, "subspot", None) else model.predict(patches)
+    spot_um = spot_diameter_um(pyr, adata)
+    pred = model.predict_centres_dense(pyr, xy[keep]) if mode == "dense" else model.predict(patches, spot_um=spot_um)
     pred = pred[:, [model.genes.index(g) for g in genes]]
     return SpotPrediction(name, list(map(str, ad.obs_names)), xy[keep], genes, pred, log1p_normalised(ad, genes),
                           patches, mode, scale, spot_um, info.get("spot_shape") == "square")

@@ -84,6 +84,14 @@ def footprint_weights(cells: int, cell_um: float, disks: np.ndarray, supersample
     return (w / w.sum()).astype(np.float32)
 
 
+def pooled_features(net: ExpressionNet, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``(N, C)`` features of a batch pooled over its feature cells with ``weights``: one
+    ``(cells, cells)`` map for the whole batch, or one per image ``(N, cells, cells)``."""
+    fmap = net.backbone.feature_map((x - net.pixel_mean) / net.pixel_std)
+    spec = "nchw,hw->nc" if weights.dim() == 2 else "nchw,nhw->nc"
+    return torch.einsum(spec, fmap.float(), weights.to(fmap.device))
+
+
 class ExpressionModel(DenseMapModel):
     """A trained expression model loaded from ``MODEL_DIR`` for inference (no code unpickled)."""
 
@@ -128,28 +136,16 @@ class ExpressionModel(DenseMapModel):
         """Predicted log1p-normalised expression ``(N, genes)`` (or backbone features) of the spots
         the patches are centred on; a sub-spot model averages its cells over a ``spot_um`` disk
         (default: the spot size it was trained on), as in training."""
+        pool = self.net.features
         if self.subspot is not None:
             w = torch.from_numpy(footprint_weights(self.cells, self.cell_um,
                                                    [(0.0, 0.0, (spot_um or self.subspot["spot_um"]) / 2)],
-                                                   smooth_cells=self.smooth_cells))
-            fn = self._pooled_fn(w.to(self.device))
-        else:
-            fn = self.net.features
-        if not features:
-            fn = (lambda f: (lambda x: self.net.head(f(x))))(fn)
+                                                   smooth_cells=self.smooth_cells)).to(self.device)
+            pool = lambda x: pooled_features(self.net, x, w)  # noqa: E731
+        fn = pool if features else (lambda x: self.net.head(pool(x)))
         dim = self.net.backbone.num_features if features else len(self.genes)
         y = predict_batches(fn, patches, self.device, batch_size, dim)
         return y if features else y * self.std + self.mean
-
-    def _pooled_fn(self, weights: torch.Tensor):
-        """Features of a batch pooled over its patches' feature cells with ``weights`` (cells, cells)."""
-        net = self.net
-
-        def fn(x):
-            fmap = net.backbone.feature_map((x - net.pixel_mean) / net.pixel_std)
-            return torch.einsum("nchw,hw->nc", fmap.float(), weights)
-
-        return fn
 
     # -- the two modes (implemented once in DenseMapModel) -------------------------------------------
     read_centres = read_patches
@@ -162,8 +158,9 @@ class ExpressionModel(DenseMapModel):
         w = np.zeros((self.cells, self.cells), np.float32)
         lo = self.cells // 2 - len(kern) // 2
         w[lo:lo + len(kern), lo:lo + len(kern)] = kern
-        fn = self._pooled_fn(torch.from_numpy(w).to(self.device))
-        y = predict_batches(lambda x: self.net.head(fn(x)), patches, self.device, batch_size, len(self.genes))
+        wt = torch.from_numpy(w).to(self.device)
+        y = predict_batches(lambda x: self.net.head(pooled_features(self.net, x, wt)), patches, self.device,
+                            batch_size, len(self.genes))
         return y * self.std + self.mean
 
     def scale_output(self, y: np.ndarray) -> np.ndarray:

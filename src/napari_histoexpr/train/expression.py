@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.sections import SectionData
+from ..data.sections import DEFAULT_SPOT_UM, SectionData
 from ..errors import TrainingError
 from ..metrics import pearson_columns
 
@@ -217,7 +217,7 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
 
     sub = cfg.subspot_um
     if sub:  # every sample's footprint as weights over its patch's feature cells
-        from ..models.expression import footprint_weights
+        from ..models.expression import footprint_weights, pooled_features
 
         cells = Xtr.shape[1] // 32
         sm = cfg.subspot_smooth
@@ -230,8 +230,7 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
         """``(main, aux)``: of the whole patch, or (sub-spot) of its cells averaged over ``w``."""
         if w is None:
             return net(x)
-        fmap = net.backbone.feature_map((x - net.pixel_mean) / net.pixel_std)
-        f = net.dropout(torch.einsum("nchw,nhw->nc", fmap.float(), w.to(fmap.device)))
+        f = net.dropout(pooled_features(net, x, w))
         return net.head(f), (net.aux_head(f) if net.aux_head is not None else None)
 
     def loss_of(net, x, idx):
@@ -253,10 +252,9 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
                                    "mean": mean.tolist(), "std": std.tolist()},
         "window_um": cfg.window_um, "input_px": cfg.px,
         "subspot": None if not sub else {
-            "cell_um": sub, "cells": cfg.px // 32, "spot_um": train_secs[0].spot_um or 55.0,
+            "cell_um": sub, "cells": cfg.px // 32, "spot_um": train_secs[0].spot_um or DEFAULT_SPOT_UM,
             "smooth_cells": cfg.subspot_smooth,
-            "aggregate": "mean over the cells inside the spot (area-weighted) of z-scored log1p expression",
-            "pool": cfg.pool},
+            "aggregate": "mean over the cells inside the spot (area-weighted) of z-scored log1p expression"},
         "pool": cfg.pool,
         "input": {"mean": pixel_mean, "std": pixel_std, "range": "rgb uint8 / 255"},
         "stain_norm": cfg.extra.get("stain_target"),
@@ -340,7 +338,7 @@ def train_from_manifest_steps(manifest, out_dir, cfg: TrainConfig, resume: bool 
     data, target, window = yield from prepare_sections_steps(as_sections(manifest), cfg.window_um, cfg.px,
                                                              cfg.min_tissue, cfg.stain_norm, cfg.pool, geometry)
     if cfg.subspot_um:
-        cfg.window_um, cfg.px = window, int(round(window / cfg.subspot_um)) * 32
+        cfg.window_um, cfg.px = window, data[0].patches.shape[1]
     if target is not None:
         cfg.extra["stain_target"] = target
     return (yield from train_steps(data, out_dir, cfg, resume=resume))

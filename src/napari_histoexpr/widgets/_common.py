@@ -83,18 +83,29 @@ class PanelMixin:
         notify_error(e)
         return None
 
-    def _load_model_folder(self, loader, path, missing: str):
-        """``loader(path, device)`` on the chosen folder; errors are reported, not raised."""
+    def _load_model_folder(self, loader, path, missing: str, done=None):
+        """``loader(path, device)`` on the chosen folder; errors are reported, not raised. With
+        ``done``, the folder loads in a worker (the viewer stays responsive) and ``done(model)`` runs
+        on the Qt thread afterwards; the worker is returned instead of the model."""
         path = path or self._model_edit.value
+        if not path:
+            return self._fail(HistoExprError(missing))
+
+        def remember(model):
+            if str(self._model_edit.value or "") != str(path):
+                self._model_edit.value = path
+            return model
+
+        if done is not None:
+            from pathlib import Path
+
+            self._status.value = f"loading {Path(str(path)).name}…"
+            return start_worker(loader, str(path), self._device.value, returned=lambda m: done(remember(m)),
+                                errored=self._fail)
         try:
-            if not path:
-                raise HistoExprError(missing)
-            model = loader(path, self._device.value)
+            return remember(loader(path, self._device.value))
         except HistoExprError as e:
             return self._fail(e)
-        if str(self._model_edit.value or "") != str(path):
-            self._model_edit.value = path
-        return model
 
 
 def start_worker(func, *args, desc: str | None = None, total: int | None = None, yielded=None,

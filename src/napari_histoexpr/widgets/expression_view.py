@@ -117,20 +117,14 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         from ..models.expression import ExpressionModel
 
         missing = "choose a model folder (model.safetensors + model.json)"
-        if not background:
-            model = self._load_model_folder(ExpressionModel.load, path, missing)
-            return None if model is None else self._use_model(model, genes)
-        path = path or self._model_edit.value
-        if not path:
-            return self._fail(HistoExprError(missing))
-        self._status.value = f"loading {Path(str(path)).name}…"
-        return start_worker(ExpressionModel.load, str(path), self._device.value,
-                            returned=lambda m: self._use_model(m, genes, path), errored=self._fail)
+        if background:
+            return self._load_model_folder(ExpressionModel.load, path, missing,
+                                           done=lambda m: self._use_model(m, genes))
+        model = self._load_model_folder(ExpressionModel.load, path, missing)
+        return None if model is None else self._use_model(model, genes)
 
     @timed
-    def _use_model(self, model, genes: list[str] | None = None, path=None):
-        if path is not None and str(self._model_edit.value or "") != str(path):
-            self._model_edit.value = path
+    def _use_model(self, model, genes: list[str] | None = None):
         self._halt()  # a view request of the previous model must not reach the new model's layers
         self.model, self.predictor, self.spot_pred = model, None, None
         g = list(model.genes)

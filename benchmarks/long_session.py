@@ -34,6 +34,22 @@ MODELS = {"a": ("resnet18", 224, 150.0), "b": ("resnet18", 112, 100.0)}
 SEGMENTS = [("a", "dense"), ("b", "dense"), ("a", "patch"), ("b", "dense"), ("a", "dense")]
 
 
+def trend(rss, warmup: int) -> dict:
+    """Growth after warm-up as a rate, so a working set that moves with the view can be told from a leak:
+    least-squares slopes of RSS less napari's slide cache, and of live Python objects, per 1000 moves,
+    and the medians of the first and last third of the samples after warm-up."""
+    r = np.array([x[:4] for x in rss if x[0] >= warmup], dtype=float)
+    if len(r) < 6:
+        return {}
+    own = r[:, 1] - r[:, 2]
+    third = len(r) // 3
+    return {"own_mb_slope_per_1000_moves": round(1e3 * float(np.polyfit(r[:, 0], own, 1)[0]), 1),
+            "gc_objects_slope_per_1000_moves": round(1e3 * float(np.polyfit(r[:, 0], r[:, 3], 1)[0])),
+            "own_mb_median_first_third": round(float(np.median(own[:third])), 1),
+            "own_mb_median_last_third": round(float(np.median(own[-third:])), 1),
+            "gc_objects_first_last": [int(r[0, 3]), int(r[-1, 3])]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=1000)
@@ -131,14 +147,18 @@ def main(argv=None) -> int:
             pump(rng.uniform(0.02, 0.15))  # moved on within the debounce
         elif u < 0.9:
             pump(rng.uniform(0.15, 0.8))  # moved on while the view was predicting
-        else:
-            if not view_complete(panel) and not panel.busy:
+        else:  # wait for the whole view
+            t0 = time.perf_counter()
+            while panel.busy and not view_complete(panel) and time.perf_counter() - t0 < 300:
+                pump(0.01)
+            if not view_complete(panel):
                 panel.predict_view()  # after a Stop nothing follows until the next move
-            settles.append(settle(panel, 300))
+            settle(panel, 300)
+            settles.append(time.perf_counter() - t0)
         if step % 10 == 0 or step == args.steps - 1:
-            rss.append((step, rss_mb(), napari_cache_mb()))
+            rss.append((step, rss_mb(), napari_cache_mb(), len(gc.get_objects()), len(viewer.layers)))
             print(json.dumps({"step": step, "s": round(time.perf_counter() - t_start, 1), "rss_mb": round(rss[-1][1]),
-                              "napari_cache_mb": round(rss[-1][2]),
+                              "napari_cache_mb": round(rss[-1][2]), "gc_objects": rss[-1][3],
                               "zoom": round(cam.zoom, 2), "status": panel.status}), file=sys.stderr, flush=True)
     panel.predict_view()
     final_settle = settle(panel, 300)
@@ -150,6 +170,8 @@ def main(argv=None) -> int:
     sys.excepthook, threading.excepthook = old_hook, old_thread_hook
     base = next(r for r in rss if r[0] >= args.warmup) if args.steps > args.warmup else rss[0]
     blocked = meter.blocked_ms()
+    (out / "rss_trace.json").write_text(json.dumps(
+        [dict(zip(("step", "rss_mb", "napari_cache_mb", "gc_objects", "layers"), r)) for r in rss]))
     layers = [panel.gene_layer(g) for g in ("G0", "G1")]
     res = {"benchmark": "long_session", "device": str(panel.model.device), "slide_px": args.size,
            "napari_dask_cache_gb": round(dask_cache.available_bytes / 1e9, 3),
@@ -160,8 +182,9 @@ def main(argv=None) -> int:
                       "napari_dask_cache_end": round(cache_end, 1),
                       "napari_dask_cache_limit": round(dask_cache.available_bytes / 2**20, 1),
                       "growth_after_warmup_excl_napari_cache": round(rss_end - cache_end - base[1] + base[2], 1),
-                      "trace_step_rss_cache": [(r[0], round(r[1], 1), round(r[2], 1))
-                                               for r in rss[:: max(1, len(rss) // 20)]]},
+                      **trend(rss, args.warmup),
+                      "trace_step_rss_cache_objects": [(r[0], round(r[1], 1), round(r[2], 1), r[3])
+                                                       for r in rss[:: max(1, len(rss) // 20)]]},
            "tile_cache_mb": round(panel.predictor.cache.nbytes / 2**20, 1),
            "views_completed": len(settles), "complete_view_wait_ms": pct_ms(settles or [0.0]),
            "final_view_s": round(final_settle, 2),

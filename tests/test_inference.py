@@ -183,7 +183,13 @@ def panel_on_section(make_napari_viewer, qtbot, cohort, trained):
     viewer.window.add_dock_widget(panel)
     panel.configure(device="cpu", stride_um=25.0)
     panel.load_model(trained, genes=["ERBB2", "COL1A1"])
+    _wait_idle(qtbot, panel)  # following the view: the model predicted it as soon as it was loaded
+    assert panel.predictor is not None and view_predicted(panel)
     return viewer, panel, d
+
+
+def view_predicted(panel) -> bool:
+    return all(panel.predictor.cache.get(t) is not None for t in panel.last_request_tiles)
 
 
 def _wait_idle(qtbot, panel, timeout=60_000):
@@ -239,7 +245,7 @@ def test_stale_view_request_is_cancelled(panel_on_section, qtbot):
     cam.zoom = 0.35
     cam.center = (0, 1024.0, 1024.0)
     panel.build_predictor()  # the tissue mask is found in a worker first
-    qtbot.waitUntil(lambda: panel.predictor is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: panel.predictor.requested_stride_um == pytest.approx(10.0), timeout=60_000)
     finished = []
     first = panel.predict_view()
     first.finished.connect(lambda: finished.append("a"))
@@ -265,7 +271,7 @@ def test_stop_keeps_predicted_tiles_and_predicting_again_completes(panel_on_sect
     cam.zoom = 3.0
     cam.center = (0, 300.0, 300.0)
     panel.build_predictor()  # then predicts this small view
-    qtbot.waitUntil(lambda: panel.predictor is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: panel.predictor.requested_stride_um == pytest.approx(10.0), timeout=60_000)
     _wait_idle(qtbot, panel)
     assert not panel.actions()["Stop"]
     cam.zoom = 0.35
@@ -308,7 +314,9 @@ def test_load_button_swaps_models_in_a_worker_while_predicting(panel_on_section,
         assert panel.status.startswith("loading")
         with qtbot.waitSignal(worker.finished, timeout=60_000):
             pass
-        assert panel.predictor is None or panel.predictor.requested_stride_um == pytest.approx(25.0)
+        _wait_idle(qtbot, panel)  # the new model predicts the view without a camera move
+        assert panel.predictor.model is panel.model and view_predicted(panel)
+        assert panel.predictor.requested_stride_um == pytest.approx(25.0)
         cam.center = (0, 1000.0, 1000.0)
         _wait_idle(qtbot, panel)
         grid = panel.predictor.grid
@@ -327,7 +335,7 @@ def test_load_button_swaps_models_in_a_worker_while_predicting(panel_on_section,
         assert panel.status.startswith("error") and panel.model is not None
         cam.center = (0, 1400.0, 1400.0)
         _wait_idle(qtbot, panel)  # the model loaded before keeps following the view
-        assert all(panel.predictor.cache.get(t) is not None for t in panel.last_request_tiles)
+        assert view_predicted(panel)
     finally:
         notification_manager.notification_ready.disconnect(seen.append)
 

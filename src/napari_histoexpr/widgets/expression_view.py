@@ -133,6 +133,8 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         self._status.value = (f"{Path(str(self._model_edit.value)).name}: {len(g)} genes, {model.meta['backbone']}, "
                               + (f"sub-spot map of {model.cell_um:g} µm cells" if model.subspot else
                                  f"{model.window_um:g} µm window") + f", on {model.device}")
+        if self._follow.value and self.session.slide_layer is not None:
+            self.predict_view()  # following the view: the new model shows it without a camera move
         return model
 
     def build_predictor(self):
@@ -143,10 +145,8 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         if self.model is None:
             raise HistoExprError("load a model first")
         pyr = self.session.require_slide()
-        stride = self._stride.value or None
         p = self.predictor
-        same = p is not None and p.pyr is pyr and p.model is self.model and p.requested_mode == self._mode.value
-        if same and (not stride or abs(p.requested_stride_um - stride) < 1e-6):
+        if p is not None and p.pyr is pyr and self._fits(p):
             return p
         if self._building is not None:
             return None
@@ -158,7 +158,8 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         # dense bands make small tiles free: 2 cells hug the view; patch mode keeps 8
         tile_cells = 2 if self._mode.value == "dense" else 8
         self._building = start_worker(functools.partial(RegionPredictor, tile_cells=tile_cells, mode=self._mode.value),
-                                      self.model, pyr, stride, returned=self._on_predictor, errored=failed)
+                                      self.model, pyr, self._stride.value or None, returned=self._on_predictor,
+                                      errored=failed)
         self._status.value = "finding tissue…"
         return None
 
@@ -167,11 +168,17 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         from ..infer.region import LatestRequest, Raster
 
         self._building = None
-        if pred.model is not self.model or pred.requested_mode != self._mode.value:
-            self.predict_view()  # the model or mode changed while this one was built
+        if not self._fits(pred):
+            self.predict_view()  # the model, mode or grid step changed while this one was built
             return
         self.predictor, self.raster, self._requests = pred, Raster(pred.grid, self.model.genes), LatestRequest()
         self._layers_then_predict(self.selected_genes())
+
+    def _fits(self, pred) -> bool:
+        """Whether ``pred`` predicts with the panel's model, mode and grid step (0: any)."""
+        stride = self._stride.value
+        return (pred.model is self.model and pred.requested_mode == self._mode.value
+                and (not stride or abs(pred.requested_stride_um - stride) < 1e-6))
 
     @property
     def busy(self) -> bool:

@@ -23,6 +23,7 @@ import json
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,12 @@ def trend(rss, warmup: int) -> dict:
             "own_mb_median_first_third": round(float(np.median(own[:third])), 1),
             "own_mb_median_last_third": round(float(np.median(own[-third:])), 1),
             "gc_objects_first_last": [int(r[0, 3]), int(r[-1, 3])]}
+
+
+def object_types() -> Counter:
+    """Live GC-tracked objects by type name."""
+    gc.collect()
+    return Counter(type(o).__name__ for o in gc.get_objects())
 
 
 def main(argv=None) -> int:
@@ -155,6 +162,8 @@ def main(argv=None) -> int:
                 panel.predict_view()  # after a Stop nothing follows until the next move
             settle(panel, 300)
             settles.append(time.perf_counter() - t0)
+        if step == args.warmup:
+            types_warm = object_types()
         if step % 10 == 0 or step == args.steps - 1:
             rss.append((step, rss_mb(), napari_cache_mb(), len(gc.get_objects()), len(viewer.layers)))
             print(json.dumps({"step": step, "s": round(time.perf_counter() - t_start, 1), "rss_mb": round(rss[-1][1]),
@@ -162,7 +171,7 @@ def main(argv=None) -> int:
                               "zoom": round(cam.zoom, 2), "status": panel.status}), file=sys.stderr, flush=True)
     panel.predict_view()
     final_settle = settle(panel, 300)
-    gc.collect()
+    types_end = object_types()
     pump(0.5)
     rss_end, cache_end = rss_mb(), napari_cache_mb()
     wall = time.perf_counter() - t_start
@@ -185,6 +194,8 @@ def main(argv=None) -> int:
                       **trend(rss, args.warmup),
                       "trace_step_rss_cache_objects": [(r[0], round(r[1], 1), round(r[2], 1), r[3])
                                                        for r in rss[:: max(1, len(rss) // 20)]]},
+           "object_types_grown_after_warmup": (types_end - types_warm).most_common(12)
+           if args.steps > args.warmup else [],
            "tile_cache_mb": round(panel.predictor.cache.nbytes / 2**20, 1),
            "views_completed": len(settles), "complete_view_wait_ms": pct_ms(settles or [0.0]),
            "final_view_s": round(final_settle, 2),

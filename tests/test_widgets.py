@@ -139,3 +139,43 @@ def test_screenshot_slide_spots_colorbar(make_napari_viewer, qtbot, demo, tmp_pa
     assert ((corner[..., 1] > 200) & (corner[..., 2] < 80)).sum() > 50
     full = viewer.screenshot(str(tmp_path / "slide_spots.png"), canvas_only=False, flash=False)
     assert full.shape[0] > img.shape[0] and (tmp_path / "slide_spots.png").stat().st_size > 10_000
+
+
+def test_workers_close_quit_generators_in_their_thread_and_are_not_kept(make_napari_viewer, qtbot):
+    """A quit worker runs its generator's clean-up in the worker thread before ``finished`` (not later
+    wherever the garbage collector closes it), and finished workers are not kept alive (napari's
+    ``create_worker`` keeps every worker in the window's task list while a viewer is open)."""
+    import gc
+    import threading
+    import time
+    import weakref
+
+    from napari_histoexpr.widgets._common import start_worker
+
+    make_napari_viewer()
+    cleaned = []
+
+    def job(n):
+        try:
+            for i in range(n):
+                time.sleep(0.02)
+                yield i
+        finally:
+            cleaned.append(threading.current_thread())
+
+    refs = []
+    for _ in range(3):
+        worker = start_worker(job, 10_000, desc="test job", total=10_000)
+        qtbot.waitUntil(lambda w=worker: w.is_running, timeout=5_000)
+        with qtbot.waitSignal(worker.finished, timeout=10_000):
+            worker.quit()
+        assert cleaned and cleaned[-1] is not threading.main_thread()
+        refs.append(weakref.ref(worker))
+    worker = start_worker(job, 3, desc="test job", total=3)
+    with qtbot.waitSignal(worker.finished, timeout=10_000):
+        pass
+    refs.append(weakref.ref(worker))
+    del worker
+    qtbot.wait(50)
+    gc.collect()
+    assert len(cleaned) == 4 and all(r() is None for r in refs)

@@ -226,7 +226,8 @@ class RegionPredictor:
             return done
         bands = self.bands(tiles)
         todo = [i for i, b in enumerate(bands) if b[0] not in self.cache]  # bands to compute
-        with ThreadPoolExecutor(1) as reader:  # reads the next band while the model runs this one
+        reader = ThreadPoolExecutor(1)  # reads the next band while the model runs this one
+        try:
             reads = {todo[0]: reader.submit(self.read_band, bands[todo[0]])} if todo else {}
             for i, band in enumerate(bands):
                 if cancelled():
@@ -244,8 +245,8 @@ class RegionPredictor:
                 for t, v in results:
                     yield t, v
                     done += 1
-            for f in reads.values():
-                f.cancel()
+        finally:  # also when the generator is closed early: never wait here for a read in flight
+            reader.shutdown(wait=False, cancel_futures=True)
         return done
 
     def bands(self, tiles: list[tuple[int, int]], band_cells: int = 8, first_cells: int = 6

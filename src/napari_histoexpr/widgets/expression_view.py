@@ -250,7 +250,7 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
             return None
         this = []  # the worker, for its own finished handler (which runs after we return)
         self._worker = start_worker(
-            pred.run, todo, cancelled, desc="Predicting view", total=len(todo),
+            pred.run, todo, cancelled,  # no activity-dock bar: napari takes 15-100 ms of this thread per bar
             yielded=lambda item, c=cancelled: self._on_tile(item, c, pred), errored=self._fail,
             finished=lambda: self._on_view_done(this[0], len(todo)))
         this.append(self._worker)

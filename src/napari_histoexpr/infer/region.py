@@ -334,6 +334,13 @@ class Raster:
         return self.data[self.genes.index(name)]
 
 
+def predictor_with_raster(model, pyr, stride_um: float | None = None, **kw) -> tuple[RegionPredictor, Raster]:
+    """A :class:`RegionPredictor` and an empty :class:`Raster` of its grid for all the model's genes
+    (built together in a viewer's worker: the raster of a large slide is megabytes to fill)."""
+    pred = RegionPredictor(model, pyr, stride_um, **kw)
+    return pred, Raster(pred.grid, model.genes)
+
+
 def release_free_memory() -> None:
     """Hand the C heap's free pages back to the system (glibc ``malloc_trim``) after a view: the
     large, short-lived buffers of a zoomed-out view otherwise stay in the process for good (the

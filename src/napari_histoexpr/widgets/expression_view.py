@@ -140,7 +140,7 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
     def build_predictor(self):
         """The predictor for the open slide; ``None`` while one is being built in a worker (the
         tissue mask reads the slide: never on the Qt thread), after which the view is predicted."""
-        from ..infer.region import RegionPredictor
+        from ..infer.region import predictor_with_raster
 
         if self.model is None:
             raise HistoExprError("load a model first")
@@ -156,22 +156,23 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
             self._fail(exc)
 
         # dense bands make small tiles free: 2 cells hug the view; patch mode keeps 8
-        tile_cells = 2 if self._mode.value == "dense" else 8
-        self._building = start_worker(functools.partial(RegionPredictor, tile_cells=tile_cells, mode=self._mode.value),
-                                      self.model, pyr, self._stride.value or None, returned=self._on_predictor,
-                                      errored=failed)
+        build = functools.partial(predictor_with_raster, tile_cells=2 if self._mode.value == "dense" else 8,
+                                  mode=self._mode.value)
+        self._building = start_worker(build, self.model, pyr, self._stride.value or None,
+                                      returned=self._on_predictor, errored=failed)
         self._status.value = "finding tissue…"
         return None
 
     @timed
-    def _on_predictor(self, pred):
-        from ..infer.region import LatestRequest, Raster
+    def _on_predictor(self, built):
+        from ..infer.region import LatestRequest
 
+        pred, raster = built
         self._building = None
         if not self._fits(pred):
             self.predict_view()  # the model, mode or grid step changed while this one was built
             return
-        self.predictor, self.raster, self._requests = pred, Raster(pred.grid, self.model.genes), LatestRequest()
+        self.predictor, self.raster, self._requests = pred, raster, LatestRequest()
         self._layers_then_predict(self.selected_genes())
 
     def _fits(self, pred) -> bool:

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     from napari.utils import resize_dask_cache
     from napari.utils.notifications import NotificationSeverity, notification_manager
 
-    from live_viewer import QtGapMeter, open_live_viewer, pct_ms, plugin_slots, pump, settle, view_complete
+    from live_viewer import GcMeter, QtGapMeter, open_live_viewer, pct_ms, plugin_slots, pump, settle, view_complete
     from pan_large_slide import make_slide, rss_mb
     from slide_throughput import make_model
 
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     def napari_cache_mb() -> float:
         return dask_cache.total_bytes / 2**20
 
-    meter = QtGapMeter()
+    meter, gc_meter = QtGapMeter(), GcMeter()
     rss, settles, stop_info, swaps = [], [], {}, []
     t_start = time.perf_counter()
     for step in range(args.steps):
@@ -176,6 +176,7 @@ def main(argv=None) -> int:
     rss_end, cache_end = rss_mb(), napari_cache_mb()
     wall = time.perf_counter() - t_start
     meter.stop()
+    gc_meter.stop()
     sys.excepthook, threading.excepthook = old_hook, old_thread_hook
     base = next(r for r in rss if r[0] >= args.warmup) if args.steps > args.warmup else rss[0]
     blocked = meter.blocked_ms()
@@ -201,7 +202,7 @@ def main(argv=None) -> int:
            "final_view_s": round(final_settle, 2),
            "final_layers_have_values": all(lyr is not None and np.isfinite(lyr.data).any() for lyr in layers),
            "longest_qt_block_ms_incl_napari_rendering": round(float(blocked.max()), 1),
-           "qt_block_p99_ms": round(float(np.percentile(blocked, 99)), 1), **plugin_slots(panel)}
+           "qt_block_p99_ms": round(float(np.percentile(blocked, 99)), 1), **plugin_slots(panel, gc_meter)}
     (out / "result.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
     viewer.close()

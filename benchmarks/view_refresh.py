@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmark-output/view")
     args = ap.parse_args(argv)
 
-    from live_viewer import QtGapMeter, open_live_viewer, pct_ms, plugin_slots, settle
+    from live_viewer import GcMeter, QtGapMeter, open_live_viewer, pct_ms, plugin_slots, settle
     from napari_histoexpr.widgets.expression_view import DEBOUNCE_MS
     from pan_large_slide import make_slide
     from slide_throughput import make_model
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     viewer, panel = open_live_viewer(slide, model_dir, args.device)
     cam = viewer.scene.camera
     cam.zoom = args.zoom
-    meter = QtGapMeter()
+    meter, gc_meter = QtGapMeter(), GcMeter()
     gaps = meter.gaps
 
     def measure(mode: str) -> dict:
@@ -88,12 +88,13 @@ def main(argv=None) -> int:
                 "refresh_cached_region_ms": pct_ms(hits), "first_view_s": round(t_first, 2),
                 "longest_qt_block_setup_ms": round(1e3 * (setup_block - 0.005), 1),
                 "longest_qt_block_ms_incl_napari_rendering": round(float(blocked.max()), 1),
-                "qt_block_p99_ms": round(float(np.percentile(blocked, 99)), 1), **plugin_slots(panel)}
+                "qt_block_p99_ms": round(float(np.percentile(blocked, 99)), 1), **plugin_slots(panel, gc_meter)}
 
     res = {"benchmark": "view_refresh", "device": str(panel.model.device), "backbone": args.backbone,
            "px": args.px, "window_um": args.window_um, "canvas": list(viewer.canvas.size), "debounce_ms": DEBOUNCE_MS,
            **{m: measure(m) for m in args.modes.split(",")}}
     meter.stop()
+    gc_meter.stop()
     print(json.dumps(res, indent=2))
     viewer.close()
     return 0

@@ -310,10 +310,11 @@ def test_load_button_swaps_models_in_a_worker_while_predicting(panel_on_section,
         cam.zoom, cam.center = 0.35, (0, 1024.0, 1024.0)
         qtbot.waitUntil(lambda: panel.actions()["Stop"], timeout=60_000)
         panel.configure(stride_um=25.0, model=str(trained))
-        worker = panel.load_model(background=True)
+        old = panel.model
+        panel.load_model(background=True)
         assert panel.status.startswith("loading")
-        with qtbot.waitSignal(worker.finished, timeout=60_000):
-            pass
+        # (not the worker's finished signal: a fast worker can emit it before a wait connects)
+        qtbot.waitUntil(lambda: panel.model is not old, timeout=60_000)
         _wait_idle(qtbot, panel)  # the new model predicts the view without a camera move
         assert panel.predictor.model is panel.model and view_predicted(panel)
         assert panel.predictor.requested_stride_um == pytest.approx(25.0)
@@ -327,11 +328,9 @@ def test_load_button_swaps_models_in_a_worker_while_predicting(panel_on_section,
         bad = tmp_path / "bad"
         shutil.copytree(trained, bad)
         (bad / "model.safetensors").write_bytes(b"not a model")
-        worker = panel.load_model(str(bad), background=True)
-        with qtbot.waitSignal(worker.finished, timeout=60_000):
-            pass
+        panel.load_model(str(bad), background=True)
         qtbot.waitUntil(lambda: any("corrupt" in str(n.message) or "bad" in str(n.message) for n in seen),
-                        timeout=10_000)
+                        timeout=60_000)
         assert panel.status.startswith("error") and panel.model is not None
         cam.center = (0, 1400.0, 1400.0)
         _wait_idle(qtbot, panel)  # the model loaded before keeps following the view
@@ -354,3 +353,28 @@ def test_compare_with_measured_spots(panel_on_section, qtbot):
 
     picked = panel.pick(resid, tuple(resid.data[0]))  # what a click on the first spot shows
     assert "ERBB2 measured" in picked and "ERBB2 predicted" in panel.picked
+
+
+def test_a_model_on_the_same_grid_gets_its_own_layers(panel_on_section, qtbot, trained):
+    """A second model whose grid is the old one's (a retrained model, the same file again, another
+    mode) shows its own predictions: the gene layers take the new raster, not only a new shape."""
+    viewer, panel, _ = panel_on_section
+    old_grid = panel.predictor.grid
+    old = panel.model
+    panel.load_model(str(trained), genes=["ERBB2", "COL1A1"], background=True)
+    qtbot.waitUntil(lambda: panel.model is not old, timeout=60_000)
+    _wait_idle(qtbot, panel)
+    grid = panel.predictor.grid
+    assert (grid.rows, grid.cols, grid.stride) == (old_grid.rows, old_grid.cols, old_grid.stride)
+    cam = viewer.scene.camera
+    cam.zoom, cam.center = 2.0, (0, 1500.0, 400.0)  # a region the first model never predicted
+    _wait_idle(qtbot, panel)
+    for gene in ("ERBB2", "COL1A1"):
+        layer = panel.gene_layer(gene)
+        assert np.shares_memory(layer.data, panel.raster.data)
+        assert layer.metadata["histoexpr"]["gene"] == gene
+    y0, x0, y1, x1 = panel.view_box(0.0)
+    rs, cs = slice(int(y0 / grid.stride), int(y1 / grid.stride)), slice(int(x0 / grid.stride), int(x1 / grid.stride))
+    shown = panel.gene_layer("ERBB2").data[rs, cs]
+    assert np.isfinite(shown).mean() > 0.3  # the new model's predictions are on screen
+    np.testing.assert_array_equal(shown, panel.raster.gene("ERBB2")[rs, cs])

@@ -325,13 +325,15 @@ class Raster:
         self.grid = grid
         self.genes = list(genes)
         self.data = np.full((len(genes), grid.rows, grid.cols), np.nan, np.float32)
+        self._views = {g: self.data[i] for i, g in enumerate(self.genes)}  # one array per gene: layers keep it
 
     def put(self, tile: tuple[int, int], values: np.ndarray) -> None:
         rs, cs = self.grid.tile_slices(*tile)
         self.data[:, rs, cs] = values
 
     def gene(self, name: str) -> np.ndarray:
-        return self.data[self.genes.index(name)]
+        """The gene's plane of :attr:`data` (the same array object on every call)."""
+        return self._views[name]
 
 
 def predictor_with_raster(model, pyr, stride_um: float | None = None, **kw) -> tuple[RegionPredictor, Raster]:

@@ -162,8 +162,9 @@ def start_worker(func, *args, desc: str | None = None, total: int | None = None,
 
 
 def timed(fn):
-    """Record how long a Qt-thread slot of a panel ran in ``panel.gui_timings`` (for benchmarks);
-    a worker's late signal after the viewer closed is ignored."""
+    """Record a Qt-thread slot of a panel in ``panel.gui_timings`` as ``(name, seconds, start)``
+    (``time.perf_counter`` at its start; for benchmarks); a worker's late signal after the viewer
+    closed is ignored."""
 
     @functools.wraps(fn)
     def wrapper(self, *a, **kw):
@@ -173,7 +174,7 @@ def timed(fn):
         try:
             return fn(self, *a, **kw)
         finally:
-            self.gui_timings.append((fn.__name__, time.perf_counter() - t0))
+            self.gui_timings.append((fn.__name__, time.perf_counter() - t0, t0))
 
     return wrapper
 

@@ -1,6 +1,6 @@
 """The predicted-gene Image layers of the "Predicted expression" panel: one per gene, on the
-predictor's grid (µm world), updated in place; re-shaped one layer per event-loop turn when the
-model or grid changes; styled (colormap, opacity, percentile contrast) per gene."""
+predictor's grid (µm world), updated in place; given a new model's or grid's raster one napari
+setter per event-loop turn; styled (colormap, opacity, percentile contrast) per gene."""
 
 from __future__ import annotations
 
@@ -14,49 +14,77 @@ class GeneLayers:
     ``_lo``, ``_hi``."""
 
     _layers_pending = False
+    _pending_steps: list | None = None
 
     def _layers_then_predict(self, genes: list[str]):
-        """Bring each gene layer to the new grid, one per turn of the event loop (napari takes ~20 ms
-        per layer to take a new shape, scale and translate), then predict the view."""
+        """Bring each gene layer to the new raster one napari setter per turn of the event loop (its
+        data, scale, translate: each takes 5-15 ms of this thread; together they held it for over
+        100 ms under load), then predict the view. The new raster is empty (NaN): nothing shows in
+        the turns between a layer's new data and its new geometry."""
         from qtpy.QtCore import QTimer
 
         pred = self.predictor
         self._layers_pending = True
+        self._pending_steps = steps = [step for g in genes for step in self._layer_steps(g)]
 
         @timed
         def layer_step(self):
-            if self.predictor is not pred:  # superseded by another model or grid
-                self._layers_pending = False
+            if self._pending_steps is not steps:  # finished by a view asked for meanwhile, or replaced
                 return
-            if genes:
-                self._gene_layer(genes.pop(0), create=True)
+            if self.predictor is not pred:  # superseded by another model or grid
+                self._end_layer_steps()
+            elif steps:
+                steps.pop(0)()
                 QTimer.singleShot(0, lambda: layer_step(self))
             else:
-                self._layers_pending = False
+                self._end_layer_steps()
                 self.predict_view()
 
         QTimer.singleShot(0, lambda: layer_step(self))
 
+    def _end_layer_steps(self):
+        self._layers_pending, self._pending_steps = False, None
+
+    def _bring_layers(self, genes: list[str]):
+        """Before a view is predicted: the layer steps still pending run now (a view asked for by a
+        script, or a camera move, before they finished), and a gene without a layer gets one."""
+        steps = self._pending_steps or []
+        self._end_layer_steps()
+        for step in steps:
+            step()
+        for g in genes:
+            self._gene_layer(g, create=True)
+
     def gene_layer(self, gene: str):
         return find_layer(self._viewer, f"pred:{gene}")
 
-    def _gene_layer(self, gene: str, create: bool = False):
+    def _layer_steps(self, gene: str) -> list:
+        """What brings the gene's layer to the current raster (none if it shows it already): adding
+        the layer, or setting an existing one's data, geometry and metadata (another model, or
+        another grid: the same layer shows the new raster, even where the grid is the old one's)."""
         from ..layerdata import grid_image_kwargs
 
-        layer = self.gene_layer(gene)
-        if layer is not None and layer.data.shape == self.raster.gene(gene).shape:
-            return layer
-        if not create:
-            return None
+        layer, data = self.gene_layer(gene), self.raster.gene(gene)
+        if layer is not None and layer.data is data:
+            return []
         kw = grid_image_kwargs(self.predictor.grid, self.predictor.pyr.world_mpp, f"predicted: {gene}",
                                self._cmap.value, float(self._opacity.value),
                                {"key": f"pred:{gene}", "kind": "prediction", "gene": gene})
-        if layer is not None:  # another model or grid: the same layer shows the new raster
-            layer.data = self.raster.gene(gene)
-            layer.scale, layer.translate = kw["scale"], kw["translate"]
-            layer.metadata = kw["metadata"]
+        if layer is None:
+            return [lambda: self._viewer.add_image(data, **kw)]
+        return [lambda k=k: setattr(layer, k, data if k == "data" else kw[k])
+                for k in ("data", "scale", "translate", "metadata")]
+
+    def _gene_layer(self, gene: str, create: bool = False):
+        """The gene's layer if it shows the current raster; with ``create`` it is made to, at once."""
+        layer = self.gene_layer(gene)
+        if layer is not None and layer.data is self.raster.gene(gene):
             return layer
-        return self._viewer.add_image(self.raster.gene(gene), **kw)
+        if not create:
+            return None
+        for step in self._layer_steps(gene):
+            step()
+        return self.gene_layer(gene)
 
     def _style_current(self, *_):
         g = self._current.value

@@ -84,11 +84,11 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
             self._compare_btn, self._status, self._picked,
         ])
         self.table = make_table(self, ["gene", "r (view)", "r (section)", "spots"])
-        self._timer = QTimer()
+        self._timer = QTimer(self.native)  # dies with the panel
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self._on_view_settled)
-        self._repaint = QTimer()  # tiles arriving together (a dense band) are drawn once
+        self._repaint = QTimer(self.native)  # tiles arriving together (a dense band) are drawn once
         self._repaint.setSingleShot(True)
         self._repaint.setInterval(15)
         self._repaint.timeout.connect(lambda: self._refresh_layers(final=False))
@@ -103,7 +103,6 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         cam.events.center.connect(self._on_camera)
         cam.events.zoom.connect(self._on_camera)
         self._stop_workers_on_close("_worker", "_building", "_spot_worker")
-        self.native.destroyed.connect(lambda *_: (self._timer.stop(), self._repaint.stop()))
 
     def reset_choices(self, *_):
         """napari calls this on docked magicgui containers whenever layers change; our choices are
@@ -231,8 +230,7 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         genes = self.selected_genes()
         if not genes:
             return None
-        for g in genes:
-            self._gene_layer(g, create=True)
+        self._bring_layers(genes)
         tiles = pred.view_tiles(self.view_box())
         self.last_request_tiles = tiles
         cancelled = self._requests.new()  # supersedes every earlier request

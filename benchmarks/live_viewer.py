@@ -134,20 +134,21 @@ def plugin_slots(panel, gc_meter: GcMeter | None = None) -> dict:
     """The longest and p99 Qt-thread slot of the panel's own code, and which slots were slowest.
     With ``gc_meter``, each slow slot also says how much of it was a garbage collection that
     happened to run inside it, and the count over 50 ms is also given without that time."""
-    rec = list(panel.gui_timings) or [("", 0.0, 0.0)]
-    slots = [t for _, t, _ in rec]
+    rec = list(panel.gui_timings) or [("", 0.0, 0.0, 0.0)]
+    slots = [t for _, t, _, _ in rec]
     slow = sorted(rec, key=lambda x: -x[1])[:5]
     res = {"longest_plugin_slot_ms": round(1e3 * max(slots), 1),
            "plugin_slot_p99_ms": round(1e3 * float(np.percentile(slots, 99)), 1),
            "plugin_slots": len(slots), "plugin_slots_over_50ms": int(sum(t > 0.05 for t in slots)),
            "slowest_slot": slow[0][0],
-           "slowest_slots_ms": [(name, round(1e3 * t, 1)) for name, t, _ in slow]}
+           "slowest_slots_ms": [(name, round(1e3 * t, 1)) for name, t, _, _ in slow],
+           "slowest_slots_qt_thread_cpu_ms": [(name, round(1e3 * c, 1)) for name, _, _, c in slow]}
     if gc_meter is not None:
-        gc_in = [gc_meter.within(t0, t0 + t) for _, t, t0 in rec]
+        gc_in = [gc_meter.within(t0, t0 + t) for _, t, t0, _ in rec]
         own = [t - g for t, g in zip(slots, gc_in)]
         res.update({"plugin_slots_over_50ms_less_gc": int(sum(t > 0.05 for t in own)),
                     "longest_plugin_slot_less_gc_ms": round(1e3 * max(own), 1),
                     "slowest_slots_ms_gc_ms": [(name, round(1e3 * t, 1), round(1e3 * gc_meter.within(t0, t0 + t), 1))
-                                               for name, t, t0 in slow],
+                                               for name, t, t0, _ in slow],
                     **gc_meter.summary()})
     return res

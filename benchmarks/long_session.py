@@ -9,8 +9,10 @@ dense and patch mode), and in the middle of the session a running view predictio
 the panel's Stop.
 
 Reported: exceptions and error notifications (must be 0), the process RSS after warm-up and at the
-end (growth target < 300 MB), the longest Qt-thread slot of the plugin's code (target < 50 ms) and
-the longest gap of the Qt event loop (napari's own rendering included), and view latencies.
+end (growth target < 300 MB), the longest Qt-thread slot of the plugin's code during the session
+(target < 50 ms; with the Qt thread's own CPU time in it and any garbage collection that ran inside
+it; the setup before the first move - opening the slide, adding the gene layers - apart) and the
+longest gap of the Qt event loop (napari's own rendering included), and view latencies.
 
     xvfb-run -a python benchmarks/long_session.py [--steps 1000] [--size 32768] [--device auto]
 """
@@ -115,6 +117,8 @@ def main(argv=None) -> int:
     def napari_cache_mb() -> float:
         return dask_cache.total_bytes / 2**20
 
+    setup = plugin_slots(panel)  # opening the slide, loading the model, adding the gene layers
+    panel.gui_timings.clear()
     meter, gc_meter = QtGapMeter(), GcMeter()
     rss, settles, stop_info, swaps = [], [], {}, []
     t_start = time.perf_counter()
@@ -123,8 +127,9 @@ def main(argv=None) -> int:
         if step % args.swap_every == 0 and step:
             t0 = time.perf_counter()
             panel.configure(mode=seg[1])
-            loading = panel.load_model(models[seg[0]], genes=["G0", "G1"], background=True)  # as the button
-            while loading.is_running:
+            old = panel.model
+            panel.load_model(models[seg[0]], genes=["G0", "G1"], background=True)  # as the button
+            while panel.model is old and time.perf_counter() - t0 < 60:  # the weights load in a worker
                 pump(0.01)
             swaps.append({"step": step, "model": seg[0], "mode": seg[1],
                           "load_in_worker_s": round(time.perf_counter() - t0, 3)})
@@ -201,12 +206,16 @@ def main(argv=None) -> int:
            "views_completed": len(settles), "complete_view_wait_ms": pct_ms(settles or [0.0]),
            "final_view_s": round(final_settle, 2),
            "final_layers_have_values": all(lyr is not None and np.isfinite(lyr.data).any() for lyr in layers),
+           "final_layers_show_current_model": all(lyr is not None and lyr.data is panel.raster.gene(g)
+                                                  for g, lyr in zip(("G0", "G1"), layers)),
            "longest_qt_block_ms_incl_napari_rendering": round(float(blocked.max()), 1),
-           "qt_block_p99_ms": round(float(np.percentile(blocked, 99)), 1), **plugin_slots(panel, gc_meter)}
+           "qt_block_p99_ms": round(float(np.percentile(blocked, 99)), 1), **plugin_slots(panel, gc_meter),
+           "setup_slowest_slots_ms": setup["slowest_slots_ms"]}
     (out / "result.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
     viewer.close()
     ok = (not errors and res["rss_mb"]["growth_after_warmup_excl_napari_cache"] < 300
+          and res["final_layers_show_current_model"]
           and res["longest_plugin_slot_ms"] < 50)
     return 0 if ok else 1
 

@@ -162,19 +162,20 @@ def start_worker(func, *args, desc: str | None = None, total: int | None = None,
 
 
 def timed(fn):
-    """Record a Qt-thread slot of a panel in ``panel.gui_timings`` as ``(name, seconds, start)``
-    (``time.perf_counter`` at its start; for benchmarks); a worker's late signal after the viewer
-    closed is ignored."""
+    """Record a Qt-thread slot of a panel in ``panel.gui_timings`` as ``(name, seconds, start,
+    cpu_seconds)`` (``time.perf_counter`` at its start; the Qt thread's own CPU time: the rest is
+    waiting, e.g. for the GIL; for benchmarks); a worker's late signal after the viewer closed is
+    ignored."""
 
     @functools.wraps(fn)
     def wrapper(self, *a, **kw):
         if self._closed:
             return None
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             return fn(self, *a, **kw)
         finally:
-            self.gui_timings.append((fn.__name__, time.perf_counter() - t0, t0))
+            self.gui_timings.append((fn.__name__, time.perf_counter() - t0, t0, time.thread_time() - c0))
 
     return wrapper
 

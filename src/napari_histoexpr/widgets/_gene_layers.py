@@ -104,11 +104,12 @@ class GeneLayers:
 
     @timed
     def _refresh_layers(self, final: bool = True):
-        """Redraw the visible gene layers; while tiles stream in (``final=False``) only their pixels
-        (no thumbnail, extent or highlight: the raster's shape never changes) and contrast when it
-        moved noticeably."""
+        """Redraw the visible gene layers: their pixels, their thumbnails once a view is complete
+        (``final``; not while tiles stream in), never extent or highlight (the raster's shape never
+        changes), and their contrast only where it moved noticeably (each change redraws napari's
+        layer controls)."""
         for g in self.selected_genes():
             layer = self._gene_layer(g)
             if layer is not None and layer.visible:  # napari refreshes a hidden layer when it is shown
                 layer.refresh(thumbnail=final, extent=False, highlight=False)
-                self._contrast(layer, g, force=final)
+                self._contrast(layer, g, force=False)

@@ -213,8 +213,8 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
             self._timer.start()  # debounce: restart on every camera event
 
     @timed
-    def _on_view_settled(self):
-        if self._follow.value and self.model is not None:
+    def _on_view_settled(self):  # while the layers take a new raster, their last step predicts the view
+        if self._follow.value and self.model is not None and not self._layers_pending:
             self.predict_view()
         self.update_table()
 
@@ -243,7 +243,8 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
                 self.raster.put(t, hit)
             else:
                 todo.append(t)
-        self._refresh_layers()
+        if len(todo) < len(tiles):  # napari redraws a layer on a refresh: only when cached tiles were put
+            self._refresh_layers()
         if not todo:
             self._status.value = f"{len(tiles)} tiles in view (all cached)"
             return None

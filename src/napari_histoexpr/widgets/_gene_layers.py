@@ -13,8 +13,11 @@ class GeneLayers:
     ``predict_view()``, ``gui_timings`` and the style widgets ``_current``, ``_cmap``, ``_opacity``,
     ``_lo``, ``_hi``."""
 
-    _layers_pending = False
-    _pending_steps: list | None = None
+    _pending_steps: list | None = None  # a new raster's layer steps not run yet (None: none under way)
+
+    @property
+    def _layers_pending(self) -> bool:
+        return self._pending_steps is not None
 
     def _layers_then_predict(self, genes: list[str]):
         """Bring each gene layer to the new raster one napari setter per turn of the event loop (its
@@ -24,7 +27,6 @@ class GeneLayers:
         from qtpy.QtCore import QTimer
 
         pred = self.predictor
-        self._layers_pending = True
         self._pending_steps = steps = [step for g in genes for step in self._layer_steps(g)]
 
         @timed
@@ -43,7 +45,7 @@ class GeneLayers:
         QTimer.singleShot(0, lambda: layer_step(self))
 
     def _end_layer_steps(self):
-        self._layers_pending, self._pending_steps = False, None
+        self._pending_steps = None
 
     def _bring_layers(self, genes: list[str]):
         """Before a view is predicted: the layer steps still pending run now (a view asked for by a
@@ -77,12 +79,10 @@ class GeneLayers:
 
     def _gene_layer(self, gene: str, create: bool = False):
         """The gene's layer if it shows the current raster; with ``create`` it is made to, at once."""
-        layer = self.gene_layer(gene)
-        if layer is not None and layer.data is self.raster.gene(gene):
-            return layer
-        if not create:
+        steps = self._layer_steps(gene)
+        if steps and not create:
             return None
-        for step in self._layer_steps(gene):
+        for step in steps:
             step()
         return self.gene_layer(gene)
 

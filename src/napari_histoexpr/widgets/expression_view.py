@@ -53,7 +53,6 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         self.gui_timings: deque = deque(maxlen=10000)
         self.tile_times: deque = deque(maxlen=10000)  # when each predicted tile reached the layers
         self._building = self._spot_worker = self._requests = None
-        self._layers_pending = False
         self.last_request_tiles: list = []
         self._model_edit = FileEdit(label="model", mode="d", nullable=True)
         self._load_btn = PushButton(text="Load model")

@@ -5,7 +5,7 @@ fitted, fixed schedule, EMA weights; ``--holdout``: the last of them for early s
 evaluates on the held-out one with ``histoexpr evaluate`` (model and the two baselines). Writes
 every fold's model and report under ``--out``.
 
-    python benchmarks/her2st_loso.py --data HER2ST_DIR [--device cuda] [--epochs 20] [--holdout]
+    python benchmarks/her2st_loso.py --data HER2ST_DIR [--device cuda] [--epochs N] [--holdout]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True, help="HER2ST data folder (images/, spots/, counts/, clusters/)")
     ap.add_argument("--out", default="benchmark-output/her2st")
     ap.add_argument("--backbone", default="resnet18")
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=None, help="default: histoexpr train's")
     ap.add_argument("--px", type=int, default=224)
     ap.add_argument("--window-um", type=float, default=150.0)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -59,9 +59,9 @@ def main(argv=None) -> int:
     folds = {}
     for held in args.folds.split(","):
         tr, te = write_manifests(data, out, held)
-        cfg = TrainConfig(backbone=args.backbone, epochs=args.epochs, px=args.px, window_um=args.window_um,
-                          batch_size=args.batch_size, lr=args.lr, device=args.device, patience=6,
-                          holdout=args.holdout)
+        cfg = TrainConfig(backbone=args.backbone, epochs=args.epochs or TrainConfig.epochs, px=args.px,
+                          window_um=args.window_um, batch_size=args.batch_size, lr=args.lr, device=args.device,
+                          patience=6, holdout=args.holdout)
         t0 = time.perf_counter()
         log = lambda ev: ev.get("stage") == "epoch" and print(  # noqa: E731
             f"[{held}] {epoch_line(ev)}, {ev['patches_per_s']:.0f} patches/s", file=sys.stderr, flush=True)

@@ -167,4 +167,6 @@ def test_cpu_bf16_follows_the_cpu_flags_with_an_override(monkeypatch):
     assert inference_amp(cpu)
     monkeypatch.delenv("HISTOEXPR_CPU_BF16")
     assert inference_amp(cpu) == cpu_bf16_faster() and cpu_bf16_faster() in (True, False)
-    assert not uses_amp(cpu)  # training stays fp32 on a CPU
+    assert uses_amp(cpu) == inference_amp(cpu)  # training: bf16 autocast where the CPU has it natively
+    monkeypatch.setenv("HISTOEXPR_CPU_BF16", "0")
+    assert not uses_amp(cpu) and uses_amp(torch.device("cuda"))

@@ -48,8 +48,9 @@ def worker_device(device: str) -> str:
 
 
 def uses_amp(device: torch.device) -> bool:
-    """Training: bf16 autocast (and channels_last) on CUDA only."""
-    return device.type == "cuda"
+    """Training: bf16 autocast (and channels_last) on CUDA, and on a CPU with native bf16 arithmetic
+    (resnet18 forward + backward ~2.2x faster there; weights, optimiser state and losses stay fp32)."""
+    return inference_amp(device)
 
 
 _CPU_BF16: bool | None = None

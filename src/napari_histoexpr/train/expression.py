@@ -35,7 +35,7 @@ class TrainConfig:
     window_um: float = 150.0
     px: int = 224
     min_tissue: float = 0.3
-    epochs: int = 20
+    epochs: int = 30
     batch_size: int = 32
     optimizer: str = "adamw"  # or "sgd"
     lr: float = 3e-4
@@ -307,7 +307,7 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
 
     summary = {"best_epoch": best_epoch, "best_val_mean_r": best if holdout else None,
                "validation": val_name, "history": history,
-               "device": str(device), "raw_fwd_bwd_patches_per_s": raw,
+               "device": str(device), "autocast": "bf16" if amp else "fp32", "raw_fwd_bwd_patches_per_s": raw,
                "train_patches_per_s": float(np.mean([h["patches_per_s"] for h in history])) if history else None}
     if cfg.baselines:
         yield {"stage": "baselines", "msg": "fitting baselines (mean, frozen encoder + PCA + ridge)"}

@@ -5,7 +5,7 @@ fitted, fixed schedule, EMA weights; ``--holdout``: the last of them for early s
 evaluates on the held-out one with ``histoexpr evaluate`` (model and the two baselines). Writes
 every fold's model and report under ``--out``.
 
-    python benchmarks/her2st_loso.py --data HER2ST_DIR [--device cuda] [--epochs N] [--holdout]
+    python benchmarks/her2st_loso.py --data HER2ST_DIR [--device cuda] [--epochs N] [--holdout] [--stain-norm]
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--folds", default=",".join(SECTIONS))
     ap.add_argument("--holdout", action="store_true", help="early stopping on the last training section")
+    ap.add_argument("--stain-norm", action="store_true", help="Macenko-normalise to the first training section")
     args = ap.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
     if not data.is_dir():
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
         tr, te = write_manifests(data, out, held)
         cfg = TrainConfig(backbone=args.backbone, epochs=args.epochs or TrainConfig.epochs, px=args.px,
                           window_um=args.window_um, batch_size=args.batch_size, lr=args.lr, device=args.device,
-                          patience=6, holdout=args.holdout)
+                          patience=6, holdout=args.holdout, stain_norm=args.stain_norm)
         t0 = time.perf_counter()
         log = lambda ev: ev.get("stage") == "epoch" and print(  # noqa: E731
             f"[{held}] {epoch_line(ev)}, {ev['patches_per_s']:.0f} patches/s", file=sys.stderr, flush=True)

@@ -67,7 +67,7 @@ class GeneLayers:
         from ..layerdata import grid_image_kwargs
 
         layer, data = self.gene_layer(gene), self.raster.gene(gene)
-        if layer is not None and layer.data is data:
+        if self._shows_raster(layer, gene):
             return []
         kw = grid_image_kwargs(self.predictor.grid, self.predictor.pyr.world_mpp, f"predicted: {gene}",
                                self._cmap.value, float(self._opacity.value),
@@ -77,12 +77,19 @@ class GeneLayers:
         return [lambda k=k: setattr(layer, k, data if k == "data" else kw[k])
                 for k in ("data", "scale", "translate", "metadata")]
 
+    def _shows_raster(self, layer, gene: str) -> bool:
+        """Whether ``layer`` shows the current raster's plane of ``gene`` (the same array object)."""
+        return layer is not None and layer.data is self.raster.gene(gene)
+
     def _gene_layer(self, gene: str, create: bool = False):
-        """The gene's layer if it shows the current raster; with ``create`` it is made to, at once."""
-        steps = self._layer_steps(gene)
-        if steps and not create:
+        """The gene's layer if it shows the current raster; with ``create`` it is made to, at once.
+        (Called on every refresh: only a layer that must change builds its steps.)"""
+        layer = self.gene_layer(gene)
+        if self._shows_raster(layer, gene):
+            return layer
+        if not create:
             return None
-        for step in steps:
+        for step in self._layer_steps(gene):
             step()
         return self.gene_layer(gene)
 

@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from napari_histoexpr.infer.dense import STRIDE, DenseBranch, box_means, dense_at_centres, dense_cells, dense_step_um
+from napari_histoexpr.infer.dense import (
+    STRIDE,
+    DenseBranch,
+    DenseJob,
+    box_means,
+    dense_at_centres,
+    dense_cells,
+    dense_step_um,
+    plan_blocks,
+)
 from napari_histoexpr.infer.region import Raster, RegionPredictor
 from napari_histoexpr.io.slides import open_slide
 from napari_histoexpr.metrics import pearson_columns
@@ -98,10 +107,14 @@ def test_dense_agrees_with_patch_and_keeps_planted_genes(model, unseen):
 
 
 def test_adjacent_dense_tiles_have_no_seams(model, unseen):
-    """The same cells computed inside one big region and as small tiles agree: every block and tile
-    uses the same margin rule."""
+    """The same cells computed as small tiles each on its own (as whole-slide ``predict`` does) and
+    in one live-view job agree: every region and block uses the same margin rule."""
     pyr = open_slide(unseen.slide)
-    _, small = _raster(model, pyr, "dense", tile_cells=4)
+    rp = RegionPredictor(model, pyr, None, tile_cells=4, mode="dense")
+    small = Raster(rp.grid, model.genes)
+    for t in rp.view_tiles((0, 0, *pyr.level0_shape)):
+        ((_, v),) = rp.predict_band([t])
+        small.put(t, v)
     _, big = _raster(model, pyr, "dense", tile_cells=32)
     fin = np.isfinite(small.data[0]) & np.isfinite(big.data[0])
     assert fin.sum() > 100
@@ -147,17 +160,67 @@ def test_cli_predict_modes_and_devices(trained, cohort, tmp_path, capsys):
         assert rc == 2 and f"device '{dev}' requested" in err and err.count("\n") == 1
 
 
-def test_view_bands_start_at_the_centre_and_cover_every_tile_once(model, unseen):
+def test_block_plan_covers_each_needed_feature_cell_once_centre_first():
+    need = np.zeros((40, 53), bool)
+    need[3:37, 2:50] = True
+    need[10:20, 30:40] = False  # e.g. cached tiles inside the rectangle
+    first = (15, 25, 12, 22)
+    blocks = plan_blocks(40, 53, first, block_feats=12, needed=need)
+    assert blocks[0] == first
+    count = np.zeros((40, 53), int)
+    for y0, y1, x0, x1 in blocks:
+        assert y1 - y0 <= 12 and x1 - x0 <= 12 and need[y0:y1, x0:x1].any()
+        count[y0:y1, x0:x1] += 1
+    assert count.max() == 1 and (count[need] == 1).all()  # every feature cell computed once
+    d = [abs((b[0] + b[1]) / 2 - 20) + abs((b[2] + b[3]) / 2 - 17) for b in blocks[1:]]
+    assert d[0] < np.median(d)  # nearest to the first block first
+
+
+def test_dense_job_pools_windows_across_blocks_exactly(unseen):
+    """A job cut into blocks smaller than a window gives the same cells as one region (linear body:
+    exact up to resampling), releases the first cells after the first block, and each cell once."""
+    pyr = open_slide(unseen.slide)
+    body = lambda x: torch.nn.functional.avg_pool2d(x, STRIDE)  # noqa: E731
+    br = DenseBranch(body, lambda f: f, px=96, window_um=150.0)  # 3 x 3 feature cells a window
+    step = dense_step_um([br], 50.0) / pyr.world_mpp
+    x0, y0 = 900.5, 820.5
+    want = dense_cells(pyr, [br], x0, y0, 5, 6, step, torch.device("cpu"))
+    cells = np.ones((5, 6), bool)
+    cells[0, 0] = False  # not wanted: never released
+    job = DenseJob(pyr, [br], x0, y0, 5, 6, step, torch.device("cpu"), cells, first=(2, 3, 2, 4), block_feats=2)
+    got = np.full((5, 6, 3), np.nan, np.float32)
+    released = np.zeros((5, 6), int)
+    for n, item in enumerate(job.items):
+        new, out = job.compute(item, job.read(item))
+        if n == 0:
+            assert not new.any()  # 2 x 2 feature cells: less than one window
+        if out is not None:
+            got[new] = out
+        released += new
+    assert len(job.items) > 10 and (released == cells).all()
+    assert np.nanmax(np.abs(got - want)[cells]) < 0.02 and np.isnan(got[0, 0]).all()
+    # with a first block the size of the first cells' windows, they are out after one block
+    job = DenseJob(pyr, [br], x0, y0, 5, 6, step, torch.device("cpu"), cells, first=(2, 3, 2, 4))
+    new, _ = job.compute(job.items[0], job.read(job.items[0]))
+    assert np.argwhere(new).tolist() == [[2, 2], [2, 3]]
+
+
+def test_view_tiles_come_centre_first_each_once_and_cached(model, unseen):
     pyr = open_slide(unseen.slide)
     rp = RegionPredictor(model, pyr, None, tile_cells=2, mode="dense")
     tiles = rp.grid.tiles_in_box(0, 0, *pyr.level0_shape)
-    bands = rp.bands(tiles)
-    assert sorted(t for b in bands for t in b) == sorted(tiles)
-    assert tiles[0] in bands[0] and len(bands[0]) <= 9  # a small square around the view centre first
-    assert all(len({t[0] for t in b}) <= 4 for b in bands[1:])  # then bands of <= 8 cells (4 tile rows)
-    done = dict(rp.run(tiles[:12]))  # computed in bands, cached per tile
-    assert set(done) == set(tiles[:12]) and all(t in rp.cache for t in tiles[:12])
-    assert rp.bands(tiles[:12]) == [[t] for t in tiles[:12]]  # all cached now: nothing to compute
+    order = [t for t, _ in rp.run(tiles[:12])]  # one job for the view, cached per tile
+    assert sorted(order) == sorted(tiles[:12]) and len(order) == 12 and order[0] == tiles[0]
+    assert all(t in rp.cache for t in tiles[:12])
+    hits = rp.cache.hits
+    assert [t for t, _ in rp.run(tiles[:12])] == tiles[:12] and rp.cache.hits == hits + 12  # all cached now
+    # a zoomed-out view: bands of tile rows, each within the feature-map bound, the centre's first
+    groups = rp.job_groups(tiles, max_feats=40 * 40)
+    assert len(groups) > 1 and tiles[0] in groups[0]
+    assert sorted(t for g in groups for t in g) == sorted(tiles)
+    span = rp.grid.tile_cells * model.dense_step_um(75.0) / (32 * model.window_um / model.px)
+    width = (max(t[1] for t in tiles) - min(t[1] for t in tiles) + 1) * span
+    assert all((max(t[0] for t in g) - min(t[0] for t in g) + 1) * span * width <= 40 * 40 for g in groups)
 
 
 def test_cpu_bf16_follows_the_cpu_flags_with_an_override(monkeypatch):

@@ -145,6 +145,41 @@ def margin_for(branch: DenseBranch, margin_px: int = MARGIN_PX) -> int:
     return max(STRIDE, max(margin_px, branch.context_px) // STRIDE * STRIDE)
 
 
+def grid_geometry(pyr, br: DenseBranch, step_l0: float, margin_px: int = MARGIN_PX) -> tuple[float, int, int, int]:
+    """``(q, k, w, m)`` of a branch on a grid ``step_l0`` level-0 px apart: input px per level-0 px,
+    grid step and window in feature cells, context margin in input px."""
+    q = br.px / br.window_um * pyr.world_mpp  # input px per level-0 px
+    k_float = step_l0 * q / STRIDE
+    k = int(round(k_float))
+    if k < 1 or abs(k_float - k) > 1e-3:
+        raise HistoExprError(f"grid step {step_l0:.2f} px is not a whole number of feature cells "
+                             f"({STRIDE / q:.2f} px); use dense_step_um")
+    return q, k, br.window_cells, margin_for(br, margin_px)
+
+
+def needed_features(cells: np.ndarray, k: int, w: int) -> np.ndarray:
+    """``(hf, wf)`` bool: the feature cells inside the window of a wanted cell (``cells``, (rows, cols)
+    bool; cell ``(a, b)``'s window is feature cells ``[a k, a k + w) x [b k, b k + w)``)."""
+    rows, cols = cells.shape
+    need = np.zeros(((rows - 1) * k + w, (cols - 1) * k + w), bool)
+    for a, b in zip(*np.nonzero(cells)):
+        need[a * k:a * k + w, b * k:b * k + w] = True
+    return need
+
+
+def pool_windows(br: DenseBranch, feats, k: int, w: int):
+    """``(C, rows, cols)``: ``feats`` (C, hf, wf) pooled over each cell's window (the branch's kernel
+    or a plain mean)."""
+    import torch
+    import torch.nn.functional as F
+
+    if br.kernel is None:
+        return F.avg_pool2d(feats[None], kernel_size=w, stride=k)[0]
+    kern = torch.as_tensor(br.kernel, dtype=feats.dtype, device=feats.device)  # the same for every channel
+    return F.conv2d(feats[None], kern[None, None].expand(feats.shape[0], 1, w, w), stride=k,
+                    groups=feats.shape[0])[0]
+
+
 @dataclass
 class CellRegion:
     """The input image of one branch for a block of grid cells (read, not yet computed)."""
@@ -159,13 +194,7 @@ class CellRegion:
 
     def needed_features(self) -> np.ndarray | None:
         """Feature cells inside the window of a wanted cell."""
-        if self.cells is None:
-            return None
-        hf, wf = (self.rows - 1) * self.k + self.w, (self.cols - 1) * self.k + self.w
-        need = np.zeros((hf, wf), bool)
-        for a, b in zip(*np.nonzero(self.cells)):
-            need[a * self.k:a * self.k + self.w, b * self.k:b * self.k + self.w] = True
-        return need
+        return None if self.cells is None else needed_features(self.cells, self.k, self.w)
 
 
 def read_cells(pyr, branches: list[DenseBranch], x0: float, y0: float, rows: int, cols: int, step_l0: float,
@@ -175,13 +204,7 @@ def read_cells(pyr, branches: list[DenseBranch], x0: float, y0: float, rows: int
     ``cells`` ((rows, cols) bool), blocks no wanted cell needs are not computed."""
     out = []
     for br in branches:
-        q = br.px / br.window_um * pyr.world_mpp  # input px per level-0 px
-        k_float = step_l0 * q / STRIDE
-        k = int(round(k_float))
-        if k < 1 or abs(k_float - k) > 1e-3:
-            raise HistoExprError(f"grid step {step_l0:.2f} px is not a whole number of feature cells "
-                                 f"({STRIDE / q:.2f} px); use dense_step_um")
-        w, m = br.window_cells, margin_for(br, margin_px)
+        q, k, w, m = grid_geometry(pyr, br, step_l0, margin_px)
         hf, wf = (rows - 1) * k + w, (cols - 1) * k + w
         half = br.px / 2 / q  # level-0 px from a cell centre to its window edge
         img = read_scaled(pyr, y0 - half - m / q, x0 - half - m / q, hf * STRIDE + 2 * m, wf * STRIDE + 2 * m, q)
@@ -195,17 +218,11 @@ def compute_cells(branches: list[DenseBranch], regions: list[CellRegion], device
                   block_feats: int = BLOCK_FEATS) -> np.ndarray:
     """``(rows, cols, K)`` outputs (mean over branches) from what :func:`read_cells` read."""
     import torch
-    import torch.nn.functional as F
 
     outs = []
     for br, reg in zip(branches, regions):
         feats = feature_blocks(br.body, reg.img, device, reg.margin_px, block_feats, reg.needed_features())
-        if br.kernel is None:
-            pooled = F.avg_pool2d(feats[None], kernel_size=reg.w, stride=reg.k)[0]  # (C, rows, cols)
-        else:  # a weighted window: the same kernel for every channel
-            kern = torch.as_tensor(br.kernel, dtype=feats.dtype, device=feats.device)
-            kern = kern[None, None].expand(feats.shape[0], 1, reg.w, reg.w)
-            pooled = F.conv2d(feats[None], kern, stride=reg.k, groups=feats.shape[0])[0]
+        pooled = pool_windows(br, feats, reg.k, reg.w)  # (C, rows, cols)
         flat = pooled.permute(1, 2, 0).reshape(reg.rows * reg.cols, -1)
         with torch.inference_mode():
             outs.append(br.head(flat).float().cpu().numpy().reshape(reg.rows, reg.cols, -1))
@@ -219,6 +236,124 @@ def dense_cells(pyr, branches: list[DenseBranch], x0: float, y0: float, rows: in
     ``cells`` wanted are guaranteed (others may come from skipped, all-zero blocks)."""
     regions = read_cells(pyr, branches, x0, y0, rows, cols, step_l0, transform, margin_px, cells)
     return compute_cells(branches, regions, device, block_feats)
+
+
+def _segments(lo: int, hi: int, size: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` cut into even segments of at most ``size``."""
+    if hi <= lo:
+        return []
+    n = math.ceil((hi - lo) / size)
+    e = math.ceil((hi - lo) / n)
+    return [(a, min(a + e, hi)) for a in range(lo, hi, e)]
+
+
+def plan_blocks(hf: int, wf: int, first: tuple[int, int, int, int] | None = None, block_feats: int = BLOCK_FEATS,
+                needed: np.ndarray | None = None) -> list[tuple[int, int, int, int]]:
+    """Blocks ``(y0, y1, x0, x1)`` of feature cells covering an ``hf x wf`` map once, in the order to
+    compute them. With ``first`` (a rectangle of feature cells, e.g. the windows of the cells at the
+    view centre) that rectangle is the first block, the rest of its rows are cut to its left and right,
+    and the rows above and below into blocks of at most ``block_feats`` a side, nearest to it first;
+    without, an even grid of such blocks. Blocks where ``needed`` ((hf, wf) bool) is all false are left
+    out."""
+    if first is None:
+        blocks = [(a, b, c, d) for a, b in _segments(0, hf, block_feats) for c, d in _segments(0, wf, block_feats)]
+    else:
+        y0, y1 = max(0, first[0]), min(hf, first[1])
+        x0, x1 = max(0, first[2]), min(wf, first[3])
+        centre = [(a, b, c, d) for a, b in _segments(y0, y1, block_feats) for c, d in _segments(x0, x1, block_feats)]
+        side = [(a, b, c, d) for a, b in _segments(y0, y1, block_feats)
+                for c, d in _segments(0, x0, block_feats) + _segments(x1, wf, block_feats)]
+        rest = [(a, b, c, d) for a, b in _segments(0, y0, block_feats) + _segments(y1, hf, block_feats)
+                for c, d in _segments(0, wf, block_feats)]
+        cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+        blocks = centre + sorted(side + rest,
+                                 key=lambda b: ((b[0] + b[1]) / 2 - cy) ** 2 + ((b[2] + b[3]) / 2 - cx) ** 2)
+    if needed is not None:
+        blocks = [b for b in blocks if needed[b[0]:b[1], b[2]:b[3]].any()]
+    return blocks
+
+
+class DenseJob:
+    """The dense prediction of a grid of cells computed block by block, each cell released as soon as
+    the feature cells of its window are all computed (the live view's progressive refresh).
+
+    Unlike :func:`read_cells` + :func:`compute_cells`, whose regions each pay the window overhang and
+    context margin, the job keeps the feature map of its whole grid: every feature cell is computed
+    once (each block with its own context margin), and a cell's window may span several blocks.
+    :meth:`read` is the I/O half of one block (reader threads), :meth:`compute` the model half.
+    Memory: the feature map (C x hf x wf float32) plus one block."""
+
+    def __init__(self, pyr, branches: list[DenseBranch], x0: float, y0: float, rows: int, cols: int,
+                 step_l0: float, device, cells: np.ndarray | None = None,
+                 first: tuple[int, int, int, int] | None = None, transform=None, scale: Callable | None = None,
+                 margin_px: int = MARGIN_PX,
+                 block_feats: int = BLOCK_FEATS):
+        self.pyr, self.branches, self.device, self.transform = pyr, branches, device, transform
+        self.scale = scale or (lambda y: y)
+        self.rows, self.cols = rows, cols
+        self.cells = np.ones((rows, cols), bool) if cells is None else np.asarray(cells, bool)
+        self.done = np.zeros((rows, cols), bool)
+        self.geometry, self.feats, self.computed, self.items = [], [], [], []
+        for i, br in enumerate(branches):
+            q, k, w, m = grid_geometry(pyr, br, step_l0, margin_px)
+            half = br.px / 2 / q
+            hf, wf = (rows - 1) * k + w, (cols - 1) * k + w
+            self.geometry.append((q, k, w, m, y0 - half, x0 - half))  # level-0 corner of feature cell (0, 0)
+            self.feats.append(None)
+            self.computed.append(np.zeros((hf, wf), bool))
+            span = None if first is None else (first[0] * k, (first[1] - 1) * k + w,  # the first cells' windows
+                                               first[2] * k, (first[3] - 1) * k + w)
+            self.items += [(i, b) for b in plan_blocks(hf, wf, span, block_feats, needed_features(self.cells, k, w))]
+
+    def read(self, item) -> np.ndarray:
+        """The input image of one block, with its context margin (I/O only)."""
+        i, (fy0, fy1, fx0, fx1) = item
+        q, _, _, m, oy, ox = self.geometry[i]
+        img = read_scaled(self.pyr, oy + (fy0 * STRIDE - m) / q, ox + (fx0 * STRIDE - m) / q,
+                          (fy1 - fy0) * STRIDE + 2 * m, (fx1 - fx0) * STRIDE + 2 * m, q)
+        return img if self.transform is None else self.transform(img)
+
+    def compute(self, item, img: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Run one block read by :meth:`read`; returns the cells it completed (``(rows, cols)`` bool,
+        wanted cells only) and their outputs ``(n, K)`` in row-major order (``None`` if none)."""
+        import torch
+
+        with torch.inference_mode():
+            return self._compute(item, img)
+
+    def _compute(self, item, img):
+        import torch
+
+        i, (fy0, fy1, fx0, fx1) = item
+        br, m = self.branches[i], self.geometry[i][3]
+        f = feature_blocks(br.body, img, self.device, m, block_feats=max(fy1 - fy0, fx1 - fx0))
+        if self.feats[i] is None:
+            self.feats[i] = torch.zeros((f.shape[0], *self.computed[i].shape), dtype=torch.float32, device=f.device)
+        self.feats[i][:, fy0:fy1, fx0:fx1] = f
+        self.computed[i][fy0:fy1, fx0:fx1] = True
+        ready = self.cells & ~self.done
+        for (_, kk, ww, _, _, _), comp in zip(self.geometry, self.computed):
+            ready &= _windows_complete(comp, kk, ww, self.rows, self.cols)
+        if not ready.any():
+            return ready, None
+        self.done |= ready
+        a0, a1 = np.nonzero(ready.any(1))[0][[0, -1]]
+        b0, b1 = np.nonzero(ready.any(0))[0][[0, -1]]
+        sub = ready[a0:a1 + 1, b0:b1 + 1]
+        outs = []
+        for br, (_, kk, ww, _, _, _), feats in zip(self.branches, self.geometry, self.feats):
+            pooled = pool_windows(br, feats[:, a0 * kk:a1 * kk + ww, b0 * kk:b1 * kk + ww], kk, ww)
+            flat = pooled[:, torch.from_numpy(sub).to(pooled.device)].T  # (n, C), row-major
+            outs.append(br.head(flat).float().cpu().numpy())
+        return ready, self.scale(np.mean(outs, axis=0) if len(outs) > 1 else outs[0])
+
+
+def _windows_complete(computed: np.ndarray, k: int, w: int, rows: int, cols: int) -> np.ndarray:
+    """``(rows, cols)`` bool: cells whose whole window of feature cells is computed."""
+    c = np.zeros((computed.shape[0] + 1, computed.shape[1] + 1), np.int32)
+    c[1:, 1:] = computed.cumsum(0).cumsum(1)
+    a, b = np.arange(rows)[:, None] * k, np.arange(cols)[None, :] * k
+    return (c[a + w, b + w] - c[a, b + w] - c[a + w, b] + c[a, b]) == w * w
 
 
 def box_means(feats, y0: np.ndarray, x0: np.ndarray, size: float) -> "np.ndarray":

@@ -138,6 +138,9 @@ class TileCache:
 
 
 MODES = ("dense", "patch")
+#: the largest feature map (in feature cells, ~2 KB each for resnet18) one dense job of the live view
+#: keeps: a view at zoom 1 is ~60 x 60; a zoomed-out view is cut into bands of tile rows
+MAX_JOB_FEATS = 160 * 160
 
 
 class RegionPredictor:
@@ -205,17 +208,17 @@ class RegionPredictor:
             ) -> Generator[tuple[tuple[int, int], np.ndarray], None, int]:
         """Predict ``tiles`` in order, yielding ``((ti, tj), array)``; stops early when cancelled.
 
-        In dense mode the tiles not cached yet are computed in **bands** (:meth:`bands`), each in a
-        single dense call, the band through the view's centre first; the next band is read while
-        the model runs the current one."""
+        In dense mode the cached tiles come first; the others are computed together in one
+        :class:`~napari_histoexpr.infer.dense.DenseJob` (bands of tile rows for a zoomed-out view,
+        :meth:`job_groups`): the feature map of their rectangle block by block, each feature cell
+        once, the windows of the first tile (the view centre) first, every tile yielded as soon as
+        its cells are done; the next block is read while the model runs the current one."""
         try:
             return (yield from self._run(tiles, cancelled))
         finally:
             release_free_memory()
 
     def _run(self, tiles, cancelled):
-        from concurrent.futures import ThreadPoolExecutor
-
         done = 0
         if self.mode != "dense":
             for t in tiles:
@@ -224,59 +227,98 @@ class RegionPredictor:
                 yield t, self.predict_tile(*t)
                 done += 1
             return done
-        bands = self.bands(tiles)
-        todo = [i for i, b in enumerate(bands) if b[0] not in self.cache]  # bands to compute
-        reader = ThreadPoolExecutor(1)  # reads the next band while the model runs this one
-        try:
-            reads = {todo[0]: reader.submit(self.read_band, bands[todo[0]])} if todo else {}
-            for i, band in enumerate(bands):
-                if cancelled():
-                    break
-                if i in reads:
-                    later = [j for j in todo if j > i]
-                    first = i == todo[0]  # the view centre: nothing competes with it for the CPU
-                    if later and not first:
-                        reads[later[0]] = reader.submit(self.read_band, bands[later[0]])
-                    results = self.predict_band(band, reads.pop(i).result())
-                    if later and first:
-                        reads[later[0]] = reader.submit(self.read_band, bands[later[0]])
-                else:
-                    results = [(t, self.predict_tile(*t)) for t in band]
-                for t, v in results:
-                    yield t, v
-                    done += 1
-        finally:  # also when the generator is closed early: never wait here for a read in flight
-            reader.shutdown(wait=False, cancel_futures=True)
+        missing = []
+        for t in tiles:  # cached tiles at once
+            hit = self.cache.get(t) if t in self.cache else None
+            if hit is None:
+                missing.append(t)
+                continue
+            if cancelled():
+                return done
+            yield t, hit
+            done += 1
+        for group in self.job_groups(missing):
+            if cancelled():
+                break
+            for t, v in self._run_job(group, cancelled):
+                yield t, v
+                done += 1
         return done
 
-    def bands(self, tiles: list[tuple[int, int]], band_cells: int = 8, first_cells: int = 6
-              ) -> list[list[tuple[int, int]]]:
-        """``tiles`` grouped for dense computation: cached tiles alone, first; then the missing tiles
-        within about ``first_cells`` cells of the first requested tile (the view centre: a quick
-        first result); then the rest cut from their bounding rectangle into horizontal bands about
-        ``band_cells`` cells tall (each band pays the window overhang and margin once), nearest
-        to the centre first."""
-        cached = [[t] for t in tiles if t in self.cache]
-        missing = [t for t in tiles if t not in self.cache]
-        if not missing:
-            return cached
-        ci, cj = missing[0]
-        r = max(0, int(round(first_cells / self.grid.tile_cells / 2 - 0.5)))
-        first = [t for t in missing if abs(t[0] - ci) <= r and abs(t[1] - cj) <= r]
-        rest = [t for t in missing if abs(t[0] - ci) > r or abs(t[1] - cj) > r]
-        rows = sorted({t[0] for t in rest})
-        per = max(1, int(np.ceil(band_cells / self.grid.tile_cells)))
-        band_of = {row: i // per for i, row in enumerate(rows)}  # tile row -> band
-        bands: list[list] = [[] for _ in range(len(rows) // per + 1)]
-        for t in rest:
-            bands[band_of[t[0]]].append(t)
-        bands = sorted((b for b in bands if b), key=lambda b: min(abs(t[0] - ci) for t in b))
-        return cached + [first] + bands
+    def job_groups(self, tiles: list[tuple[int, int]], max_feats: int = MAX_JOB_FEATS) -> list[list[tuple[int, int]]]:
+        """``tiles`` (the first at the view centre) grouped into dense jobs: all together when their
+        bounding rectangle's feature map has at most ``max_feats`` feature cells (a view), else bands
+        of whole tile rows within that bound, the band of the first tile first, then nearest to it."""
+        if not tiles:
+            return []
+        rows = sorted({t[0] for t in tiles})
+        cols = {t[1] for t in tiles}
+        from .dense import STRIDE
 
-    def read_band(self, band: list[tuple[int, int]]) -> tuple:
-        """The I/O half of :meth:`predict_band` (run in reader threads): the band's bounding
-        rectangle of cells, the cells wanted (tissue cells of the band's tiles) and what the model
-        reads for them (dense: the input regions; patch: the windows)."""
+        side = max(self.grid.stride * b.px / b.window_um * self.pyr.world_mpp / STRIDE  # feature cells per cell
+                   for b in self.model.dense_branches())
+        span = self.grid.tile_cells * side  # feature cells per tile side
+        width = (max(cols) - min(cols) + 1) * span
+        per = max(1, int(max_feats // max(width * span, 1)))  # tile rows per job
+        if len(rows) <= per:
+            return [list(tiles)]
+        ci = tiles[0][0]
+        lo = max(min(rows), min(ci - (per - 1) // 2, max(rows) - per + 1))  # the band through the centre
+        starts = sorted({lo} | set(range(lo - per, min(rows) - per, -per)) | set(range(lo + per, max(rows) + 1, per)))
+        groups = {s: [t for t in tiles if s <= t[0] < s + per] for s in starts}
+        return [groups[s] for s in sorted(groups, key=lambda s: abs(s + (per - 1) / 2 - ci)) if groups[s]]
+
+    def _run_job(self, group: list[tuple[int, int]], cancelled):
+        """Compute ``group``'s tiles in one :class:`~napari_histoexpr.infer.dense.DenseJob`, its first
+        tile's windows first; each tile is yielded (and cached) as soon as its cells are done."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        (r0, c0), rows, cols, centres, on = self.band_cells(group)
+        vals = np.full((len(self.genes), rows, cols), np.nan, np.float32)
+        pending = {}
+        for t in group:
+            rs, cs = self.grid.tile_slices(*t)
+            pending[t] = (slice(rs.start - r0, rs.stop - r0), slice(cs.start - c0, cs.stop - c0))
+
+        def finished(done_cells):
+            for t, (rs, cs) in list(pending.items()):
+                if not (on[rs, cs] & ~done_cells[rs, cs]).any():
+                    tile = np.ascontiguousarray(vals[:, rs, cs])
+                    self.cache.put(t, tile)
+                    del pending[t]
+                    yield t, tile
+
+        if not on.any():
+            yield from finished(on)
+            return
+        rs, cs = pending[group[0]]
+        job = self.model.dense_job(self.pyr, *centres[0], rows, cols, self.grid.stride, on,
+                                   (rs.start, rs.stop, cs.start, cs.stop))
+        yield from finished(job.done)  # tiles without tissue
+        items = job.items
+        reader = ThreadPoolExecutor(1)  # reads the next block while the model runs this one
+        try:
+            fut = reader.submit(job.read, items[0]) if items else None
+            for n, item in enumerate(items):
+                if cancelled():
+                    break
+                img = fut.result()
+                nxt = items[n + 1] if n + 1 < len(items) else None
+                if nxt is not None and n > 0:
+                    fut = reader.submit(job.read, nxt)
+                with self._lock:
+                    new, out = job.compute(item, img)
+                if nxt is not None and n == 0:  # the view centre: nothing competed with it for the CPU
+                    fut = reader.submit(job.read, nxt)
+                if new.any():
+                    vals[:, new] = out.T
+                    yield from finished(job.done)
+        finally:  # also when the generator is closed early: never wait here for a read in flight
+            reader.shutdown(wait=False, cancel_futures=True)
+
+    def band_cells(self, band: list[tuple[int, int]]) -> tuple:
+        """The bounding rectangle of ``band``'s cells: ``((r0, c0), rows, cols, centres, on)`` with the
+        level-0 centres of its cells (row-major) and the cells wanted (tissue cells of the band's tiles)."""
         r0 = self.grid.tile_slices(min(t[0] for t in band), 0)[0].start
         r1 = self.grid.tile_slices(max(t[0] for t in band), 0)[0].stop
         c0 = self.grid.tile_slices(0, min(t[1] for t in band))[1].start
@@ -290,6 +332,13 @@ class RegionPredictor:
             rs, cs = self.grid.tile_slices(*t)
             wanted[rs.start - r0:rs.stop - r0, cs.start - c0:cs.stop - c0] = True
         on = wanted & (self.cell_tissue(centres) >= self.min_tissue).reshape(rows, cols)
+        return (r0, c0), rows, cols, centres, on
+
+    def read_band(self, band: list[tuple[int, int]]) -> tuple:
+        """The I/O half of :meth:`predict_band` (run in reader threads): the band's bounding
+        rectangle of cells, the cells wanted and what the model reads for them (dense: the input
+        regions; patch: the windows)."""
+        (r0, c0), rows, cols, centres, on = self.band_cells(band)
         read = None
         if on.any():
             read = (self.model.read_cells(self.pyr, *centres[0], rows, cols, self.grid.stride, on)

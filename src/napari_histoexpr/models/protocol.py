@@ -93,6 +93,15 @@ class DenseMapModel:
         return read_cells(pyr, self.dense_branches(), x0, y0, rows, cols, step_l0, self.patch_transform(),
                           cells=cells)
 
+    def dense_job(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float, cells=None, first=None):
+        """A :class:`~napari_histoexpr.infer.dense.DenseJob` for a grid of cells: computed block by
+        block, the windows of the cells in ``first`` (``(row0, row1, col0, col1)``) first, each cell
+        released when its window is done."""
+        from ..infer.dense import DenseJob
+
+        return DenseJob(pyr, self.dense_branches(), x0, y0, rows, cols, step_l0, self.device, cells, first,
+                        self.patch_transform(), self.scale_output)
+
     def compute_cells(self, regions) -> np.ndarray:
         from ..infer.dense import compute_cells
 

@@ -34,6 +34,9 @@ from ._spot_compare import SpotComparison
 
 COLORMAPS = ("inferno", "viridis", "magma", "plasma", "turbo", "gray")
 DEBOUNCE_MS = 150  # camera events closer than this are one request
+#: while a view's tiles stream in, redraws are at least this far apart (the first tile is drawn at
+#: once): each redraw takes CPU from the model, and a dense view releases tiles after every block
+REPAINT_GAP_S = 0.3
 
 
 class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
@@ -90,7 +93,8 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         self._repaint = QTimer(self.native)  # tiles arriving together (a dense band) are drawn once
         self._repaint.setSingleShot(True)
         self._repaint.setInterval(15)
-        self._repaint.timeout.connect(lambda: self._refresh_layers(final=False))
+        self._repaint.timeout.connect(self._repaint_now)
+        self._last_repaint = 0.0
         self._load_btn.changed.connect(lambda *_: self.load_model(background=True))
         self._predict_btn.changed.connect(lambda *_: self.predict_view())
         self._stop_btn.changed.connect(lambda *_: self.stop())
@@ -233,6 +237,7 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         tiles = pred.view_tiles(self.view_box())
         self.last_request_tiles = tiles
         cancelled = self._requests.new()  # supersedes every earlier request
+        self._last_repaint = 0.0  # the new view's first tiles are drawn at once
         if self._worker is not None:
             self._worker.quit()
         todo = []
@@ -286,7 +291,12 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         self.raster.put(tile, values)  # a stale request's tiles are still right: keep them
         self.tile_times.append(time.perf_counter())
         if not cancelled() and not self._repaint.isActive():
-            self._repaint.start()
+            wait = self._last_repaint + REPAINT_GAP_S - time.perf_counter()
+            self._repaint.start(max(15, int(1000 * wait)))
+
+    def _repaint_now(self):
+        self._last_repaint = time.perf_counter()
+        self._refresh_layers(final=False)
 
     @timed
     def _on_view_done(self, worker, n):

@@ -179,3 +179,33 @@ def test_workers_close_quit_generators_in_their_thread_and_are_not_kept(make_nap
     qtbot.wait(50)
     gc.collect()
     assert len(cleaned) == 4 and all(r() is None for r in refs)
+
+
+def test_streaming_tiles_redraw_at_once_then_at_most_every_gap(qtbot):
+    """Tiles arriving one after another (a dense view releases some after every block) are drawn:
+    the first at once, then at most one redraw per REPAINT_GAP_S, and the last ones too."""
+    import time
+
+    from qtpy.QtWidgets import QWidget
+
+    from napari_histoexpr.widgets._gene_layers import REPAINT_GAP_S, GeneLayers
+
+    class Layers(GeneLayers):
+        def __init__(self):
+            self.draws = []
+            self._init_repaint(parent)
+
+        def _refresh_layers(self, final=True):
+            self.draws.append(time.perf_counter())
+
+    parent = QWidget()
+    layers = Layers()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 1.0:  # a tile every 20 ms for a second
+        layers._schedule_repaint()
+        qtbot.wait(20)
+    qtbot.waitUntil(lambda: not layers._repaint.isActive(), timeout=2000)
+    gaps = np.diff(layers.draws)
+    assert layers.draws[0] - t0 < 0.1  # the first tiles without waiting
+    assert len(layers.draws) <= 1 + 1.0 / REPAINT_GAP_S + 1 and gaps.min() >= REPAINT_GAP_S - 0.02
+    assert layers.draws[-1] > t0 + 1.0 - REPAINT_GAP_S  # the tiles of the end are drawn as well

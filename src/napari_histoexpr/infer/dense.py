@@ -17,6 +17,11 @@ side (:func:`margin_for`), and the body runs on blocks of at most
 with that same margin around it, so adjacent tiles and blocks see the same context rule (no seams
 beyond what a finite margin leaves) and the peak memory is that of one block whatever the region's
 size (resnet18 on CPU: ~85 MB above the region's own image, measured on a 3264 px region).
+
+Two ways to run a grid: :func:`read_cells` + :func:`compute_cells` (one region per call: whole-slide
+tiles, each paying its window overhang and margin) and :class:`DenseJob` (the live view: the
+feature map of the whole grid kept, blocks planned by :func:`plan_blocks` and computed once each,
+cells released as soon as their windows are complete).
 """
 
 from __future__ import annotations

@@ -4,8 +4,14 @@ setter per event-loop turn; styled (colormap, opacity, percentile contrast) per 
 
 from __future__ import annotations
 
+import time
+
 from ._common import timed
 from .layers import find_layer
+
+#: while a view's tiles stream in, redraws are at least this far apart (a new view's first tiles are
+#: drawn at once): each redraw takes CPU from the model, and a dense view releases tiles after every block
+REPAINT_GAP_S = 0.3
 
 
 class GeneLayers:
@@ -14,6 +20,23 @@ class GeneLayers:
     ``_lo``, ``_hi``."""
 
     _pending_steps: list | None = None  # a new raster's layer steps not run yet (None: none under way)
+    _last_repaint = 0.0  # when tiles streaming in were last drawn (0: the next tiles are drawn at once)
+
+    def _init_repaint(self, parent):
+        from qtpy.QtCore import QTimer
+
+        self._repaint = QTimer(parent)  # tiles arriving together (a dense block) are drawn once
+        self._repaint.setSingleShot(True)
+        self._repaint.timeout.connect(self._repaint_now)
+
+    def _schedule_repaint(self):
+        if not self._repaint.isActive():
+            wait = self._last_repaint + REPAINT_GAP_S - time.perf_counter()
+            self._repaint.start(max(15, int(1000 * wait)))
+
+    def _repaint_now(self):
+        self._last_repaint = time.perf_counter()
+        self._refresh_layers(final=False)
 
     @property
     def _layers_pending(self) -> bool:

@@ -34,9 +34,6 @@ from ._spot_compare import SpotComparison
 
 COLORMAPS = ("inferno", "viridis", "magma", "plasma", "turbo", "gray")
 DEBOUNCE_MS = 150  # camera events closer than this are one request
-#: while a view's tiles stream in, redraws are at least this far apart (the first tile is drawn at
-#: once): each redraw takes CPU from the model, and a dense view releases tiles after every block
-REPAINT_GAP_S = 0.3
 
 
 class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
@@ -90,11 +87,7 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self._on_view_settled)
-        self._repaint = QTimer(self.native)  # tiles arriving together (a dense band) are drawn once
-        self._repaint.setSingleShot(True)
-        self._repaint.setInterval(15)
-        self._repaint.timeout.connect(self._repaint_now)
-        self._last_repaint = 0.0
+        self._init_repaint(self.native)
         self._load_btn.changed.connect(lambda *_: self.load_model(background=True))
         self._predict_btn.changed.connect(lambda *_: self.predict_view())
         self._stop_btn.changed.connect(lambda *_: self.stop())
@@ -290,13 +283,8 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         tile, values = item
         self.raster.put(tile, values)  # a stale request's tiles are still right: keep them
         self.tile_times.append(time.perf_counter())
-        if not cancelled() and not self._repaint.isActive():
-            wait = self._last_repaint + REPAINT_GAP_S - time.perf_counter()
-            self._repaint.start(max(15, int(1000 * wait)))
-
-    def _repaint_now(self):
-        self._last_repaint = time.perf_counter()
-        self._refresh_layers(final=False)
+        if not cancelled():
+            self._schedule_repaint()
 
     @timed
     def _on_view_done(self, worker, n):

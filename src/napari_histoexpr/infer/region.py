@@ -241,6 +241,8 @@ class RegionPredictor:
             if cancelled():
                 break
             for t, v in self._run_job(group, cancelled):
+                if cancelled():  # between tiles (a finished tile stays cached)
+                    return done
                 yield t, v
                 done += 1
         return done

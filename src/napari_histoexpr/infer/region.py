@@ -296,7 +296,6 @@ class RegionPredictor:
         rs, cs = pending[group[0]]
         job = self.model.dense_job(self.pyr, *centres[0], rows, cols, self.grid.stride, on,
                                    (rs.start, rs.stop, cs.start, cs.stop))
-        yield from finished(job.done)  # tiles without tissue
         items = job.items
         reader = ThreadPoolExecutor(1)  # reads the next block while the model runs this one
         try:
@@ -312,7 +311,7 @@ class RegionPredictor:
                     new, out = job.compute(item, img)
                 if nxt is not None and n == 0:  # the view centre: nothing competed with it for the CPU
                     fut = reader.submit(job.read, nxt)
-                if new.any():
+                if new.any():  # tiles without tissue cells go out with the first ones (not before them)
                     vals[:, new] = out.T
                     yield from finished(job.done)
         finally:  # also when the generator is closed early: never wait here for a read in flight

@@ -122,13 +122,11 @@ def feature_blocks(body, img: np.ndarray, device, margin_px: int = MARGIN_PX,
     wf = (img.shape[1] - 2 * margin_px) // STRIDE
     amp = inference_amp(device)
     out = None
-    # even blocks: 100 cells in blocks of 25 is 4 x 25, not 4 x 24 + 4
-    ey, ex = math.ceil(hf / math.ceil(hf / block_feats)), math.ceil(wf / math.ceil(wf / block_feats))
-    with torch.inference_mode():
-        for fy in range(0, hf, ey):
-            by = min(ey, hf - fy)
-            for fx in range(0, wf, ex):
-                bx = min(ex, wf - fx)
+    with torch.inference_mode():  # even blocks: 100 cells in blocks of 25 is 4 x 25, not 4 x 24 + 4
+        for fy, fy1 in _segments(0, hf, block_feats):
+            by = fy1 - fy
+            for fx, fx1 in _segments(0, wf, block_feats):
+                bx = fx1 - fx
                 if needed is not None and not needed[fy:fy + by, fx:fx + bx].any():
                     continue
                 crop = img[fy * STRIDE: (fy + by) * STRIDE + 2 * margin_px,

@@ -255,11 +255,10 @@ class RegionPredictor:
             return []
         rows = sorted({t[0] for t in tiles})
         cols = {t[1] for t in tiles}
-        from .dense import STRIDE
+        from .dense import grid_geometry
 
-        side = max(self.grid.stride * b.px / b.window_um * self.pyr.world_mpp / STRIDE  # feature cells per cell
-                   for b in self.model.dense_branches())
-        span = self.grid.tile_cells * side  # feature cells per tile side
+        k = max(grid_geometry(self.pyr, b, self.grid.stride)[1] for b in self.model.dense_branches())
+        span = self.grid.tile_cells * k  # feature cells per tile side
         width = (max(cols) - min(cols) + 1) * span
         per = max(1, int(max_feats // max(width * span, 1)))  # tile rows per job
         if len(rows) <= per:

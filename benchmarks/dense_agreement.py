@@ -5,10 +5,13 @@ compare the two modes on a held-out section; prints JSON.
   held-out section's grid (the dense grid step; median and 10th percentile over genes);
 - spot agreement: ``histoexpr predict --spots`` mean r (across genes, per-gene Pearson of predicted
   vs measured over the section's spots) in dense mode and in patch mode;
-- timings of both whole-section predictions.
+- timings of both whole-section predictions;
+- with ``--int8``, dense mode also with the int8 body (``--precision int8``): its grid agreement with the
+  float dense map and with patch mode, its spot mean r and its timing.
 
     python benchmarks/dense_agreement.py --data HER2ST_DIR [--held C2] [--epochs 8] [--px 224]
         [--model MODEL_DIR]    # an existing model trained without the held-out section
+        [--int8] [--resume]    # --resume: keep finished predictions in OUT (e.g. add --int8 to a run)
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="benchmark-output/dense-agreement")
     ap.add_argument("--model", default=None, help="use this model instead of training one")
+    ap.add_argument("--int8", action="store_true", help="also dense mode with the int8 body (CPU)")
+    ap.add_argument("--resume", action="store_true", help="keep the finished predictions of an earlier run in --out")
     args = ap.parse_args(argv)
 
     import zarr
@@ -62,28 +67,43 @@ def main(argv=None) -> int:
     from napari_histoexpr.models.expression import ExpressionModel
 
     step = ExpressionModel.load(model_dir, "cpu").dense_step_um(args.window_um / 2)
-    for mode in ("dense", "patch"):
+    runs = [("dense", "dense", "auto"), ("patch", "patch", "auto")] + ([("int8", "dense", "int8")] if args.int8 else [])
+    for name, mode, precision in runs:
         t0 = time.perf_counter()
-        r = predict_many(model_dir, [str(slide)], out / f"pred_{mode}", device=args.device, spots=str(spots),
-                         mode=mode, stride_um=step, resume=False)
-        secs[mode] = time.perf_counter() - t0
-        res[mode] = r[str(slide)]["spots"]
-        rasters[mode] = np.asarray(zarr.open_group(str(out / f"pred_{mode}" / "prediction.zarr"), mode="r")["0"])
-    a, b = rasters["dense"], rasters["patch"]
-    fin = np.isfinite(a[0]) & np.isfinite(b[0])
-    rg = pearson_columns(a[:, fin].T, b[:, fin].T)
+        r = predict_many(model_dir, [str(slide)], out / f"pred_{name}", device=args.device, spots=str(spots),
+                         mode=mode, stride_um=step, resume=args.resume, precision=precision)
+        secs[name] = time.perf_counter() - t0
+        res[name] = r[str(slide)]["spots"]
+        rasters[name] = np.asarray(zarr.open_group(str(out / f"pred_{name}" / "prediction.zarr"), mode="r")["0"])
+
+    def agreement(a, b):
+        fin = np.isfinite(a[0]) & np.isfinite(b[0])
+        return pearson_columns(a[:, fin].T, b[:, fin].T), int(fin.sum())
+
+    rg, n_cells = agreement(rasters["dense"], rasters["patch"])
+    extra = {}
+    if args.int8:
+        r_float, _ = agreement(rasters["int8"], rasters["dense"])
+        r_patch, _ = agreement(rasters["int8"], rasters["patch"])
+        extra = {"int8_vs_dense_median_r": round(float(np.nanmedian(r_float)), 4),
+                 "int8_vs_dense_min_r": round(float(np.nanmin(r_float)), 4),
+                 "int8_vs_patch_median_r": round(float(np.nanmedian(r_patch)), 4),
+                 "int8_vs_patch_p10_r": round(float(np.nanpercentile(r_patch, 10)), 4),
+                 "spots_mean_r_int8": round(res["int8"]["mean_r"], 4),
+                 "spots_hvg50_int8": round(res["int8"]["mean_r_hvg50"], 4),
+                 "predict_seconds_int8": round(secs["int8"], 1)}
     print(json.dumps({
         "benchmark": "dense_agreement", "held_out": args.held, "px": args.px, "window_um": args.window_um,
         "model": str(model_dir), "epochs": args.epochs if not args.model else None,
         "train_seconds": round(t_train, 1), "grid_step_um": round(step, 3),
-        "grid_cells": int(fin.sum()), "genes": int(a.shape[0]),
+        "grid_cells": n_cells, "genes": int(rasters["dense"].shape[0]),
         "grid_agreement_median_r": round(float(np.nanmedian(rg)), 4),
         "grid_agreement_p10_r": round(float(np.nanpercentile(rg, 10)), 4),
         "spots_mean_r_dense": round(res["dense"]["mean_r"], 4), "spots_mean_r_patch": round(res["patch"]["mean_r"], 4),
         "spots_hvg50_dense": round(res["dense"]["mean_r_hvg50"], 4),
         "spots_hvg50_patch": round(res["patch"]["mean_r_hvg50"], 4),
         "predict_seconds_dense": round(secs["dense"], 1), "predict_seconds_patch": round(secs["patch"], 1),
-    }, indent=2))
+        **extra}, indent=2))
     return 0
 
 

@@ -8,6 +8,8 @@ cells, is used for every mode), same batch size:
   feature map pooled per cell; reads in a thread pool; zarr writes);
 - ``patch``: the same with ``mode="patch"`` (block reads of native tiles, patches cut from memory,
   batched inference);
+- ``dense_int8`` (on a CPU with quantised kernels): ``dense`` with ``precision="int8"`` (the body in
+  int8, calibrated on the slide; the calibration's seconds are reported apart, they are once per slide);
 - ``naive``: one ``OpenSlide.read_region`` per patch at level 0, resized, batched inference.
 Throughputs are cells (predictions) per second; ``dense_vs_patch`` is their ratio. The dense and
 patch rasters are also compared (per-gene Pearson over cells, median).
@@ -114,12 +116,19 @@ def main(argv=None) -> int:
     # the two pipelines on the same grid (the dense step)
     import shutil
 
+    from napari_histoexpr.infer.region import int8_runs
+
     step = model.dense_step_um(args.stride_um or args.window_um / 2)
-    runs = {}
-    for mode in ("dense", "patch"):
-        shutil.rmtree(out / f"pred_{mode}", ignore_errors=True)
-        runs[mode] = drain(predict_slide_steps(model, slide, out / f"pred_{mode}", stride_um=step, workers=args.workers,
-                                               batch_size=args.batch_size, resume=False, mode=mode))
+    runs, walls = {}, {}
+    settings = [("dense", "dense", "auto"), ("patch", "patch", "auto")]
+    settings += [("dense_int8", "dense", "int8")] if int8_runs(model) else []
+    for name, mode, precision in settings:
+        shutil.rmtree(out / f"pred_{name}", ignore_errors=True)
+        t0 = time.perf_counter()
+        runs[name] = drain(predict_slide_steps(model, slide, out / f"pred_{name}", stride_um=step, workers=args.workers,
+                                               batch_size=args.batch_size, resume=False, mode=mode,
+                                               precision=precision))
+        walls[name] = time.perf_counter() - t0
     rate = {m: r["patches"] / r["seconds"] for m, r in runs.items()}
 
     # agreement of the two rasters
@@ -127,9 +136,23 @@ def main(argv=None) -> int:
 
     from napari_histoexpr.metrics import pearson_columns
 
-    a, b = (np.asarray(zarr.open_group(str(out / f"pred_{m}" / "prediction.zarr"), mode="r")["0"]) for m in runs)
-    fin = np.isfinite(a[0]) & np.isfinite(b[0])
-    r = pearson_columns(a[:, fin].T, b[:, fin].T)
+    def agreement(m1, m2):
+        a, b = (np.asarray(zarr.open_group(str(out / f"pred_{m}" / "prediction.zarr"), mode="r")["0"])
+                for m in (m1, m2))
+        fin = np.isfinite(a[0]) & np.isfinite(b[0])
+        return pearson_columns(a[:, fin].T, b[:, fin].T)
+
+    r = agreement("dense", "patch")
+    int8 = {}
+    if "dense_int8" in runs:
+        r8 = agreement("dense_int8", "dense")
+        int8 = {"dense_int8_cells_per_s": round(rate["dense_int8"], 1),
+                "dense_int8_seconds": round(runs["dense_int8"]["seconds"], 2),
+                "dense_int8_calibration_and_setup_seconds": round(walls["dense_int8"] - runs["dense_int8"]["seconds"]
+                                                                  - (walls["dense"] - runs["dense"]["seconds"]), 2),
+                "dense_int8_vs_dense": round(rate["dense_int8"] / rate["dense"], 2),
+                "dense_int8_vs_patch": round(rate["dense_int8"] / rate["patch"], 2),
+                "dense_int8_vs_dense_median_r_untrained_weights": round(float(np.nanmedian(r8)), 4)}
 
     # naive, on the same cell centres (a random subset)
     import anndata as ad
@@ -153,7 +176,7 @@ def main(argv=None) -> int:
            "patch_vs_raw": round(rate["patch"] / raw, 3), "patch_vs_naive": round(rate["patch"] / nv, 2),
            "dense_vs_naive": round(rate["dense"] / nv, 2),
            "dense_patch_agreement_median_r": round(float(np.nanmedian(r)), 4),
-           "dense_patch_agreement_min_r": round(float(np.nanmin(r)), 4)}
+           "dense_patch_agreement_min_r": round(float(np.nanmin(r)), 4), **int8}
     print(json.dumps(res, indent=2))
     return 0
 

@@ -8,9 +8,10 @@ the view is on screen (debounce included). A 5 ms QTimer measures how long the Q
 kept from running its event loop.
 
     xvfb-run -a python benchmarks/view_refresh.py [--pans 20] [--backbone resnet18] [--device auto]
-        [--modes dense,patch]
+        [--modes dense:int8,dense,patch]
 
-Both prediction modes are measured in one run, on the same viewer, slide and pans.
+Every ``MODE[:PRECISION]`` of ``--modes`` is measured in one run, on the same viewer, slide and pans
+(``dense:int8``: dense mode with the int8 body; a plain mode runs precision ``auto``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def main(argv=None) -> int:
     ap.add_argument("--window-um", type=float, default=150.0)
     ap.add_argument("--zoom", type=float, default=1.0, help="screen px per µm (1.0: ~1 mm wide view)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--modes", default="dense,patch", help="prediction modes measured, in this order")
+    ap.add_argument("--modes", default="dense:int8,dense,patch",
+                    help="MODE[:PRECISION] settings measured, in this order (precision: auto or int8)")
     ap.add_argument("--out", default="benchmark-output/view")
     args = ap.parse_args(argv)
 
@@ -56,8 +58,9 @@ def main(argv=None) -> int:
     meter, gc_meter = QtGapMeter(), GcMeter()
     gaps = meter.gaps
 
-    def measure(mode: str) -> dict:
-        panel.configure(mode=mode)
+    def measure(spec: str) -> dict:
+        mode, _, precision = spec.partition(":")
+        panel.configure(mode=mode, precision=precision or "auto")
         rng = np.random.default_rng(0)
         h, w = args.size * 0.5, args.size * 0.5
         cam.center = (0, h / 2, w / 2)
@@ -82,7 +85,8 @@ def main(argv=None) -> int:
             if bucket is misses:  # the first predicted tiles of the new view on screen (progressive view)
                 firsts.append(min((t for t in panel.tile_times if t > t0), default=time.perf_counter()) - t0)
         blocked = meter.blocked_ms()
-        return {"mode": panel.predictor.mode, "grid_step_um": round(panel.predictor.stride_um, 3),
+        return {"mode": panel.predictor.mode, "precision": panel.predictor.precision,
+                "grid_step_um": round(panel.predictor.stride_um, 3),
                 "tile_cells": panel.predictor.grid.tile_cells, "view_tiles": len(panel.last_request_tiles),
                 "refresh_new_region_ms": pct_ms(misses), "first_result_new_region_ms": pct_ms(firsts),
                 "refresh_cached_region_ms": pct_ms(hits), "first_view_s": round(t_first, 2),

@@ -240,6 +240,22 @@ def test_panel_follows_the_camera(panel_on_section, qtbot):
     assert len(panel.predictor.cache) > n_before
     vals, _, _ = covered()
     assert np.isfinite(vals).any()
+    # precision: int8 by default on an x86 CPU without native bf16 (else auto); switching it rebuilds
+    # the predictor, which then runs the other one
+    from napari_histoexpr.infer.region import int8_runs
+    from napari_histoexpr.models.catalog import view_precision_default
+
+    assert panel.setting("precision") == view_precision_default() == panel.predictor.requested_precision
+    ran = panel.predictor.precision
+    assert ran == ("int8" if panel.setting("precision") == "int8" and int8_runs(panel.model) else "auto")
+    before = panel.predictor
+    panel.configure(precision="auto" if ran == "int8" else "int8")
+    panel.predict_view()
+    _wait_idle(qtbot, panel)
+    assert panel.predictor is not before and panel.predictor.requested_precision == panel.setting("precision")
+    assert panel.predictor.precision == ("int8" if panel.setting("precision") == "int8" and int8_runs(panel.model)
+                                         else "auto")
+    assert view_predicted(panel) and np.isfinite(covered()[0]).any()
 
 
 def test_stale_view_request_is_cancelled(panel_on_section, qtbot):

@@ -121,6 +121,14 @@ def test_segmenter_dice_on_unseen_section(route, request, cohort, tmp_path):
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert rep["summary"]["mean_dice"] > 0.8, rep["summary"]
     assert (tmp_path / "rep" / "s3_segmentation.png").stat().st_size > 10_000
+    from napari_histoexpr.models.quantize import int8_engine
+
+    if route == "segmenter" and int8_engine() is not None:  # both patch sizes' bodies in int8
+        assert cli(["segment", "evaluate", "--model", str(segmenter), "--manifest", str(cohort["unseen"]),
+                    "--out", str(tmp_path / "rep8"), "--device", "cpu", "--precision", "int8"]) == 0
+        rep8 = json.loads((tmp_path / "rep8" / "report.json").read_text())
+        assert rep8["precision"] == "int8" and rep["precision"] == "auto"
+        assert abs(rep8["summary"]["mean_dice"] - rep["summary"]["mean_dice"]) < 0.05, rep8["summary"]
     # dense map against the planted class map of the unseen section
     model = Segmenter.load(segmenter, "cpu")
     demo = cohort["demos"][3]

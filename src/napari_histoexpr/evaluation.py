@@ -16,9 +16,10 @@ from .metrics import named_values, pearson_columns, summarise_pearson
 
 
 def evaluate_steps(model_dir, manifest, out_dir, device: str = "auto", baselines: bool = True, plots: bool = True,
-                   mode: str = "dense") -> Generator[dict, None, dict]:
+                   mode: str = "dense", precision: str = "auto") -> Generator[dict, None, dict]:
     """Per-gene Pearson across the spots of every section of ``manifest``; writes the report.
-    ``mode``: how the model predicts at the spots (dense feature map, or patch by patch)."""
+    ``mode``: how the model predicts at the spots (dense feature map, or patch by patch);
+    ``precision``: of dense mode (``auto`` or ``int8``, :mod:`.models.quantize`)."""
     from .infer.spots import predict_at_spots
     from .io.sections import load_section
     from .models.artifact import atomic_write_json
@@ -26,6 +27,7 @@ def evaluate_steps(model_dir, manifest, out_dir, device: str = "auto", baselines
     from .train.baselines import Baselines
 
     model = ExpressionModel.load(model_dir, device)
+    model.set_precision(precision, mode)
     genes, hvg50 = model.genes, model.meta.get("hvg50", [])
     base = Baselines(model_dir, model.device) if baselines and Baselines.available(model_dir) else None
     out = Path(out_dir)
@@ -56,7 +58,7 @@ def evaluate_steps(model_dir, manifest, out_dir, device: str = "auto", baselines
                "mean_r": float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")}
     summary, med = summarise_pearson(per["model"], genes, hvg50)
     report = {"sections": sections_out, "summary": summary,
-              "mode": "/".join(sorted(used)) or mode,
+              "mode": "/".join(sorted(used)) or mode, "precision": precision if "dense" in used else "auto",
               "model": {"dir": str(model_dir), "backbone": model.meta["backbone"],
                         "trained_on": model.meta["training"]["sections"],
                         "validation": model.meta["training"]["validation"]}}

@@ -26,10 +26,13 @@ from .slide_level import add_parsers as add_slide_level_parsers
 __all__ = ["build_parser", "drain", "main", "progress"]
 
 from ..models.catalog import BACKBONE_NAMES as BACKBONES
-from ..models.catalog import DEVICES
+from ..models.catalog import DEVICES, PRECISIONS
 
 DEVICE_HELP = f"{'|'.join(DEVICES)} (auto: CUDA, then Apple mps, then CPU)"
 MODES = ("dense", "patch")
+PRECISION_HELP = ("auto (default): the device's float arithmetic (bf16 on CUDA and on CPUs with native bf16, "
+                  "else fp32); int8: dense mode on an x86 CPU, the backbone quantised to int8 and calibrated on "
+                  "the slide (~1.7x faster on AVX2 CPUs, maps r >= 0.99 against fp32)")
 MODE_HELP = ("dense (default): one backbone pass per region, its feature map pooled per cell/spot; "
              "patch: every window cut and predicted on its own (the exact reference, slower)")
 
@@ -131,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--manifest", required=True)
     e.add_argument("--out", required=True, help="report folder (report.json, report.md, PNGs)")
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
+    e.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     e.add_argument("--no-baselines", action="store_true")
     e.add_argument("--mode", default="dense", choices=MODES, help=MODE_HELP)
     e.set_defaults(func=cmd_evaluate)
@@ -152,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dask.distributed scheduler address (default: a LocalCluster, one worker per GPU)")
     pr.add_argument("--no-resume", action="store_true", help="start again instead of continuing")
     pr.add_argument("--mode", default="dense", choices=MODES, help=MODE_HELP)
+    pr.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     pr.set_defaults(func=cmd_predict)
 
     sg = sub.add_parser("segment", help="transcriptome-supervised morphology segmenter")
@@ -191,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--out", required=True)
     se.add_argument("--stride-um", type=float, default=None)
     se.add_argument("--mode", default="dense", choices=MODES, help=MODE_HELP)
+    se.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     se.add_argument("--device", default="auto", help=DEVICE_HELP)
     se.set_defaults(func=cmd_segment_evaluate)
 

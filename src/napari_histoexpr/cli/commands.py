@@ -111,7 +111,7 @@ def cmd_evaluate(args) -> int:
     from ..evaluation import evaluate_steps
 
     report = drain(evaluate_steps(args.model, args.manifest, args.out, device=args.device,
-                                  baselines=not args.no_baselines, mode=args.mode))
+                                  baselines=not args.no_baselines, mode=args.mode, precision=args.precision))
     print(json.dumps(report["summary"], indent=2))
     return 0
 
@@ -119,10 +119,14 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     """Whole-slide prediction of one or many slides (many: on dask.distributed)."""
     from ..infer.distributed import predict_many
+    from ..models.quantize import check_precision
+    from ..models.runtime import resolve_device
 
+    check_precision(args.precision, resolve_device(args.device), args.mode)  # before a cluster starts
     results = predict_many(args.model, args.slide, args.out, scheduler=args.scheduler, device=args.device,
                            stride_um=args.stride_um, batch_size=args.batch_size, workers=args.workers,
-                           resume=not args.no_resume, spots=args.spots, progress=progress, mode=args.mode)
+                           resume=not args.no_resume, spots=args.spots, progress=progress, mode=args.mode,
+                           precision=args.precision)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -149,6 +153,7 @@ def cmd_segment_evaluate(args) -> int:
     from ..segment.evaluate import evaluate_segmenter_steps
 
     report = drain(evaluate_segmenter_steps(args.model, args.manifest, args.out, device=args.device,
-                                             stride_um=args.stride_um, mode=args.mode))
+                                             stride_um=args.stride_um, mode=args.mode,
+                                             precision=args.precision))
     print(json.dumps(report["summary"], indent=2))
     return 0

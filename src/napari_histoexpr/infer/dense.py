@@ -194,6 +194,7 @@ class CellRegion:
     rows: int
     cols: int
     cells: np.ndarray | None = None  # (rows, cols) bool: the cells wanted (others may be skipped)
+    body: Callable | None = None  # the body to run it with (the branch's, e.g. an int8 copy for this slide)
 
     def needed_features(self) -> np.ndarray | None:
         """Feature cells inside the window of a wanted cell."""
@@ -213,7 +214,7 @@ def read_cells(pyr, branches: list[DenseBranch], x0: float, y0: float, rows: int
         img = read_scaled(pyr, y0 - half - m / q, x0 - half - m / q, hf * STRIDE + 2 * m, wf * STRIDE + 2 * m, q)
         if transform is not None:
             img = transform(img)
-        out.append(CellRegion(img, k, w, m, rows, cols, None if cells is None else np.asarray(cells, bool)))
+        out.append(CellRegion(img, k, w, m, rows, cols, None if cells is None else np.asarray(cells, bool), br.body))
     return out
 
 
@@ -224,7 +225,8 @@ def compute_cells(branches: list[DenseBranch], regions: list[CellRegion], device
 
     outs = []
     for br, reg in zip(branches, regions):
-        feats = feature_blocks(br.body, reg.img, device, reg.margin_px, block_feats, reg.needed_features())
+        feats = feature_blocks(reg.body or br.body, reg.img, device, reg.margin_px, block_feats,
+                               reg.needed_features())
         pooled = pool_windows(br, feats, reg.k, reg.w)  # (C, rows, cols)
         flat = pooled.permute(1, 2, 0).reshape(reg.rows * reg.cols, -1)
         with torch.inference_mode():

@@ -50,9 +50,10 @@ def _task(model_dir, slide, out_dir, device, kw: dict) -> dict:
         return predict_one(model_dir, slide, out_dir, device, None, **kw)
 
 
-def spot_report(model_dir, slide, spots, out_dir, device: str = "auto", mode: str = "dense") -> dict:
+def spot_report(model_dir, slide, spots, out_dir, device: str = "auto", mode: str = "dense",
+                precision: str = "auto") -> dict:
     """Predict at the measured spots of one slide; Pearson r per gene; writes spots_prediction.h5ad
-    and spots_report.json."""
+    and spots_report.json (``precision``: of dense mode, see :mod:`..models.quantize`)."""
     import anndata as ad
     import pandas as pd
 
@@ -63,6 +64,7 @@ def spot_report(model_dir, slide, spots, out_dir, device: str = "auto", mode: st
     from .spots import predict_at_spots
 
     model = ExpressionModel.load(model_dir, device)
+    model.set_precision(precision, mode)
     pyr, adata = open_section(slide, spots)
     sp = predict_at_spots(model, pyr, adata, Path(slide).stem, mode=mode)
     per = sp.pearson_by_gene()
@@ -73,7 +75,8 @@ def spot_report(model_dir, slide, spots, out_dir, device: str = "auto", mode: st
     tmp = Path(out_dir) / ".spots_prediction.h5ad.part"
     out.write_h5ad(tmp)
     os.replace(tmp, Path(out_dir) / "spots_prediction.h5ad")
-    rep = {"n_spots": len(sp.spot_ids), "mode": sp.mode, "scale": sp.scale, "pearson": per, "summary": summary}
+    rep = {"n_spots": len(sp.spot_ids), "mode": sp.mode, "precision": precision if sp.mode == "dense" else "auto",
+           "scale": sp.scale, "pearson": per, "summary": summary}
     atomic_write_json(Path(out_dir) / "spots_report.json", rep)
     return rep
 
@@ -108,7 +111,7 @@ def predict_many(model_dir, slides: list, out, scheduler: str | None = None, dev
         if progress:
             progress("predicting at the measured spots")
         res[slides[0]]["spots"] = spot_report(model_dir, slides[0], spots, outs[slides[0]], device,
-                                              kw.get("mode", "dense"))["summary"]
+                                              kw.get("mode", "dense"), kw.get("precision", "auto"))["summary"]
     (out / "predict.json").write_text(json.dumps(res, indent=2, default=str))
     return res
 

@@ -143,6 +143,14 @@ MODES = ("dense", "patch")
 MAX_JOB_FEATS = 160 * 160
 
 
+def int8_runs(model) -> bool:
+    """Whether ``model`` can run int8 (a dense model on a CPU with quantised kernels)."""
+    from ..models.quantize import int8_engine
+
+    device = getattr(model, "device", None)
+    return hasattr(model, "set_precision") and getattr(device, "type", "") == "cpu" and int8_engine() is not None
+
+
 class RegionPredictor:
     """Tile predictions of one :class:`~napari_histoexpr.models.protocol.MapModel` on one slide,
     cached; background tiles are skipped.
@@ -150,11 +158,14 @@ class RegionPredictor:
     ``mode="dense"`` (default) runs the backbone once per tile region and pools its feature map per
     cell (:mod:`.dense`); the grid step is then snapped to a whole number of feature cells.
     ``mode="patch"`` cuts and predicts every cell's window on its own (the exact reference).
+    ``precision`` (dense mode): ``auto`` or ``int8`` (see :mod:`..models.quantize`); it is set
+    on the model, and an int8 body is calibrated on this slide here; ``int8`` where it cannot run (a GPU,
+    patch mode) gives ``auto`` (:attr:`precision` says which ran).
     """
 
     def __init__(self, model, pyr, stride_um: float | None = None, tile_cells: int = 16,
                  cache_bytes: int = 256 * 2**20, batch_size: int = 256, min_tissue: float = 0.05,
-                 mode: str = "dense"):
+                 mode: str = "dense", precision: str = "auto"):
         from ..data.patches import tissue_mask
         from ..errors import HistoExprError
 
@@ -172,6 +183,14 @@ class RegionPredictor:
         self.cache = TileCache(cache_bytes)
         self.batch_size = batch_size
         self.mask, self.mask_ds = tissue_mask(pyr)
+        # int8 is a CPU dense-mode option: elsewhere (a grid that fell back to patch mode, a GPU) the model
+        # runs in its float precision, as dense falls back to patch above
+        self.requested_precision = precision
+        runs = precision != "int8" or (self.mode == "dense" and int8_runs(model))
+        self.precision = precision if runs else "auto"
+        if self.mode == "dense" and hasattr(model, "set_precision"):
+            model.set_precision(self.precision)
+            model.branches_for(pyr, (self.mask, self.mask_ds))  # int8: calibrate on this slide now, not in a view
         self._cell_fraction = None  # the tissue fraction of a cell's window, per mask cell (made once)
         self.min_tissue = min_tissue
         self._lock = threading.Lock()  # one model call at a time

@@ -45,10 +45,11 @@ def _open_store(path: Path, attrs: dict, grid: Grid, resume: bool):
         g = zarr.open_group(str(path), mode="a")
         old = dict(g.attrs).get(ATTR)
         if old is not None:
-            keys = ("genes", "stride_px", "rows", "cols", "tile_cells", "model", "slide", "mode")
+            keys = ("genes", "stride_px", "rows", "cols", "tile_cells", "model", "slide", "mode", "precision")
+            old = {"precision": "auto", **old}  # written before int8 existed
             if any(old.get(k) != attrs.get(k) for k in keys):
-                raise HistoExprError(f"{path} holds a prediction with another model, slide, stride or mode; "
-                                     f"use another --out or --no-resume")
+                raise HistoExprError(f"{path} holds a prediction with another model, slide, stride, mode or "
+                                     "precision; use another --out or --no-resume")
             return g
     g = zarr.open_group(str(path), mode="w")
     t = grid.tile_cells
@@ -84,11 +85,12 @@ def _pyramid(g, n_genes: int) -> int:
 
 def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, tile_cells: int = 32,
                         workers: int | None = None, batch_size: int = 256, resume: bool = True, mode: str = "dense",
-                        ) -> Generator[dict, None, dict]:
+                        precision: str = "auto") -> Generator[dict, None, dict]:
     """Predict every tissue tile; yields progress events, returns a summary dict.
 
     ``mode="dense"`` runs the backbone once per tile region (:mod:`.dense`); ``"patch"`` predicts
     every cell's window on its own. Reader threads read the next tiles while the model runs.
+    ``precision`` (dense mode): ``auto`` or ``int8`` (:mod:`..models.quantize`).
 
     ``workers`` reader threads (default: 1 on a CPU, where reading shares the cores with the model
     and more threads only oversubscribe them; 4 on a GPU).
@@ -108,9 +110,9 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rp = RegionPredictor(model, pyr, stride_um, tile_cells=tile_cells, cache_bytes=0, batch_size=batch_size,
-                         mode=mode)
+                         mode=mode, precision=precision)
     grid = rp.grid
-    attrs = dict(_attrs(model, pyr, grid), mode=rp.mode)
+    attrs = dict(_attrs(model, pyr, grid), mode=rp.mode, precision=rp.precision)
     g = _open_store(out / "prediction.zarr", attrs, grid, resume)
     done = g["done"][:]
     tiles = [(i, j) for i in range(grid.tile_rows) for j in range(grid.tile_cols)
@@ -160,7 +162,8 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
     os.replace(tmp, out / "prediction.h5ad")
     g.attrs[ATTR] = dict(attrs, complete=True, levels=n_levels)
     summary = {"slide": str(pyr.path), "tiles": len(tiles), "tiles_computed": len(todo),
-               "cells": int(len(rows)), "patches": n_patches, "mode": rp.mode, "seconds": elapsed,
+               "cells": int(len(rows)), "patches": n_patches, "mode": rp.mode, "precision": rp.precision,
+               "seconds": elapsed,
                "patches_per_s": n_patches / elapsed if elapsed > 0 and n_patches else None,
                "model_seconds": t_model, "device": str(model.device), "levels": n_levels,
                "zarr": str(out / "prediction.zarr"), "h5ad": str(out / "prediction.h5ad")}

@@ -168,9 +168,10 @@ class ExpressionModel(DenseMapModel):
 
     def dense_branches(self):
         from ..infer.dense import DenseBranch
+        from .quantize import NormalisedBody
 
         net = self.net
-        body = lambda x: net.backbone.feature_map((x - net.pixel_mean) / net.pixel_std)  # noqa: E731
+        body = NormalisedBody(net.backbone, net.pixel_mean, net.pixel_std)
         if self.subspot is not None:  # one feature cell per grid cell (its smoothing window), training context
             kern = smoothing_kernel(self.smooth_cells)
             return [DenseBranch(body=body, head=net.head, px=32 * len(kern), window_um=self.cell_um * len(kern),

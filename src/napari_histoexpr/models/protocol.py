@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -58,8 +59,46 @@ class DenseMapModel:
 
     A model supplies ``device``, ``meta``, ``dense_branches()`` (how to run its body and head densely,
     see :mod:`napari_histoexpr.infer.dense`), ``read_centres``/``compute_centres`` (patch mode) and
-    may override ``scale_output()`` (e.g. undo z-scoring).
+    may override ``scale_output()`` (e.g. undo z-scoring). Branch bodies are modules
+    (:class:`~napari_histoexpr.models.quantize.NormalisedBody`) so that :meth:`set_precision` can run
+    int8 copies of them.
     """
+
+    #: ``auto`` or ``int8`` (see :mod:`napari_histoexpr.models.quantize`)
+    precision: str = "auto"
+    _int8: dict | None = None  # (slide path, level-0 shape) -> int8 bodies
+    _int8_lock = threading.Lock()  # one calibration at a time (the view's and the spots' workers)
+
+    def set_precision(self, precision: str, mode: str = "dense") -> None:
+        """Run dense predictions in ``precision`` from now on (a named error if the device or mode
+        cannot); ``int8`` bodies are calibrated on each slide when it is first predicted."""
+        from .quantize import check_precision
+
+        self.precision = check_precision(precision, self.device, mode)
+
+    def branches_for(self, pyr, mask: tuple | None = None) -> list:
+        """:meth:`dense_branches` as they run on ``pyr``: with precision ``int8``, each body replaced by
+        its int8 copy calibrated on windows of ``pyr``'s tissue (computed once per slide, kept for the
+        last two slides; ``mask``: the slide's ``(tissue mask, downsample)`` if already made)."""
+        from dataclasses import replace
+
+        branches = self.dense_branches()
+        if self.precision != "int8":
+            return branches
+        from .quantize import calibration_windows, quantize_body
+
+        key = (pyr.path, pyr.level0_shape)
+        with self._int8_lock:
+            cache = self._int8 = self._int8 if self._int8 is not None else {}
+            if key not in cache:
+                bodies = [quantize_body(br.body, calibration_windows(pyr, br.px / br.window_um * pyr.world_mpp,
+                                                                     transform=self.patch_transform(), mask=mask))
+                          for br in branches]
+                while len(cache) >= 2:
+                    cache.pop(next(iter(cache)))
+                cache[key] = bodies
+            bodies = cache[key]
+        return [replace(br, body=b) for br, b in zip(branches, bodies)]
 
     def patch_transform(self):
         """The stain normalisation the model was trained with (``meta["stain_norm"]``: a Macenko
@@ -90,7 +129,7 @@ class DenseMapModel:
         """The regions :meth:`compute_cells` needs for a grid of cells (I/O only)."""
         from ..infer.dense import read_cells
 
-        return read_cells(pyr, self.dense_branches(), x0, y0, rows, cols, step_l0, self.patch_transform(),
+        return read_cells(pyr, self.branches_for(pyr), x0, y0, rows, cols, step_l0, self.patch_transform(),
                           cells=cells)
 
     def dense_job(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float, cells=None, first=None):
@@ -99,7 +138,7 @@ class DenseMapModel:
         released when its window is done."""
         from ..infer.dense import DenseJob
 
-        return DenseJob(pyr, self.dense_branches(), x0, y0, rows, cols, step_l0, self.device, cells, first,
+        return DenseJob(pyr, self.branches_for(pyr), x0, y0, rows, cols, step_l0, self.device, cells, first,
                         self.patch_transform(), self.scale_output)
 
     def compute_cells(self, regions) -> np.ndarray:
@@ -116,5 +155,5 @@ class DenseMapModel:
         """``(N, outputs)`` at arbitrary centres (e.g. spots), from the region's feature map."""
         from ..infer.dense import dense_at_centres
 
-        return self.scale_output(dense_at_centres(pyr, self.dense_branches(), centres, self.device,
+        return self.scale_output(dense_at_centres(pyr, self.branches_for(pyr), centres, self.device,
                                                   self.patch_transform()))

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import HistoExprError
-from .catalog import DEVICES
+from .catalog import DEVICES, cpu_has_bf16
 
 
 def mps_available() -> bool:
@@ -53,27 +53,11 @@ def uses_amp(device: torch.device) -> bool:
     return inference_amp(device)
 
 
-_CPU_BF16: bool | None = None
-
-
 def cpu_bf16_faster() -> bool:
     """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16, read from the Linux CPU
     flags), where bf16 autocast runs resnet18 ~1.7x faster; elsewhere bf16 would be emulated and
     slower, so inference stays fp32. ``HISTOEXPR_CPU_BF16`` = ``1``/``0`` forces the choice."""
-    import os
-
-    global _CPU_BF16
-    forced = os.environ.get("HISTOEXPR_CPU_BF16")
-    if forced in ("0", "1"):
-        return forced == "1"
-    if _CPU_BF16 is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-        except OSError:
-            flags = []
-        _CPU_BF16 = bool({"avx512_bf16", "amx_bf16"} & set(flags))
-    return _CPU_BF16
+    return cpu_has_bf16()
 
 
 def inference_amp(device: torch.device) -> bool:

@@ -82,9 +82,10 @@ class Segmenter(DenseMapModel):
 
     def dense_branches(self):
         from ..infer.dense import DenseBranch
+        from .quantize import NormalisedBody
 
         def branch(net, window):
-            return DenseBranch(body=lambda x: net.backbone.feature_map((x - net.pixel_mean) / net.pixel_std),
+            return DenseBranch(body=NormalisedBody(net.backbone, net.pixel_mean, net.pixel_std),
                                head=lambda f: torch.softmax(net.head(f).float(), 1), px=self.px, window_um=window)
 
         return [branch(net, w) for net, w in zip(self.nets, self.windows)]

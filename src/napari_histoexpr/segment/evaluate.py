@@ -38,8 +38,8 @@ def dice_scores(pred: np.ndarray, true: np.ndarray, classes: list[str], valid: n
 
 
 def segment_region(model, pyr, stride_um: float | None = None, box=None, cancelled=lambda: False,
-                   predictor: RegionPredictor | None = None, tile_cells: int = 16, mode: str = "dense"
-                   ) -> Generator[dict, None, tuple]:
+                   predictor: RegionPredictor | None = None, tile_cells: int = 16, mode: str = "dense",
+                   precision: str = "auto") -> Generator[dict, None, tuple]:
     """Class probabilities on the tiles of ``box`` (level-0 y0, x0, y1, x1; whole slide if None).
 
     Reuses ``predictor`` (and its tile cache) when it is for this model and slide; otherwise builds
@@ -48,8 +48,10 @@ def segment_region(model, pyr, stride_um: float | None = None, box=None, cancell
     ``raster.data`` is ``(classes, rows, cols)``, NaN off tissue.
     """
     rp = predictor
-    if rp is None or rp.pyr is not pyr or rp.model is not model or rp.requested_mode != mode:
-        rp = RegionPredictor(model, pyr, stride_um or min(model.windows) / 2, tile_cells=tile_cells, mode=mode)
+    if (rp is None or rp.pyr is not pyr or rp.model is not model or rp.requested_mode != mode
+            or rp.requested_precision != precision):
+        rp = RegionPredictor(model, pyr, stride_um or min(model.windows) / 2, tile_cells=tile_cells, mode=mode,
+                             precision=precision)
     ras = Raster(rp.grid, model.classes)
     if rp is not predictor:
         yield {"stage": "ready", "predictor": rp, "raster": ras}
@@ -107,8 +109,9 @@ def spot_majority(labels: np.ndarray, stride: float, xy: np.ndarray, radius_px: 
 
 
 def evaluate_segmenter_steps(model_dir, manifest, out_dir, device="auto", stride_um=None,
-                             mode: str = "dense") -> Generator[dict, None, dict]:
-    """Spot-level Dice of a segmenter on every section of ``manifest``; writes report.json + PNG maps."""
+                             mode: str = "dense", precision: str = "auto") -> Generator[dict, None, dict]:
+    """Spot-level Dice of a segmenter on every section of ``manifest``; writes report.json + PNG maps
+    (``precision``: of dense mode, ``auto`` or ``int8``)."""
     from ..errors import HistoExprError
     from ..io.manifest import as_sections
     from ..io.sections import load_section
@@ -117,6 +120,7 @@ def evaluate_segmenter_steps(model_dir, manifest, out_dir, device="auto", stride
     from .classes import spot_classes
 
     model = Segmenter.load(model_dir, device)
+    model.set_precision(precision, mode)  # a named error before any section is read
     spec = model.meta["class_spec"]
     if spec["source"] == "clusters":
         raise HistoExprError("this segmenter's classes are clusters of its training spots; evaluate it "
@@ -130,7 +134,7 @@ def evaluate_segmenter_steps(model_dir, manifest, out_dir, device="auto", stride
         yield {"stage": "open", "msg": f"segmenting {sec.section}"}
         pyr, adata = load_section(sec)
         truth = spot_classes(adata, spec).to_numpy()
-        rp, ras = yield from _progress_only(segment_region(model, pyr, stride_um, mode=mode))
+        rp, ras = yield from _progress_only(segment_region(model, pyr, stride_um, mode=mode, precision=precision))
         labels = label_map(ras.data)
         xy = np.asarray(adata.obsm["spatial"], float)
         radius = float(adata.uns["histoexpr"].get("spot_diameter_px") or 55.0 / pyr.world_mpp) / 2
@@ -144,7 +148,7 @@ def evaluate_segmenter_steps(model_dir, manifest, out_dir, device="auto", stride
         _save_map(out / f"{sec.section}_segmentation.png", pyr, labels, model.classes, rp.grid.stride)
         pyr.close()
     summary = dice_scores(np.concatenate(all_p), np.concatenate(all_t), model.classes, skip=(0,))
-    report = {"summary": summary, "sections": sections, "mode": mode,
+    report = {"summary": summary, "sections": sections, "mode": mode, "precision": rp.precision,
               "model": {"dir": str(model_dir), "classes": model.classes, "windows_um": model.windows,
                         "mode": model.meta["mode"]},
               "note": "spot-level Dice: each spot's predicted class is the majority of the predicted "

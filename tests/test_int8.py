@@ -163,3 +163,12 @@ def test_view_precision_default_follows_the_cpu(monkeypatch):
     monkeypatch.setattr(catalog.platform, "machine", lambda: "arm64")
     monkeypatch.setenv("HISTOEXPR_CPU_BF16", "0")
     assert catalog.view_precision_default() == "auto"
+
+
+def test_calibration_windows_of_a_slide_without_tissue():
+    from napari_histoexpr.io.slides.pyramid import pyramid_from_array
+    from napari_histoexpr.models.quantize import calibration_windows
+
+    pyr = pyramid_from_array(np.full((600, 800, 3), 245, np.uint8), mpp=1.0)
+    (w,) = calibration_windows(pyr, 0.5)  # no tissue: one window at the slide's middle
+    assert w.shape == (320, 320, 3) and (w[100:220, 100:220] == 245).all()

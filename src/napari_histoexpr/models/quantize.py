@@ -91,7 +91,7 @@ def calibration_windows(pyr, input_per_l0: float, n: int = CALIBRATION_WINDOWS, 
         pick = np.linspace(0, len(ys) - 1, n + 2)[1:-1].round().astype(int)
         centres = [((ys[i] + 0.5) * ds, (xs[i] + 0.5) * ds) for i in pick]
     else:
-        h, w = pyr.levels[0].shape[:2]
+        h, w = pyr.level0_shape
         centres = [(h / 2, w / 2)]
     half = px / 2 / input_per_l0
     out = []

@@ -145,10 +145,9 @@ MAX_JOB_FEATS = 160 * 160
 
 def int8_runs(model) -> bool:
     """Whether ``model`` can run int8 (a dense model on a CPU with quantised kernels)."""
-    from ..models.quantize import int8_engine
+    from ..models.quantize import int8_unavailable
 
-    device = getattr(model, "device", None)
-    return hasattr(model, "set_precision") and getattr(device, "type", "") == "cpu" and int8_engine() is not None
+    return hasattr(model, "set_precision") and int8_unavailable(model.device) is None
 
 
 class RegionPredictor:

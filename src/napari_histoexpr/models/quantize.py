@@ -60,17 +60,23 @@ def int8_engine() -> str | None:
     return next((e for e in ("x86", "fbgemm") if e in engines), None)
 
 
+def int8_unavailable(device: torch.device) -> str | None:
+    """Why int8 cannot run on ``device`` (``None``: it can)."""
+    if device.type != "cpu":
+        return f"precision 'int8' runs on the CPU only (device is {device.type}); GPUs use bf16 (precision 'auto')"
+    if int8_engine() is None:
+        return "precision 'int8' needs an x86 CPU and a torch with quantised kernels; use precision 'auto'"
+    return None
+
+
 def check_precision(precision: str, device: torch.device, mode: str = "dense") -> str:
     """``precision`` if it can run on ``device`` in ``mode``; a named error otherwise."""
     if precision not in PRECISIONS:
         raise HistoExprError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if precision == "int8":
-        if device.type != "cpu":
-            raise HistoExprError(f"precision 'int8' runs on the CPU only (device is {device.type}); "
-                                 "GPUs use bf16 (precision 'auto')")
-        if int8_engine() is None:
-            raise HistoExprError("precision 'int8' needs an x86 CPU and a torch with quantised kernels; "
-                                 "use precision 'auto'")
+        why = int8_unavailable(device)
+        if why is not None:
+            raise HistoExprError(why)
         if mode != "dense":
             raise HistoExprError("precision 'int8' is a dense-mode option (patch mode is the exact reference)")
     return precision
@@ -106,9 +112,9 @@ def _qconfig_mapping(engine: str):
     its histogram observers took ~10 s to calibrate resnet18 on 2 cores, for no measured gain."""
     from torch.ao.quantization import MinMaxObserver, QConfig, get_default_qconfig_mapping
 
-    default = get_default_qconfig_mapping(engine).global_qconfig
+    mapping = get_default_qconfig_mapping(engine)
     act = MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=True)
-    return get_default_qconfig_mapping(engine).set_global(QConfig(activation=act, weight=default.weight))
+    return mapping.set_global(QConfig(activation=act, weight=mapping.global_qconfig.weight))
 
 
 def quantize_body(body: nn.Module, windows: list[np.ndarray]) -> Int8Body:

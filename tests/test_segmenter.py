@@ -168,6 +168,18 @@ def test_panel_segments_and_dice_from_drawn_regions(make_napari_viewer, qtbot, s
         pass
     seg = [ly for ly in viewer.layers if ly.name == "segmentation"][0]
     assert seg.data.max() >= 2 and seg.scale[0] == pytest.approx(panel.predictor.grid.stride * 1.0)
+    # the other precision: a new predictor in it (int8 where it runs), nearly the same classes
+    from napari_histoexpr.infer.region import int8_runs
+
+    first, labels = panel.predictor, seg.data.copy()
+    other = "auto" if first.requested_precision == "int8" else "int8"
+    panel.configure(precision=other)
+    w = panel.segment(view=False)
+    with qtbot.waitSignal(w.finished, timeout=120_000):
+        pass
+    assert panel.predictor is not first and panel.predictor.requested_precision == other
+    assert panel.predictor.precision == (other if other == "auto" or int8_runs(panel.model) else "auto")
+    assert np.mean(seg.data[labels > 0] == labels[labels > 0]) > 0.9
     # a known prediction and a drawn square: Dice by hand
     g = panel.predictor.grid
     known = np.zeros((g.rows, g.cols), np.int32)

@@ -26,8 +26,8 @@ from magicgui.widgets import (
 )
 
 from ..errors import HistoExprError
-from ..models.catalog import DEVICES, PRECISIONS, view_precision_default
-from ._common import PanelMixin, make_table, start_worker, timed
+from ..models.catalog import DEVICES
+from ._common import PanelMixin, make_table, mode_choice, precision_choice, start_worker, timed
 from ._gene_layers import GeneLayers
 from ._session import Session
 from ._spot_compare import SpotComparison
@@ -59,12 +59,7 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         self._genes = Select(label="genes", choices=[], allow_multiple=True)
         self._genes.native.setMinimumHeight(90)
         self._device = ComboBox(label="device", choices=list(DEVICES), value="auto")
-        self._mode = ComboBox(label="mode", choices=["dense", "patch"], value="dense")
-        self._mode.tooltip = ("dense: one backbone pass per region, pooled per cell (fast); "
-                              "patch: every cell's window on its own (the exact reference, slower)")
-        self._precision = ComboBox(label="precision", choices=list(PRECISIONS), value=view_precision_default())
-        self._precision.tooltip = ("int8 (dense mode, CPU): the backbone quantised and calibrated on the slide, ~1.7x "
-                                   "faster where the CPU lacks bf16; auto: bf16 on GPUs and bf16 CPUs, else fp32")
+        self._mode, self._precision = mode_choice(), precision_choice()
         self._stride = FloatSpinBox(label="grid step µm", value=0.0, min=0.0, max=1000.0, step=5.0)
         self._stride.tooltip = ("Distance between predicted cells (0 = the model's own grid: half its window, or "
                                 "a sub-spot model's cell; dense mode rounds it to whole feature cells)")

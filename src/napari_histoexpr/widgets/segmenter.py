@@ -26,7 +26,7 @@ from ..models.catalog import DEVICES
 from ..train.expression import epoch_line
 from ..train.segmenter import FEATURES, SegConfig
 from . import _annotations as gt
-from ._common import PanelMixin, fill_table, make_table, notify_error, start_worker
+from ._common import PanelMixin, fill_table, make_table, mode_choice, notify_error, precision_choice, start_worker
 from ._plots import LossCurve
 from ._seg_classes import CLASS_SOURCES, class_spec_of
 from ._session import Session
@@ -42,7 +42,7 @@ class SegmenterPanel(PanelMixin, Container):
                 "manifest": "_manifest", "features": "_features", "encoder": "_encoder",
                 "finetune": "_finetune", "windows_um": "_windows", "px": "_px", "epochs": "_epochs",
                 "device": "_device", "out": "_out", "segmenter": "_model_edit", "draw_class": "_gt_class",
-                "mode": "_mode"}
+                "mode": "_mode", "precision": "_precision"}
 
     def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
         d = SegConfig()
@@ -75,7 +75,7 @@ class SegmenterPanel(PanelMixin, Container):
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
         self._model_edit = FileEdit(label="segmenter", mode="d", nullable=True)
         self._load_btn = PushButton(text="Load segmenter")
-        self._mode = ComboBox(label="mode", choices=["dense", "patch"], value="dense")
+        self._mode, self._precision = mode_choice(), precision_choice()
         self._seg_view_btn = PushButton(text="Segment view")
         self._seg_slide_btn = PushButton(text="Segment slide")
         self._gt_class = ComboBox(label="draw class", choices=[])
@@ -85,8 +85,8 @@ class SegmenterPanel(PanelMixin, Container):
             self._source, self._genes, self._quantile, self._k, self._resolution, self._show_btn,
             self._sections, self._use_regions, self._manifest, self._features, self._encoder, self._finetune,
             self._windows, self._px, self._epochs,
-            self._device, self._out, self._train_btn, self._cancel_btn, self._model_edit, self._load_btn,
-            self._mode, self._seg_view_btn, self._seg_slide_btn, self._gt_class, self._gt_btn, self._status,
+            self._device, self._out, self._train_btn, self._cancel_btn, self._model_edit, self._load_btn, self._mode,
+            self._precision, self._seg_view_btn, self._seg_slide_btn, self._gt_class, self._gt_btn, self._status,
         ])
         self.curve = LossCurve("val balanced acc")
         self.native.layout().addWidget(self.curve.canvas)
@@ -217,8 +217,8 @@ class SegmenterPanel(PanelMixin, Container):
         box = visible_box(cam.center, cam.zoom, self._viewer.canvas.size, pyr.world_mpp, 0.05) if view else None
         self._status.value = "segmenting…"
         self._worker = start_worker(segment_region, self.model, pyr, None, box, lambda: False, self.predictor, 8,
-                                    self._mode.value, desc="Segmenting", yielded=self._on_segment_event,
-                                    errored=self._fail, finished=self._on_segmented)
+                                    self._mode.value, self._precision.value, desc="Segmenting",
+                                    yielded=self._on_segment_event, errored=self._fail, finished=self._on_segmented)
         return self._worker
 
     def _on_segment_event(self, ev):

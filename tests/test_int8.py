@@ -130,6 +130,29 @@ def test_cli_predict_int8(trained, cohort, tmp_path, capsys):
 
 
 @needs_int8
+def test_calibration_does_not_load_torchs_compiler():
+    """Quantising a body records no stack trace per graph node: symbolising them imported torch's
+    compiler stack (~1200 modules, seconds holding the GIL: the viewer froze in bursts). In a fresh
+    process, so that nothing else imported it first; FX's setting is restored afterwards."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, numpy as np, torch, torch.fx.config as cfg
+from napari_histoexpr.models.backbones import build_backbone
+from napari_histoexpr.models.quantize import NormalisedBody, quantize_body
+from napari_histoexpr.models.runtime import for_inference
+body = NormalisedBody(for_inference(build_backbone("resnet18"), torch.device("cpu")), torch.zeros(3), torch.ones(3))
+before = "torch._dynamo" in sys.modules
+quantize_body(body, [np.zeros((64, 64, 3), np.uint8)])
+print(before, "torch._dynamo" in sys.modules, "torch._inductor" in sys.modules, cfg.do_not_emit_stack_traces)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "False", "False"], out.stdout
+
+
+@needs_int8
 @pytest.mark.parametrize("name", ["densenet121", "efficientnet_b0"])
 def test_other_backbones_quantise(name):
     """DenseNet (concatenations) and EfficientNet (squeeze-excite products) trace and run in int8."""

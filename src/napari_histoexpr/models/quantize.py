@@ -10,6 +10,7 @@ to fp32 ones is measured, not assumed (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import contextlib
 import platform
 
 import numpy as np
@@ -117,6 +118,21 @@ def _qconfig_mapping(engine: str):
     return mapping.set_global(QConfig(activation=act, weight=mapping.global_qconfig.weight))
 
 
+@contextlib.contextmanager
+def _no_stack_traces():
+    """FX tracing without a Python stack trace recorded per graph node: symbolising them imported
+    torch's compiler stack (~1200 modules, ~2.5 s holding the GIL) at a process's first
+    calibration, and took ~0.2 s at every later one; the int8 graph never uses them."""
+    import torch.fx.config as fx_config
+
+    old = fx_config.do_not_emit_stack_traces
+    fx_config.do_not_emit_stack_traces = True
+    try:
+        yield
+    finally:
+        fx_config.do_not_emit_stack_traces = old
+
+
 def quantize_body(body: nn.Module, windows: list[np.ndarray]) -> Int8Body:
     """An int8 copy of ``body`` (a float module, eval mode, BatchNorms folded or not), its activation
     ranges calibrated on ``windows`` (uint8 RGB)."""
@@ -133,7 +149,7 @@ def quantize_body(body: nn.Module, windows: list[np.ndarray]) -> Int8Body:
     torch.backends.quantized.engine = engine
     float_body = copy.deepcopy(body).float().eval().to("cpu", memory_format=torch.contiguous_format)
     example = to_tensor(windows[0][None])
-    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+    with warnings.catch_warnings(), _no_stack_traces():  # torch.ao.quantization announces its move to torchao
         warnings.simplefilter("ignore")
         try:
             prepared = prepare_fx(float_body, _qconfig_mapping(engine), (example,))

@@ -101,12 +101,17 @@ def test_precision_errors_and_fallbacks(trained, cohort):
 
 
 @needs_int8
-def test_cli_predict_int8(trained, cohort, tmp_path, capsys):
+def test_cli_predict_int8(trained, cohort, tmp_path, capsys, monkeypatch):
     from napari_histoexpr.cli import main as cli
+    from napari_histoexpr.models import quantize
 
+    calibrations = []
+    real = quantize.quantize_body
+    monkeypatch.setattr(quantize, "quantize_body", lambda body, windows: calibrations.append(1) or real(body, windows))
     demo = cohort["demos"][3]
     base = ["predict", "--model", str(trained), "--slide", str(demo.slide), "--device", "cpu"]
     assert cli(base + ["--out", str(tmp_path / "q"), "--spots", str(demo.spots), "--precision", "int8"]) == 0
+    assert len(calibrations) == 1  # the slide's tiles and its spots: one model, calibrated once
     summary = json.loads((tmp_path / "q" / "summary.json").read_text())
     spots = json.loads((tmp_path / "q" / "spots_report.json").read_text())
     assert summary["precision"] == "int8" and summary["mode"] == "dense"

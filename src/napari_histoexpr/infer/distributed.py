@@ -28,14 +28,22 @@ def tile_progress(progress: Callable[[str], None] | None, label: str = "") -> Ca
     return show
 
 
-def predict_one(model_dir, slide, out_dir, device: str = "auto", progress=None, **kw) -> dict:
-    """Predict one slide in this process (a dask task or a plain call)."""
+def _expression_model(model, device: str):
+    """``model`` itself if it is a loaded model, else the model in folder ``model`` on ``device``
+    (on a dask worker: its own GPU)."""
     from ..models.expression import ExpressionModel
     from ..models.runtime import worker_device
+
+    return model if hasattr(model, "predict") else ExpressionModel.load(model, worker_device(device))
+
+
+def predict_one(model_dir, slide, out_dir, device: str = "auto", progress=None, **kw) -> dict:
+    """Predict one slide in this process (a dask task or a plain call); ``model_dir`` may be a
+    loaded model."""
     from ..steps import drain
     from .slide import predict_slide_steps
 
-    model = ExpressionModel.load(model_dir, worker_device(device))
+    model = _expression_model(model_dir, device)
     return drain(predict_slide_steps(model, slide, out_dir, **kw), tile_progress(progress, f"{Path(slide).name}: "))
 
 
@@ -53,17 +61,18 @@ def _task(model_dir, slide, out_dir, device, kw: dict) -> dict:
 def spot_report(model_dir, slide, spots, out_dir, device: str = "auto", mode: str = "dense",
                 precision: str = "auto") -> dict:
     """Predict at the measured spots of one slide; Pearson r per gene; writes spots_prediction.h5ad
-    and spots_report.json (``precision``: of dense mode, see :mod:`..models.quantize`)."""
+    and spots_report.json (``precision``: of dense mode, see :mod:`..models.quantize`).
+    ``model_dir`` may be a loaded model (e.g. the one that just predicted the slide: its int8 bodies
+    are already calibrated on it)."""
     import anndata as ad
     import pandas as pd
 
     from ..io.sections import open_section
     from ..metrics import summarise_pearson
     from ..models.artifact import atomic_write_json
-    from ..models.expression import ExpressionModel
     from .spots import predict_at_spots
 
-    model = ExpressionModel.load(model_dir, device)
+    model = _expression_model(model_dir, device)
     model.set_precision(precision, mode)
     pyr, adata = open_section(slide, spots)
     sp = predict_at_spots(model, pyr, adata, Path(slide).stem, mode=mode)
@@ -103,14 +112,16 @@ def predict_many(model_dir, slides: list, out, scheduler: str | None = None, dev
         raise HistoExprError("--spots goes with exactly one --slide")
     out = Path(out)
     outs = {s: (out if len(slides) == 1 else out / name) for s, name in zip(slides, _unique_names(slides))}
-    if len(slides) == 1 and scheduler is None:
-        res = {slides[0]: predict_one(model_dir, slides[0], outs[slides[0]], device, progress, **kw)}
+    model = model_dir
+    if len(slides) == 1 and scheduler is None:  # one model for the slide and its spots (one int8 calibration)
+        model = _expression_model(model_dir, device)
+        res = {slides[0]: predict_one(model, slides[0], outs[slides[0]], device, progress, **kw)}
     else:
         res = _on_cluster(model_dir, slides, outs, scheduler, device, progress, kw)
     if spots:
         if progress:
             progress("predicting at the measured spots")
-        res[slides[0]]["spots"] = spot_report(model_dir, slides[0], spots, outs[slides[0]], device,
+        res[slides[0]]["spots"] = spot_report(model, slides[0], spots, outs[slides[0]], device,
                                               kw.get("mode", "dense"), kw.get("precision", "auto"))["summary"]
     (out / "predict.json").write_text(json.dumps(res, indent=2, default=str))
     return res

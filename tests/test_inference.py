@@ -275,11 +275,13 @@ def test_stale_view_request_is_cancelled(panel_on_section, qtbot):
     second = panel.predict_view()
     tiles_b = list(panel.last_request_tiles)
     assert len(tiles_a) > 20
+    busy_at_end = []  # right after the panel's own end-of-view handler
     if second is not None:
-        second.finished.connect(lambda: finished.append("b"))
+        second.finished.connect(lambda: (finished.append("b"), busy_at_end.append(panel.busy)))
     qtbot.waitUntil(lambda: len(finished) == (2 if second is not None else 1), timeout=60_000)
     cache = panel.predictor.cache
     assert all(cache.get(t) is not None for t in tiles_b)  # the latest view is complete
+    assert busy_at_end in ([], [False])  # and drawn when its worker finishes: no repaint left pending
     assert len(cache) < len(set(tiles_a) | set(tiles_b))  # the stale one stopped early
     _wait_idle(qtbot, panel)
 

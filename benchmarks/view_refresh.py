@@ -11,7 +11,11 @@ kept from running its event loop.
         [--modes dense:int8,dense,patch]
 
 Every ``MODE[:PRECISION]`` of ``--modes`` is measured in one run, on the same viewer, slide and pans
-(``dense:int8``: dense mode with the int8 body; a plain mode runs precision ``auto``).
+(``dense:int8``: dense mode with the int8 body; a plain mode runs precision ``auto``). Dense modes
+also report the body's work per new view (input Mpx, every block with its margin) and its rate
+alone on this host, measured right after the pans (``body_alone_new_region_s``: the least a new
+view could take here; ``refresh_p50_over_body_alone``: how far the whole pipeline is from it), so
+runs on hosts of different speed can be compared.
 """
 
 from __future__ import annotations
@@ -25,6 +29,42 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def body_work(pred, tiles) -> tuple[int, tuple[int, int]]:
+    """Input px the body runs on to predict ``tiles`` in dense mode (every block with its context
+    margin, as the view's jobs plan them) and the largest block's ``(h, w)``."""
+    from napari_histoexpr.infer.dense import STRIDE
+
+    px, big = 0, (0, 0)
+    for group in pred.job_groups(tiles):
+        job = pred.plan_job(group)
+        for i, (y0, y1, x0, x1) in job.items:
+            m = job.geometry[i][3]
+            h, w = (y1 - y0) * STRIDE + 2 * m, (x1 - x0) * STRIDE + 2 * m
+            px += h * w
+            big = max(big, (h, w), key=lambda s: s[0] * s[1])
+    return px, big
+
+
+def body_rate(pred, shape: tuple[int, int], seconds: float = 3.0) -> float:
+    """Input Mpx/s of the body alone (the predictor's precision) on one block of ``shape``, the viewer
+    idle: what the host can do, against which the view's refresh is compared."""
+    import torch
+
+    from napari_histoexpr.models.runtime import inference_amp, to_tensor
+
+    body = pred.model.branches_for(pred.pyr)[0].body
+    x = to_tensor(np.random.default_rng(0).integers(0, 255, (1, *shape, 3), dtype=np.uint8), pred.model.device,
+                  channels_last=True)
+    amp = inference_amp(pred.model.device)
+    with torch.inference_mode(), torch.autocast(pred.model.device.type, dtype=torch.bfloat16, enabled=amp):
+        body(x)
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            body(x)
+            n += 1
+    return shape[0] * shape[1] * n / (time.perf_counter() - t0) / 1e6
 
 
 def main(argv=None) -> int:
@@ -69,7 +109,7 @@ def main(argv=None) -> int:
         setup_block = float(max(gaps)) if gaps else 0.0
         gaps.clear()
         panel.gui_timings.clear()
-        misses, hits, visited, firsts = [], [], [], []
+        misses, hits, visited, firsts, views = [], [], [], [], []
         for i in range(args.pans):
             if len(visited) > 1 and i % 2 == 1:  # back to an earlier place (not the current one)
                 c = visited[-2]
@@ -84,7 +124,17 @@ def main(argv=None) -> int:
             bucket.append(time.perf_counter() - t0)
             if bucket is misses:  # the first predicted tiles of the new view on screen (progressive view)
                 firsts.append(min((t for t in panel.tile_times if t > t0), default=time.perf_counter()) - t0)
+                views.append(list(panel.last_request_tiles))
         blocked = meter.blocked_ms()
+        pred = panel.predictor
+        host = {}
+        if pred.mode == "dense":  # the body's work per new view and the host's body rate, same run
+            work = [body_work(pred, v) for v in views]
+            mpx = float(np.mean([w[0] for w in work])) / 1e6
+            rate = body_rate(pred, max((w[1] for w in work), key=lambda s: s[0] * s[1]))
+            host = {"body_mpx_per_new_region": round(mpx, 2), "body_mpx_per_s_alone": round(rate, 2),
+                    "body_alone_new_region_s": round(mpx / rate, 2),
+                    "refresh_p50_over_body_alone": round(float(np.percentile(misses, 50)) / (mpx / rate), 2)}
         return {"mode": panel.predictor.mode, "precision": panel.predictor.precision,
                 "grid_step_um": round(panel.predictor.stride_um, 3),
                 "tile_cells": panel.predictor.grid.tile_cells, "view_tiles": len(panel.last_request_tiles),
@@ -92,7 +142,8 @@ def main(argv=None) -> int:
                 "refresh_cached_region_ms": pct_ms(hits), "first_view_s": round(t_first, 2),
                 "longest_qt_block_setup_ms": round(1e3 * (setup_block - 0.005), 1),
                 "longest_qt_block_ms_incl_napari_rendering": round(float(blocked.max()), 1),
-                "qt_block_p99_ms": round(float(np.percentile(blocked, 99)), 1), **plugin_slots(panel, gc_meter)}
+                "qt_block_p99_ms": round(float(np.percentile(blocked, 99)), 1), **host,
+                **plugin_slots(panel, gc_meter)}
 
     res = {"benchmark": "view_refresh", "device": str(panel.model.device), "backbone": args.backbone,
            "px": args.px, "window_um": args.window_um, "canvas": list(viewer.canvas.size), "debounce_ms": DEBOUNCE_MS,

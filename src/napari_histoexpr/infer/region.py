@@ -310,9 +310,7 @@ class RegionPredictor:
         if not on.any():
             yield from finished(on)
             return
-        rs, cs = pending[group[0]]
-        job = self.model.dense_job(self.pyr, *centres[0], rows, cols, self.grid.stride, on,
-                                   (rs.start, rs.stop, cs.start, cs.stop))
+        job = self.plan_job(group, ((r0, c0), rows, cols, centres, on))
         items = job.items
         reader = ThreadPoolExecutor(1)  # reads the next block while the model runs this one
         try:
@@ -333,6 +331,14 @@ class RegionPredictor:
                     yield from finished(job.done)
         finally:  # also when the generator is closed early: never wait here for a read in flight
             reader.shutdown(wait=False, cancel_futures=True)
+
+    def plan_job(self, group: list[tuple[int, int]], band: tuple | None = None):
+        """The :class:`~napari_histoexpr.infer.dense.DenseJob` of a group of tiles (not run): the
+        windows of its first tile first. ``band``: the group's :meth:`band_cells`, if made."""
+        (r0, c0), rows, cols, centres, on = band or self.band_cells(group)
+        rs, cs = self.grid.tile_slices(*group[0])
+        return self.model.dense_job(self.pyr, *centres[0], rows, cols, self.grid.stride, on,
+                                    (rs.start - r0, rs.stop - r0, cs.start - c0, cs.stop - c0))
 
     def band_cells(self, band: list[tuple[int, int]]) -> tuple:
         """The bounding rectangle of ``band``'s cells: ``((r0, c0), rows, cols, centres, on)`` with the

@@ -49,6 +49,12 @@ class QtGapMeter:
         self.gaps.append(now - self._last)
         self._last = now
 
+    def restart(self) -> None:
+        """Forget the gaps so far and the one in progress (e.g. after work the benchmark itself ran
+        on this thread)."""
+        self.gaps.clear()
+        self._last = time.perf_counter()
+
     def blocked_ms(self) -> np.ndarray:
         return 1e3 * (np.asarray(self.gaps or [self.interval]) - self.interval)
 

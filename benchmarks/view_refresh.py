@@ -31,40 +31,41 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def body_work(pred, tiles) -> tuple[int, tuple[int, int]]:
+def body_work(pred, tiles) -> tuple[int, tuple[int, int, int]]:
     """Input px the body runs on to predict ``tiles`` in dense mode (every block with its context
-    margin, as the view's jobs plan them) and the largest block's ``(h, w)``."""
+    margin, as the view's jobs plan them) and the largest block: ``(feature rows, cols, margin px)``."""
     from napari_histoexpr.infer.dense import STRIDE
 
-    px, big = 0, (0, 0)
+    px, big = 0, (0, 0, 0, 0)
     for group in pred.job_groups(tiles):
         job = pred.plan_job(group)
         for i, (y0, y1, x0, x1) in job.items:
             m = job.geometry[i][3]
-            h, w = (y1 - y0) * STRIDE + 2 * m, (x1 - x0) * STRIDE + 2 * m
-            px += h * w
-            big = max(big, (h, w), key=lambda s: s[0] * s[1])
-    return px, big
+            area = ((y1 - y0) * STRIDE + 2 * m) * ((x1 - x0) * STRIDE + 2 * m)
+            px += area
+            big = max(big, (area, y1 - y0, x1 - x0, m))
+    return px, big[1:]
 
 
-def body_rate(pred, shape: tuple[int, int], seconds: float = 3.0) -> float:
-    """Input Mpx/s of the body alone (the predictor's precision) on one block of ``shape``, the viewer
-    idle: what the host can do, against which the view's refresh is compared."""
-    import torch
+def body_rate(pred, block: tuple[int, int, int], seconds: float = 3.0) -> float:
+    """Input Mpx/s of the body alone (the predictor's precision) on one block (:func:`body_work`),
+    run as the view's jobs run it, the viewer idle: what the host can do, against which the view's
+    refresh is compared."""
+    from napari_histoexpr.infer.dense import STRIDE, feature_blocks
 
-    from napari_histoexpr.models.runtime import inference_amp, to_tensor
-
+    hf, wf, m = block
+    img = np.random.default_rng(0).integers(0, 255, (hf * STRIDE + 2 * m, wf * STRIDE + 2 * m, 3), dtype=np.uint8)
     body = pred.model.branches_for(pred.pyr)[0].body
-    x = to_tensor(np.random.default_rng(0).integers(0, 255, (1, *shape, 3), dtype=np.uint8), pred.model.device,
-                  channels_last=True)
-    amp = inference_amp(pred.model.device)
-    with torch.inference_mode(), torch.autocast(pred.model.device.type, dtype=torch.bfloat16, enabled=amp):
-        body(x)
-        t0, n = time.perf_counter(), 0
-        while time.perf_counter() - t0 < seconds:
-            body(x)
-            n += 1
-    return shape[0] * shape[1] * n / (time.perf_counter() - t0) / 1e6
+
+    def run():
+        feature_blocks(body, img, pred.model.device, m, block_feats=max(hf, wf))
+
+    run()
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        run()
+        n += 1
+    return img.shape[0] * img.shape[1] * n / (time.perf_counter() - t0) / 1e6
 
 
 def main(argv=None) -> int:
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
         if pred.mode == "dense":  # the body's work per new view and the host's body rate, same run
             work = [body_work(pred, v) for v in views]
             mpx = float(np.mean([w[0] for w in work])) / 1e6
-            rate = body_rate(pred, max((w[1] for w in work), key=lambda s: s[0] * s[1]))
+            rate = body_rate(pred, max((w[1] for w in work), key=lambda b: b[0] * b[1]))
             meter.restart()  # that ran on this thread: not a block of the next mode's setup
             host = {"body_mpx_per_new_region": round(mpx, 2), "body_mpx_per_s_alone": round(rate, 2),
                     "body_alone_new_region_s": round(mpx / rate, 2),

@@ -137,7 +137,8 @@ class GeneLayers:
         """Redraw the visible gene layers: their pixels, their thumbnails once a view is complete
         (``final``; not while tiles stream in), never extent or highlight (the raster's shape never
         changes), and their contrast only where it moved noticeably (each change redraws napari's
-        layer controls)."""
+        layer controls). A repaint still pending would draw nothing new: it is dropped."""
+        self._repaint.stop()
         for g in self.selected_genes():
             layer = self._gene_layer(g)
             if layer is not None and layer.visible:  # napari refreshes a hidden layer when it is shown

@@ -291,6 +291,5 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
             self._worker = None
             self._stop_btn.enabled = False
             self._status.value = f"view predicted ({n} new tiles, {len(self.predictor.cache)} cached)"
-            self._repaint.stop()  # its tiles are all drawn now
             self._refresh_layers()
             self.update_table()

@@ -106,6 +106,27 @@ def test_region_predictions_follow_planted_regions(model, cohort):
         assert len(got) == 1 and len(rp.view_tiles((1024, 1024, 2048, 2048))) > 1
 
 
+def test_tile_tissue_is_the_mask_mean_under_each_tile(model, cohort):
+    """The vectorised tissue fraction of tiles (a zoomed-out view has thousands) equals the mean of
+    the mask under each tile, cut one by one, for tiles finer and coarser than the mask."""
+    from napari_histoexpr.io.slides import open_slide
+
+    pyr = open_slide(cohort["demos"][3].slide)
+    for stride_um, tile_cells in ((10.0, 1), (25.0, 2), (25.0, 7), (60.0, 16)):
+        rp = RegionPredictor(model, pyr, stride_um=stride_um, tile_cells=tile_cells, mode="patch")
+        g, f = rp.grid, rp.grid.stride / rp.mask_ds
+        want = np.zeros((g.tile_rows, g.tile_cols))
+        for i in range(g.tile_rows):
+            for j in range(g.tile_cols):
+                rs, cs = g.tile_slices(i, j)
+                m = rp.mask[int(rs.start * f):max(int(rs.start * f) + 1, int(np.ceil(rs.stop * f))),
+                            int(cs.start * f):max(int(cs.start * f) + 1, int(np.ceil(cs.stop * f)))]
+                want[i, j] = m.mean() if m.size else 0.0
+        got = rp.tiles_tissue(np.arange(g.tile_rows), np.arange(g.tile_cols))
+        assert 0 < (want > 0).mean() < 1 and np.allclose(got, want), (stride_um, tile_cells)
+        assert rp.tile_tissue(g.tile_rows - 1, 0) == pytest.approx(want[-1, 0])
+
+
 def test_whole_slide_prediction_resume_and_reader(model, cohort, trained, tmp_path):
     import anndata as ad
 
@@ -258,6 +279,39 @@ def test_panel_follows_the_camera(panel_on_section, qtbot):
     assert view_predicted(panel) and np.isfinite(covered()[0]).any()
 
 
+def test_a_jump_is_predicted_at_once_and_once_and_a_drag_where_it_settles(panel_on_section, qtbot, monkeypatch):
+    """One camera event after a pause (a jump, a key press) starts its view request in the event
+    itself, not after the 150 ms debounce, and the debounce's end does not start it again; a drag
+    (events closer than the debounce) is predicted where it settles."""
+    from napari_histoexpr.widgets import expression_view
+
+    viewer, panel, _ = panel_on_section
+    cam = viewer.scene.camera
+    cam.zoom, cam.center = 1.0, (0, 600.0, 600.0)
+    _wait_idle(qtbot, panel)
+    started, real = [], expression_view.start_worker
+
+    def counting(fn, *a, **kw):  # the real start_worker, counting the view requests that start one
+        if getattr(fn, "__name__", "") == "run":
+            started.append(list(a[0]))
+        return real(fn, *a, **kw)
+
+    monkeypatch.setattr(expression_view, "start_worker", counting)
+    panel.predictor.cache.clear()
+    cam.center = (0, 1400.0, 1400.0)
+    in_view = panel.predictor.view_tiles(panel.view_box())
+    assert len(started) == 1 and panel.last_request_tiles == in_view and panel.actions()["Stop"]
+    _wait_idle(qtbot, panel)  # the debounce ended on the same view: the running request was kept
+    assert len(started) == 1 and all(panel.predictor.cache.get(t) is not None for t in in_view)
+    for k in range(1, 7):  # a drag: a camera event every 20 ms
+        cam.center = (0, 1400.0 + 60 * k, 1400.0)
+        qtbot.wait(20)
+    _wait_idle(qtbot, panel)
+    final = panel.predictor.view_tiles(panel.view_box())
+    assert panel.last_request_tiles == final and all(panel.predictor.cache.get(t) is not None for t in final)
+    assert len(started) <= 3  # at most the drag's first move, and where it settled (not one per event)
+
+
 def test_stale_view_request_is_cancelled(panel_on_section, qtbot):
     viewer, panel, _ = panel_on_section
     panel.configure(follow=False, stride_um=10.0)  # many small tiles: a slow request
@@ -310,9 +364,11 @@ def test_stop_keeps_predicted_tiles_and_predicting_again_completes(panel_on_sect
     assert panel.status.startswith("stopped:") and not panel.actions()["Stop"] and not panel.busy
     layer = panel.gene_layer("ERBB2")
     assert np.isfinite(layer.data).any()  # what was predicted stays on screen
-    panel.predict_view()  # a new request picks up where the stopped one left off
+    panel.predict_view()  # a new request picks up where the stopped one left off: what was done is reused
     _wait_idle(qtbot, panel)
-    assert all(cache.get(t) is not None for t in tiles)
+    again = panel.last_request_tiles  # (the dock's new status text may have resized the canvas a little)
+    assert len(set(again) & set(done)) >= 1 and all(cache.get(t) is not None for t in again)
+    assert panel.status.startswith(f"view predicted ({len(set(again) - set(done))} new tiles"), panel.status
 
 
 def test_load_button_swaps_models_in_a_worker_while_predicting(panel_on_section, qtbot, trained, tmp_path):

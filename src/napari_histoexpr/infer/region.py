@@ -191,6 +191,7 @@ class RegionPredictor:
             model.set_precision(self.precision)
             model.branches_for(pyr, (self.mask, self.mask_ds))  # int8: calibrate on this slide now, not in a view
         self._cell_fraction = None  # the tissue fraction of a cell's window, per mask cell (made once)
+        self._mask_sum = None  # the mask's integral image (made once)
         self.min_tissue = min_tissue
         self._lock = threading.Lock()  # one model call at a time
 
@@ -199,11 +200,26 @@ class RegionPredictor:
         return self.model.genes
 
     def tile_tissue(self, ti: int, tj: int) -> float:
-        rs, cs = self.grid.tile_slices(ti, tj)
-        f = self.grid.stride / self.mask_ds
-        m = self.mask[int(rs.start * f):max(int(rs.start * f) + 1, int(np.ceil(rs.stop * f))),
-                      int(cs.start * f):max(int(cs.start * f) + 1, int(np.ceil(cs.stop * f)))]
-        return float(m.mean()) if m.size else 0.0
+        return float(self.tiles_tissue(np.array([ti]), np.array([tj]))[0, 0])
+
+    def tiles_tissue(self, ti: np.ndarray, tj: np.ndarray) -> np.ndarray:
+        """Tissue fraction of the mask under each tile of rows ``ti`` x columns ``tj`` (an outer
+        product, vectorised: a zoomed-out view has thousands of tiles)."""
+        if self._mask_sum is None:  # integral image of the mask: any rectangle's sum in 4 lookups
+            self._mask_sum = np.pad(self.mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        t, f = self.grid.tile_cells, self.grid.stride / self.mask_ds
+        h, w = self.mask.shape
+
+        def span(idx, n, size):  # the mask rows (cols) under tiles idx: at least one, clipped to the mask
+            lo = np.minimum((idx * t * f).astype(np.int64), size)
+            hi = np.minimum(np.maximum(lo + 1, np.ceil(np.minimum((idx + 1) * t, n) * f).astype(np.int64)), size)
+            return lo, hi
+
+        (y0, y1), (x0, x1) = span(np.asarray(ti), self.grid.rows, h), span(np.asarray(tj), self.grid.cols, w)
+        S = self._mask_sum
+        total = S[y1][:, x1] - S[y0][:, x1] - S[y1][:, x0] + S[y0][:, x0]
+        area = (y1 - y0)[:, None] * (x1 - x0)[None, :]
+        return np.where(area > 0, total / np.maximum(area, 1), 0.0)
 
     def cell_tissue(self, centres: np.ndarray) -> np.ndarray:
         """Tissue fraction of the central half of each cell's window."""
@@ -220,7 +236,14 @@ class RegionPredictor:
         return hit if hit is not None else self.predict_band([(ti, tj)])[0][1]
 
     def view_tiles(self, box) -> list[tuple[int, int]]:
-        return [t for t in self.grid.tiles_in_box(*box) if self.tile_tissue(*t) > 0]
+        """The tiles of :meth:`Grid.tiles_in_box` with tissue, nearest to the box's centre first."""
+        tiles = self.grid.tiles_in_box(*box)
+        if not tiles:
+            return []
+        i0, j0 = min(t[0] for t in tiles), min(t[1] for t in tiles)
+        i1, j1 = max(t[0] for t in tiles), max(t[1] for t in tiles)
+        tissue = self.tiles_tissue(np.arange(i0, i1 + 1), np.arange(j0, j1 + 1)) > 0
+        return [t for t in tiles if tissue[t[0] - i0, t[1] - j0]]
 
     def run(self, tiles: list[tuple[int, int]], cancelled: Callable[[], bool] = lambda: False
             ) -> Generator[tuple[tuple[int, int], np.ndarray], None, int]:
@@ -294,18 +317,25 @@ class RegionPredictor:
 
         (r0, c0), rows, cols, centres, on = self.band_cells(group)
         vals = np.full((len(self.genes), rows, cols), np.nan, np.float32)
-        pending = {}
-        for t in group:
-            rs, cs = self.grid.tile_slices(*t)
-            pending[t] = (slice(rs.start - r0, rs.stop - r0), slice(cs.start - c0, cs.stop - c0))
+        t = self.grid.tile_cells
+        ti0, tj0 = r0 // t, c0 // t  # the band's rectangle starts at a tile's first cell
+        nti, ntj = -(-rows // t), -(-cols // t)
+        rank = np.full((nti, ntj), -1)  # each tile's place in ``group`` (-1: not in it), pending ones
+        for n, (i, j) in enumerate(group):
+            rank[i - ti0, j - tj0] = n
 
         def finished(done_cells):
-            for t, (rs, cs) in list(pending.items()):
-                if not (on[rs, cs] & ~done_cells[rs, cs]).any():
-                    tile = np.ascontiguousarray(vals[:, rs, cs])
-                    self.cache.put(t, tile)
-                    del pending[t]
-                    yield t, tile
+            """The group's tiles whose wanted cells are all done now (in the group's order), cached."""
+            missing = np.zeros((nti * t, ntj * t), bool)
+            missing[:rows, :cols] = on & ~done_cells
+            ready = (rank >= 0) & ~missing.reshape(nti, t, ntj, t).any(axis=(1, 3))
+            for n in np.sort(rank[ready]):
+                i, j = group[n]
+                rs, cs = self.grid.tile_slices(i, j)
+                tile = np.ascontiguousarray(vals[:, rs.start - r0:rs.stop - r0, cs.start - c0:cs.stop - c0])
+                self.cache.put((i, j), tile)
+                rank[i - ti0, j - tj0] = -1
+                yield (i, j), tile
 
         if not on.any():
             yield from finished(on)

@@ -115,8 +115,8 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
     attrs = dict(_attrs(model, pyr, grid), mode=rp.mode, precision=rp.precision)
     g = _open_store(out / "prediction.zarr", attrs, grid, resume)
     done = g["done"][:]
-    tiles = [(i, j) for i in range(grid.tile_rows) for j in range(grid.tile_cols)
-             if rp.tile_tissue(i, j) > 0]
+    tissue = rp.tiles_tissue(np.arange(grid.tile_rows), np.arange(grid.tile_cols)) > 0
+    tiles = [(int(i), int(j)) for i, j in zip(*np.nonzero(tissue))]
     todo = [t for t in tiles if not done[t]]
     yield {"stage": "plan", "msg": f"{len(tiles)} tissue tiles ({len(tiles) - len(todo)} already done), "
            f"grid {grid.rows} x {grid.cols} cells of {grid.stride * pyr.world_mpp:.1f} µm",

@@ -15,7 +15,7 @@ centres at their level-0 centres (see ``grid_layer_geometry``), exactly aligned 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 
@@ -245,7 +245,7 @@ class RegionPredictor:
         tissue = self.tiles_tissue(np.arange(i0, i1 + 1), np.arange(j0, j1 + 1)) > 0
         return [t for t in tiles if tissue[t[0] - i0, t[1] - j0]]
 
-    def run(self, tiles: list[tuple[int, int]], cancelled: Callable[[], bool] = lambda: False
+    def run(self, tiles: list[tuple[int, int]], cancelled: Callable[[], bool] = lambda: False, readers: int = 1
             ) -> Generator[tuple[tuple[int, int], np.ndarray], None, int]:
         """Predict ``tiles`` in order, yielding ``((ti, tj), array)``; stops early when cancelled.
 
@@ -253,13 +253,14 @@ class RegionPredictor:
         :class:`~napari_histoexpr.infer.dense.DenseJob` (bands of tile rows for a zoomed-out view,
         :meth:`job_groups`): the feature map of their rectangle block by block, each feature cell
         once, the windows of the first tile (the view centre) first, every tile yielded as soon as
-        its cells are done; the next block is read while the model runs the current one."""
+        its cells are done; ``readers`` threads read the next blocks while the model runs the current one
+        (one on a CPU, whose cores the model uses; more on a GPU)."""
         try:
-            return (yield from self._run(tiles, cancelled))
+            return (yield from self._run(tiles, cancelled, readers))
         finally:
             release_free_memory()
 
-    def _run(self, tiles, cancelled):
+    def _run(self, tiles, cancelled, readers):
         done = 0
         if self.mode != "dense":
             for t in tiles:
@@ -281,7 +282,7 @@ class RegionPredictor:
         for group in self.job_groups(missing):
             if cancelled():
                 break
-            for t, v in self._run_job(group, cancelled):
+            for t, v in self._run_job(group, cancelled, readers):
                 if cancelled():  # between tiles (a finished tile stays cached)
                     return done
                 yield t, v
@@ -310,7 +311,7 @@ class RegionPredictor:
         groups = {s: [t for t in tiles if s <= t[0] < s + per] for s in starts}
         return [groups[s] for s in sorted(groups, key=lambda s: abs(s + (per - 1) / 2 - ci)) if groups[s]]
 
-    def _run_job(self, group: list[tuple[int, int]], cancelled):
+    def _run_job(self, group: list[tuple[int, int]], cancelled, readers: int = 1):
         """Compute ``group``'s tiles in one :class:`~napari_histoexpr.infer.dense.DenseJob`, its first
         tile's windows first; each tile is yielded (and cached) as soon as its cells are done."""
         from concurrent.futures import ThreadPoolExecutor
@@ -342,20 +343,28 @@ class RegionPredictor:
             return
         job = self.plan_job(group, ((r0, c0), rows, cols, centres, on))
         items = job.items
-        reader = ThreadPoolExecutor(1)  # reads the next block while the model runs this one
+        reader = ThreadPoolExecutor(max(1, readers))  # read the next blocks while the model runs this one
+        ahead: deque = deque()  # reads in flight, in the order of ``items``
+        queued = 0  # blocks whose read was submitted
+
+        def read_ahead(k):  # keep ``k`` reads in flight
+            nonlocal queued
+            while len(ahead) < k and queued < len(items):
+                ahead.append(reader.submit(job.read, items[queued]))
+                queued += 1
+
         try:
-            fut = reader.submit(job.read, items[0]) if items else None
+            read_ahead(1)
             for n, item in enumerate(items):
                 if cancelled():
                     break
-                img = fut.result()
-                nxt = items[n + 1] if n + 1 < len(items) else None
-                if nxt is not None and n > 0:
-                    fut = reader.submit(job.read, nxt)
+                img = ahead.popleft().result()
+                if n > 0:
+                    read_ahead(readers)
                 with self._lock:
                     new, out = job.compute(item, img)
-                if nxt is not None and n == 0:  # the view centre: nothing competed with it for the CPU
-                    fut = reader.submit(job.read, nxt)
+                if n == 0:  # the view centre: nothing competed with it for the CPU
+                    read_ahead(readers)
                 if new.any():  # tiles without tissue cells go out with the first ones (not before them)
                     vals[:, new] = out.T
                     yield from finished(job.done)

@@ -15,7 +15,7 @@ centres at their level-0 centres (see ``grid_layer_geometry``), exactly aligned 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 
@@ -191,7 +191,9 @@ class RegionPredictor:
             model.set_precision(self.precision)
             model.branches_for(pyr, (self.mask, self.mask_ds))  # int8: calibrate on this slide now, not in a view
         self._cell_fraction = None  # the tissue fraction of a cell's window, per mask cell (made once)
-        self._mask_sum = None  # the mask's integral image (made once)
+        # the mask's integral image: any rectangle's tissue in 4 lookups (made here, in the panel's worker:
+        # ~0.1 s for a 2048 x 2048 mask, too long for the Qt thread)
+        self._mask_sum = np.pad(self.mask.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
         self.min_tissue = min_tissue
         self._lock = threading.Lock()  # one model call at a time
 
@@ -205,8 +207,6 @@ class RegionPredictor:
     def tiles_tissue(self, ti: np.ndarray, tj: np.ndarray) -> np.ndarray:
         """Tissue fraction of the mask under each tile of rows ``ti`` x columns ``tj`` (an outer
         product, vectorised: a zoomed-out view has thousands of tiles)."""
-        if self._mask_sum is None:  # integral image of the mask: any rectangle's sum in 4 lookups
-            self._mask_sum = np.pad(self.mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
         t, f = self.grid.tile_cells, self.grid.stride / self.mask_ds
         h, w = self.mask.shape
 
@@ -245,7 +245,7 @@ class RegionPredictor:
         tissue = self.tiles_tissue(np.arange(i0, i1 + 1), np.arange(j0, j1 + 1)) > 0
         return [t for t in tiles if tissue[t[0] - i0, t[1] - j0]]
 
-    def run(self, tiles: list[tuple[int, int]], cancelled: Callable[[], bool] = lambda: False, readers: int = 1
+    def run(self, tiles: list[tuple[int, int]], cancelled: Callable[[], bool] = lambda: False
             ) -> Generator[tuple[tuple[int, int], np.ndarray], None, int]:
         """Predict ``tiles`` in order, yielding ``((ti, tj), array)``; stops early when cancelled.
 
@@ -253,14 +253,13 @@ class RegionPredictor:
         :class:`~napari_histoexpr.infer.dense.DenseJob` (bands of tile rows for a zoomed-out view,
         :meth:`job_groups`): the feature map of their rectangle block by block, each feature cell
         once, the windows of the first tile (the view centre) first, every tile yielded as soon as
-        its cells are done; ``readers`` threads read the next blocks while the model runs the current one
-        (one on a CPU, whose cores the model uses; more on a GPU)."""
+        its cells are done; the next block is read while the model runs the current one."""
         try:
-            return (yield from self._run(tiles, cancelled, readers))
+            return (yield from self._run(tiles, cancelled))
         finally:
             release_free_memory()
 
-    def _run(self, tiles, cancelled, readers):
+    def _run(self, tiles, cancelled):
         done = 0
         if self.mode != "dense":
             for t in tiles:
@@ -282,7 +281,7 @@ class RegionPredictor:
         for group in self.job_groups(missing):
             if cancelled():
                 break
-            for t, v in self._run_job(group, cancelled, readers):
+            for t, v in self._run_job(group, cancelled):
                 if cancelled():  # between tiles (a finished tile stays cached)
                     return done
                 yield t, v
@@ -311,7 +310,7 @@ class RegionPredictor:
         groups = {s: [t for t in tiles if s <= t[0] < s + per] for s in starts}
         return [groups[s] for s in sorted(groups, key=lambda s: abs(s + (per - 1) / 2 - ci)) if groups[s]]
 
-    def _run_job(self, group: list[tuple[int, int]], cancelled, readers: int = 1):
+    def _run_job(self, group: list[tuple[int, int]], cancelled):
         """Compute ``group``'s tiles in one :class:`~napari_histoexpr.infer.dense.DenseJob`, its first
         tile's windows first; each tile is yielded (and cached) as soon as its cells are done."""
         from concurrent.futures import ThreadPoolExecutor
@@ -343,28 +342,20 @@ class RegionPredictor:
             return
         job = self.plan_job(group, ((r0, c0), rows, cols, centres, on))
         items = job.items
-        reader = ThreadPoolExecutor(max(1, readers))  # read the next blocks while the model runs this one
-        ahead: deque = deque()  # reads in flight, in the order of ``items``
-        queued = 0  # blocks whose read was submitted
-
-        def read_ahead(k):  # keep ``k`` reads in flight
-            nonlocal queued
-            while len(ahead) < k and queued < len(items):
-                ahead.append(reader.submit(job.read, items[queued]))
-                queued += 1
-
+        reader = ThreadPoolExecutor(1)  # reads the next block while the model runs this one
         try:
-            read_ahead(1)
+            fut = reader.submit(job.read, items[0]) if items else None
             for n, item in enumerate(items):
                 if cancelled():
                     break
-                img = ahead.popleft().result()
-                if n > 0:
-                    read_ahead(readers)
+                img = fut.result()
+                nxt = items[n + 1] if n + 1 < len(items) else None
+                if nxt is not None and n > 0:
+                    fut = reader.submit(job.read, nxt)
                 with self._lock:
                     new, out = job.compute(item, img)
-                if n == 0:  # the view centre: nothing competed with it for the CPU
-                    read_ahead(readers)
+                if nxt is not None and n == 0:  # the view centre: nothing competed with it for the CPU
+                    fut = reader.submit(job.read, nxt)
                 if new.any():  # tiles without tissue cells go out with the first ones (not before them)
                     vals[:, new] = out.T
                     yield from finished(job.done)

@@ -8,9 +8,8 @@ Output folder::
     OUT/prediction.h5ad    one row per tissue cell: X = predictions, obsm["spatial"] = level-0 (x, y)
     OUT/summary.json       ("patches": tissue cells predicted; "mode": dense or patch)
 
-The loader never starves the model: reader threads read ahead (decoders release the GIL) while the
-model runs. Dense mode computes bands of tiles as one job each (every feature cell of a band once, as
-the live view does); patch mode reads each tile's block of native slide tiles once and cuts its patches.
+The loader never starves the model: a thread pool reads each tile's block of native slide tiles
+once and cuts its patches (decoders release the GIL) while the model runs on the previous tiles.
 An interrupted run continues where it stopped (``resume``, the default).
 """
 
@@ -89,7 +88,7 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
                         precision: str = "auto") -> Generator[dict, None, dict]:
     """Predict every tissue tile; yields progress events, returns a summary dict.
 
-    ``mode="dense"`` runs the backbone once over each band of tiles (:mod:`.dense`); ``"patch"`` predicts
+    ``mode="dense"`` runs the backbone once per tile region (:mod:`.dense`); ``"patch"`` predicts
     every cell's window on its own. Reader threads read the next tiles while the model runs.
     ``precision`` (dense mode): ``auto`` or ``int8`` (:mod:`..models.quantize`).
 
@@ -128,19 +127,23 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
     arr = g["0"]
     t0 = time.perf_counter()
     n_patches, t_model = 0, 0.0
-    # dense: one job per band of tiles (every feature cell of the band once, :meth:`RegionPredictor.run`);
-    # patch: tile by tile. Either way reader threads read ahead while the model runs.
-    tiles_out = rp.run(todo, readers=workers) if rp.mode == "dense" else _patch_tiles(rp, todo, workers)
-    for k in range(len(todo)):
-        tm = time.perf_counter()
-        (ti, tj), vals = next(tiles_out)
-        t_model += time.perf_counter() - tm  # the model, and any read it waited for
-        n_patches += int(np.isfinite(vals[0]).sum())
-        rs, cs = grid.tile_slices(ti, tj)
-        arr[:, rs, cs] = vals
-        g["done"][ti, tj] = 1  # after the values: a crash re-does at most this tile
-        yield {"stage": "tile", "done": k + 1, "total": len(todo), "patches": n_patches}
-    tiles_out.close()
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # reader threads read the next tiles
+        pending = [(t, pool.submit(rp.read_band, [t])) for t in todo[: 2 * max(1, workers)]]
+        nxt = len(pending)
+        for k in range(len(todo)):
+            (ti, tj), fut = pending.pop(0)
+            if nxt < len(todo):
+                pending.append((todo[nxt], pool.submit(rp.read_band, [todo[nxt]])))
+                nxt += 1
+            read = fut.result()
+            tm = time.perf_counter()
+            ((_, vals),) = rp.predict_band([(ti, tj)], read)
+            t_model += time.perf_counter() - tm
+            n_patches += int(read[3].sum())
+            rs, cs = grid.tile_slices(ti, tj)
+            arr[:, rs, cs] = vals
+            g["done"][ti, tj] = 1  # after the values: a crash re-does at most this tile
+            yield {"stage": "tile", "done": k + 1, "total": len(todo), "patches": n_patches}
     elapsed = time.perf_counter() - t0
     yield {"stage": "pyramid", "msg": "writing display levels"}
     n_levels = _pyramid(g, len(model.genes))
@@ -167,20 +170,6 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
     atomic_write_json(out / "summary.json", summary)
     yield {"stage": "done", "msg": f"wrote {out}"}
     return summary
-
-
-def _patch_tiles(rp: RegionPredictor, todo: list[tuple[int, int]], workers: int):
-    """Patch-mode predictions of ``todo``, tile by tile, ``workers`` threads reading the next tiles."""
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        pending = [(t, pool.submit(rp.read_band, [t])) for t in todo[: 2 * max(1, workers)]]
-        nxt = len(pending)
-        while pending:
-            t, fut = pending.pop(0)
-            if nxt < len(todo):
-                pending.append((todo[nxt], pool.submit(rp.read_band, [todo[nxt]])))
-                nxt += 1
-            ((_, vals),) = rp.predict_band([t], fut.result())
-            yield t, vals
 
 
 # -------------------------------------------------------------------------------------------------

@@ -232,8 +232,8 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
             return None
         self._bring_layers(genes)
         tiles = pred.view_tiles(self.view_box())
-        if self._worker is not None and (pred, tiles) == self._request:
-            return self._worker  # this view is being predicted (the debounce of a single move ends here)
+        if (pred, tiles) == self._request and (self._worker is not None or all(t in pred.cache for t in tiles)):
+            return self._worker  # this view is shown or being predicted (the debounce of a single move ends here)
         self.last_request_tiles, self._request = tiles, (pred, tiles)
         cancelled = self._requests.new()  # supersedes every earlier request
         self._last_repaint = 0.0  # the new view's first tiles are drawn at once

@@ -209,8 +209,8 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         if (self._follow.value and self.model is not None) or self.spot_pred is not None:
             leading = not self._timer.isActive()  # the first move after a pause (a jump, a key) is answered
             self._timer.start()  # at once; then debounced: the view where a drag or zoom settles too
-            if leading:
-                self._on_view_settled()
+            if leading:  # at once = after this turn of the event loop (a zoom moves the centre too)
+                self._timer.singleShot(0, self._on_view_settled)
 
     @timed
     def _on_view_settled(self):  # while the layers take a new raster, their last step predicts the view

@@ -234,7 +234,7 @@ def test_panel_follows_the_camera(panel_on_section, qtbot):
     assert tuple(layer.translate) == pytest.approx(geo["translate"])
 
     def covered():
-        y0, x0, y1, x1 = panel.view_box(0.0)
+        y0, x0, y1, x1 = panel.view_box()
         g = panel.predictor.grid
         vals = layer.data[int(max(0, y0) / g.stride):int(min(2048, y1) / g.stride),
                           int(max(0, x0) / g.stride):int(min(2048, x1) / g.stride)]
@@ -242,13 +242,13 @@ def test_panel_follows_the_camera(panel_on_section, qtbot):
         return vals, rows, cols
 
     vals, _, _ = covered()
-    y0, x0, _, _ = panel.view_box(0.0)
+    y0, x0, _, _ = panel.view_box()
     g = panel.predictor.grid
     r0, c0 = int(max(0, y0) / g.stride), int(max(0, x0) / g.stride)
     rr, cc = np.nonzero(np.isfinite(vals))
     xy = np.stack([(cc + c0 + 0.5) * g.stride, (rr + r0 + 0.5) * g.stride], 1)
     cls = _truth_class(demo, xy)
-    assert np.isfinite(vals).mean() > 0.3 and (cls > 0).mean() > 0.9, (panel.status, panel.view_box(0.0))
+    assert np.isfinite(vals).mean() > 0.3 and (cls > 0).mean() > 0.9, (panel.status, panel.view_box())
     # every tissue cell in view is predicted
     all_rr, all_cc = np.nonzero(np.ones_like(vals, bool))
     all_xy = np.stack([(all_cc + c0 + 0.5) * g.stride, (all_rr + r0 + 0.5) * g.stride], 1)
@@ -455,7 +455,7 @@ def test_a_model_on_the_same_grid_gets_its_own_layers(panel_on_section, qtbot, t
         layer = panel.gene_layer(gene)
         assert np.shares_memory(layer.data, panel.raster.data)
         assert layer.metadata["histoexpr"]["gene"] == gene
-    y0, x0, y1, x1 = panel.view_box(0.0)
+    y0, x0, y1, x1 = panel.view_box()
     rs, cs = slice(int(y0 / grid.stride), int(y1 / grid.stride)), slice(int(x0 / grid.stride), int(x1 / grid.stride))
     shown = panel.gene_layer("ERBB2").data[rs, cs]
     assert np.isfinite(shown).mean() > 0.3  # the new model's predictions are on screen

@@ -77,7 +77,7 @@ class SpotComparison:
         xy = np.asarray(sp.xy)
         inside = np.ones(len(xy), bool)
         if self.predictor is not None:
-            y0, x0, y1, x1 = self.view_box(0.0)
+            y0, x0, y1, x1 = self.view_box()
             inside = (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
         r_all = sp.pearson()
         r_view = (pearson_columns(sp.pred[inside], sp.meas[inside]) if inside.sum() > 2

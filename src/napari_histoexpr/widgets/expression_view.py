@@ -52,7 +52,7 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         self.spot_pred = None  # a SpotPrediction of the open section
         self.gui_timings: deque = deque(maxlen=10000)
         self.tile_times: deque = deque(maxlen=10000)  # when each predicted tile reached the layers
-        self._building = self._spot_worker = self._requests = self._request = None  # _request: (predictor, tiles)
+        self._building = self._spot_worker = self._requests = self._request_pred = None  # of last_request_tiles
         self.last_request_tiles: list = []
         self._model_edit = FileEdit(label="model", mode="d", nullable=True)
         self._load_btn = PushButton(text="Load model")
@@ -197,12 +197,11 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
             self.predict_view()
 
     # -- view-following inference -------------------------------------------------------------------
-    def view_box(self, margin: float = 0.0):
-        """The level-0 box in view, grown by ``margin`` (a fraction) on each side."""
+    def view_box(self):  # the level-0 box in view
         from ..infer.region import visible_box
 
         cam = self._viewer.scene.camera
-        return visible_box(cam.center, cam.zoom, self._viewer.canvas.size, self.predictor.pyr.world_mpp, margin)
+        return visible_box(cam.center, cam.zoom, self._viewer.canvas.size, self.predictor.pyr.world_mpp)
 
     @timed
     def _on_camera(self, *_):
@@ -232,9 +231,10 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
             return None
         self._bring_layers(genes)
         tiles = pred.view_tiles(self.view_box())
-        if (pred, tiles) == self._request and (self._worker is not None or all(t in pred.cache for t in tiles)):
+        same = pred is self._request_pred and tiles == self.last_request_tiles
+        if same and (self._worker is not None or all(t in pred.cache for t in tiles)):
             return self._worker  # this view is shown or being predicted (the debounce of a single move ends here)
-        self.last_request_tiles, self._request = tiles, (pred, tiles)
+        self.last_request_tiles, self._request_pred = tiles, pred
         cancelled = self._requests.new()  # supersedes every earlier request
         self._last_repaint = 0.0  # the new view's first tiles are drawn at once
         if self._worker is not None:

@@ -12,9 +12,11 @@ from napari_histoexpr.infer.dense import (
     DenseBranch,
     DenseJob,
     box_means,
+    cover_blocks,
     dense_at_centres,
     dense_cells,
     dense_step_um,
+    feature_blocks,
     plan_blocks,
 )
 from napari_histoexpr.infer.region import Raster, RegionPredictor
@@ -174,6 +176,36 @@ def test_block_plan_covers_each_needed_feature_cell_once_centre_first():
     assert count.max() == 1 and (count[need] == 1).all()  # every feature cell computed once
     d = [abs((b[0] + b[1]) / 2 - 20) + abs((b[2] + b[3]) / 2 - 17) for b in blocks[1:]]
     assert d[0] < np.median(d)  # nearest to the first block first
+
+
+def test_large_blocks_are_halved_where_that_skips_enough_background():
+    """An int8 body's 50-cell blocks: whole where all of it is needed, halves (down to 25 cells) where
+    that costs less with each block's margin, each needed cell computed once, and the feature map the
+    same as computing everything (a linear body: exact)."""
+    blocks = [(0, 50, 0, 50), (0, 50, 50, 100), (50, 100, 0, 50), (50, 100, 50, 100)]
+    need = np.zeros((100, 100), bool)
+    need[0:50, 0:50] = True  # all needed: one block, fewer margins than four
+    need[0:20, 60:70] = True  # one corner: a 25-cell quarter, not the whole block
+    need[50:100, 0:50] = True
+    need[50:75, 25:50] = False  # 3 of 4 quarters: 3 x 29^2 < 54^2
+    need[55:60, 55:60] = True
+    need[95:100, 95:100] = True  # two far corners: two quarters
+    got = cover_blocks(blocks, need, margin=2, fine=25)
+    assert got[0] == (0, 50, 0, 50) and (0, 25, 50, 75) in got and (0, 25, 75, 100) not in got
+    assert [b for b in got if b[0] >= 50 and b[2] < 50] == [(50, 75, 0, 25), (75, 100, 0, 25), (75, 100, 25, 50)]
+    assert (50, 75, 50, 75) in got and (75, 100, 75, 100) in got and len(got) == 7
+    count = np.zeros((100, 100), int)
+    for y0, y1, x0, x1 in got:
+        count[y0:y1, x0:x1] += 1
+    assert count.max() == 1 and (count[need] == 1).all()
+    assert sum((b[1] - b[0] + 4) * (b[3] - b[2] + 4) for b in got) < 4 * 54 * 54
+    assert cover_blocks(blocks, None) == blocks and cover_blocks(blocks, np.zeros((100, 100), bool)) == []
+
+    body = lambda x: torch.nn.functional.avg_pool2d(x, STRIDE)  # noqa: E731
+    img = np.random.default_rng(0).integers(0, 255, (100 * STRIDE + 128, 100 * STRIDE + 128, 3), dtype=np.uint8)
+    full = feature_blocks(body, img, torch.device("cpu"), 64, 50)
+    part = feature_blocks(body, img, torch.device("cpu"), 64, 50, need)
+    assert torch.equal(part[:, torch.from_numpy(need)], full[:, torch.from_numpy(need)])
 
 
 def test_dense_job_pools_windows_across_blocks_exactly(unseen):

@@ -13,10 +13,13 @@ agreement is measured (tests, docs/benchmarks.md).
 
 Borders and memory. Every region is read with a context margin of ``margin_px`` input px on each
 side (:func:`margin_for`), and the body runs on blocks of at most
-``block_feats`` x ``block_feats`` feature cells, each
+``block_feats`` x ``block_feats`` feature cells (the branch's :attr:`DenseBranch.block_feats`), each
 with that same margin around it, so adjacent tiles and blocks see the same context rule (no seams
 beyond what a finite margin leaves) and the peak memory is that of one block whatever the region's
-size (resnet18 on CPU: ~85 MB above the region's own image, measured on a 3264 px region).
+size (resnet18 on CPU, a 3328 px region: 163 MB above its own image with float blocks of 25 cells,
+99-117 MB with int8 blocks of 50 cells, the region's 20 MB feature map included). A block larger
+than a float block that only part of the region needs is cut where that skips enough background
+(:func:`cover_blocks`).
 
 Two ways to run a grid: :func:`read_cells` + :func:`compute_cells` (one region per call: whole-slide
 tiles, each paying its window overhang and margin) and :class:`DenseJob` (the live view: the
@@ -40,8 +43,9 @@ STRIDE = 32
 #: with one, a model fitted on two generated sections gave tiles of 4 cells that differed from one
 #: big region by up to 65 % of the maps' spread (90th percentile 16 %); with two, 3 % (1 %)
 MARGIN_PX = 64
-#: largest block of feature cells run through the body at once (~800 px blocks run fastest on a CPU:
-#: resnet18 5.4 Mpx/s at 768-832 px vs 3.9 at 1536 px on 2 cores)
+#: largest block of feature cells a float body runs at once (~800 px blocks run fastest on a CPU with
+#: bf16: resnet18 5.4 Mpx/s at 768-832 px vs 3.9 at 1536 px on 2 cores); an int8 body's blocks are
+#: larger (:data:`napari_histoexpr.models.quantize.INT8_BLOCK_FEATS`)
 BLOCK_FEATS = 25
 
 
@@ -60,6 +64,9 @@ class DenseBranch:
     context_px: int = 0
     #: ``(w, w)`` weights of the window's feature cells (e.g. a Gaussian); ``None``: their plain mean
     kernel: np.ndarray | None = None
+    #: largest block of feature cells the body runs at once (each block pays a context margin: the
+    #: larger, the less work, up to where the body's rate per pixel drops)
+    block_feats: int = BLOCK_FEATS
 
     @property
     def feature_um(self) -> float:
@@ -111,8 +118,9 @@ def read_scaled(pyr, y0: float, x0: float, height: int, width: int, input_per_l0
 def feature_blocks(body, img: np.ndarray, device, margin_px: int = MARGIN_PX,
                    block_feats: int = BLOCK_FEATS, needed: np.ndarray | None = None) -> "np.ndarray":
     """The body's feature map of ``img`` (uint8, ``(Hf*32 + 2m, Wf*32 + 2m, 3)``) without its margin:
-    ``(C, Hf, Wf)`` float32 tensor, computed block by block (each block with its own margin). Blocks
-    where ``needed`` (``(Hf, Wf)`` bool) is all false are skipped (left 0)."""
+    ``(C, Hf, Wf)`` float32 tensor, computed block by block (each block with its own margin). Only
+    feature cells where ``needed`` (``(Hf, Wf)`` bool) is true are guaranteed (:func:`cover_blocks`;
+    the others may be left 0)."""
     import torch
 
     from ..models.runtime import inference_amp, to_tensor
@@ -122,23 +130,52 @@ def feature_blocks(body, img: np.ndarray, device, margin_px: int = MARGIN_PX,
     wf = (img.shape[1] - 2 * margin_px) // STRIDE
     amp = inference_amp(device)
     out = None
-    with torch.inference_mode():  # even blocks: 100 cells in blocks of 25 is 4 x 25, not 4 x 24 + 4
-        for fy, fy1 in _segments(0, hf, block_feats):
-            by = fy1 - fy
-            for fx, fx1 in _segments(0, wf, block_feats):
-                bx = fx1 - fx
-                if needed is not None and not needed[fy:fy + by, fx:fx + bx].any():
-                    continue
-                crop = img[fy * STRIDE: (fy + by) * STRIDE + 2 * margin_px,
-                           fx * STRIDE: (fx + bx) * STRIDE + 2 * margin_px]
-                x = to_tensor(crop[None], device, channels_last=True)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    f = body(x)[0]
-                f = f[:, m:m + by, m:m + bx].float()
-                if out is None:
-                    out = torch.zeros((f.shape[0], hf, wf), dtype=torch.float32, device=f.device)
-                out[:, fy:fy + by, fx:fx + bx] = f
+    with torch.inference_mode():
+        for fy, fy1, fx, fx1 in cover_blocks(_even_blocks(0, hf, 0, wf, block_feats), needed, m):
+            by, bx = fy1 - fy, fx1 - fx
+            crop = img[fy * STRIDE: (fy + by) * STRIDE + 2 * margin_px,
+                       fx * STRIDE: (fx + bx) * STRIDE + 2 * margin_px]
+            x = to_tensor(crop[None], device, channels_last=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                f = body(x)[0]
+            f = f[:, m:m + by, m:m + bx].float()
+            if out is None:
+                out = torch.zeros((f.shape[0], hf, wf), dtype=torch.float32, device=f.device)
+            out[:, fy:fy + by, fx:fx + bx] = f
     return out
+
+
+def _even_blocks(y0: int, y1: int, x0: int, x1: int, size: int) -> list[tuple[int, int, int, int]]:
+    """``[y0, y1) x [x0, x1)`` in even blocks of at most ``size`` a side (100 cells in blocks of 25 is
+    4 x 25, not 4 x 24 + 4), row-major."""
+    return [(a, b, c, d) for a, b in _segments(y0, y1, size) for c, d in _segments(x0, x1, size)]
+
+
+def cover_blocks(blocks: list[tuple[int, int, int, int]], needed: np.ndarray | None, margin: int = MARGIN_PX // STRIDE,
+                 fine: int = BLOCK_FEATS) -> list[tuple[int, int, int, int]]:
+    """``blocks`` (``(y0, y1, x0, x1)`` of feature cells, in order) as they are computed when only the
+    ``needed`` feature cells count: a block with none is left out, and a block larger than ``fine``
+    with some is run as its halves (recursively, down to ``fine``) where that is less work, each block
+    costing its area with a ``margin`` of feature cells around it: large blocks pay fewer margins,
+    small ones skip more background."""
+    if needed is None:
+        return list(blocks)
+
+    def cost(bs):
+        return sum((b[1] - b[0] + 2 * margin) * (b[3] - b[2] + 2 * margin) for b in bs)
+
+    def cover(b):
+        if not needed[b[0]:b[1], b[2]:b[3]].any():
+            return []
+        h, w = b[1] - b[0], b[3] - b[2]
+        if max(h, w) <= fine:
+            return [b]
+        sy, sx = (math.ceil(n / 2) if n > fine else n for n in (h, w))
+        parts = [p for a, c in _segments(b[0], b[1], sy) for e, f in _segments(b[2], b[3], sx)
+                 for p in cover((a, c, e, f))]
+        return parts if cost(parts) < cost([b]) else [b]
+
+    return [p for b in blocks for p in cover(b)]
 
 
 def margin_for(branch: DenseBranch, margin_px: int = MARGIN_PX) -> int:
@@ -195,6 +232,7 @@ class CellRegion:
     cols: int
     cells: np.ndarray | None = None  # (rows, cols) bool: the cells wanted (others may be skipped)
     body: Callable | None = None  # the body to run it with (the branch's, e.g. an int8 copy for this slide)
+    block_feats: int = BLOCK_FEATS  # and its block size
 
     def needed_features(self) -> np.ndarray | None:
         """Feature cells inside the window of a wanted cell."""
@@ -214,18 +252,20 @@ def read_cells(pyr, branches: list[DenseBranch], x0: float, y0: float, rows: int
         img = read_scaled(pyr, y0 - half - m / q, x0 - half - m / q, hf * STRIDE + 2 * m, wf * STRIDE + 2 * m, q)
         if transform is not None:
             img = transform(img)
-        out.append(CellRegion(img, k, w, m, rows, cols, None if cells is None else np.asarray(cells, bool), br.body))
+        out.append(CellRegion(img, k, w, m, rows, cols, None if cells is None else np.asarray(cells, bool), br.body,
+                              br.block_feats))
     return out
 
 
 def compute_cells(branches: list[DenseBranch], regions: list[CellRegion], device,
-                  block_feats: int = BLOCK_FEATS) -> np.ndarray:
-    """``(rows, cols, K)`` outputs (mean over branches) from what :func:`read_cells` read."""
+                  block_feats: int | None = None) -> np.ndarray:
+    """``(rows, cols, K)`` outputs (mean over branches) from what :func:`read_cells` read (in blocks
+    of the regions' own size unless ``block_feats``)."""
     import torch
 
     outs = []
     for br, reg in zip(branches, regions):
-        feats = feature_blocks(reg.body or br.body, reg.img, device, reg.margin_px, block_feats,
+        feats = feature_blocks(reg.body or br.body, reg.img, device, reg.margin_px, block_feats or reg.block_feats,
                                reg.needed_features())
         pooled = pool_windows(br, feats, reg.k, reg.w)  # (C, rows, cols)
         flat = pooled.permute(1, 2, 0).reshape(reg.rows * reg.cols, -1)
@@ -235,7 +275,7 @@ def compute_cells(branches: list[DenseBranch], regions: list[CellRegion], device
 
 
 def dense_cells(pyr, branches: list[DenseBranch], x0: float, y0: float, rows: int, cols: int, step_l0: float,
-                device, transform=None, margin_px: int = MARGIN_PX, block_feats: int = BLOCK_FEATS,
+                device, transform=None, margin_px: int = MARGIN_PX, block_feats: int | None = None,
                 cells: np.ndarray | None = None) -> np.ndarray:
     """``(rows, cols, K)`` outputs for the cells of a regular grid (read, then compute); only the
     ``cells`` wanted are guaranteed (others may come from skipped, all-zero blocks)."""
@@ -253,29 +293,26 @@ def _segments(lo: int, hi: int, size: int) -> list[tuple[int, int]]:
 
 
 def plan_blocks(hf: int, wf: int, first: tuple[int, int, int, int] | None = None, block_feats: int = BLOCK_FEATS,
-                needed: np.ndarray | None = None) -> list[tuple[int, int, int, int]]:
+                needed: np.ndarray | None = None, margin: int = MARGIN_PX // STRIDE) -> list[tuple[int, int, int, int]]:
     """Blocks ``(y0, y1, x0, x1)`` of feature cells covering an ``hf x wf`` map once, in the order to
     compute them. With ``first`` (a rectangle of feature cells, e.g. the windows of the cells at the
     view centre) that rectangle is the first block, the rest of its rows are cut to its left and right,
     and the rows above and below into blocks of at most ``block_feats`` a side, nearest to it first;
-    without, an even grid of such blocks. Blocks where ``needed`` ((hf, wf) bool) is all false are left
-    out."""
+    without, an even grid of such blocks. Where ``needed`` ((hf, wf) bool) is given, blocks are as
+    :func:`cover_blocks` runs them (none without a needed cell; ``margin``: the blocks' context margin
+    in feature cells)."""
     if first is None:
-        blocks = [(a, b, c, d) for a, b in _segments(0, hf, block_feats) for c, d in _segments(0, wf, block_feats)]
+        blocks = _even_blocks(0, hf, 0, wf, block_feats)
     else:
         y0, y1 = max(0, first[0]), min(hf, first[1])
         x0, x1 = max(0, first[2]), min(wf, first[3])
-        centre = [(a, b, c, d) for a, b in _segments(y0, y1, block_feats) for c, d in _segments(x0, x1, block_feats)]
-        side = [(a, b, c, d) for a, b in _segments(y0, y1, block_feats)
-                for c, d in _segments(0, x0, block_feats) + _segments(x1, wf, block_feats)]
-        rest = [(a, b, c, d) for a, b in _segments(0, y0, block_feats) + _segments(y1, hf, block_feats)
-                for c, d in _segments(0, wf, block_feats)]
+        centre = _even_blocks(y0, y1, x0, x1, block_feats)
+        side = _even_blocks(y0, y1, 0, x0, block_feats) + _even_blocks(y0, y1, x1, wf, block_feats)
+        rest = _even_blocks(0, y0, 0, wf, block_feats) + _even_blocks(y1, hf, 0, wf, block_feats)
         cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
         blocks = centre + sorted(side + rest,
                                  key=lambda b: ((b[0] + b[1]) / 2 - cy) ** 2 + ((b[2] + b[3]) / 2 - cx) ** 2)
-    if needed is not None:
-        blocks = [b for b in blocks if needed[b[0]:b[1], b[2]:b[3]].any()]
-    return blocks
+    return cover_blocks(blocks, needed, margin)
 
 
 class DenseJob:
@@ -292,7 +329,7 @@ class DenseJob:
                  step_l0: float, device, cells: np.ndarray | None = None,
                  first: tuple[int, int, int, int] | None = None, transform=None, scale: Callable | None = None,
                  margin_px: int = MARGIN_PX,
-                 block_feats: int = BLOCK_FEATS):
+                 block_feats: int | None = None):
         self.pyr, self.branches, self.device, self.transform = pyr, branches, device, transform
         self.scale = scale or (lambda y: y)
         self.rows, self.cols = rows, cols
@@ -308,7 +345,8 @@ class DenseJob:
             self.computed.append(np.zeros((hf, wf), bool))
             span = None if first is None else (first[0] * k, (first[1] - 1) * k + w,  # the first cells' windows
                                                first[2] * k, (first[3] - 1) * k + w)
-            self.items += [(i, b) for b in plan_blocks(hf, wf, span, block_feats, needed_features(self.cells, k, w))]
+            self.items += [(i, b) for b in plan_blocks(hf, wf, span, block_feats or br.block_feats,
+                                                       needed_features(self.cells, k, w), m // STRIDE)]
 
     def read(self, item) -> np.ndarray:
         """The input image of one block, with its context margin (I/O only)."""
@@ -387,7 +425,7 @@ def box_means(feats, y0: np.ndarray, x0: np.ndarray, size: float) -> "np.ndarray
 
 
 def dense_at_centres(pyr, branches: list[DenseBranch], centres: np.ndarray, device, transform=None,
-                     margin_px: int = MARGIN_PX, block_feats: int = BLOCK_FEATS, chunk_feats: int = 96
+                     margin_px: int = MARGIN_PX, block_feats: int | None = None, chunk_feats: int = 96
                      ) -> np.ndarray:
     """``(N, K)`` outputs at arbitrary level-0 ``(x, y)`` centres (e.g. measured spots): the feature
     map of the region around them, pooled over each centre's window (fractional box pooling). The
@@ -418,7 +456,7 @@ def dense_at_centres(pyr, branches: list[DenseBranch], centres: np.ndarray, devi
             img = read_scaled(pyr, (lo[1] - m) / q, (lo[0] - m) / q, hf * STRIDE + 2 * m, wf * STRIDE + 2 * m, q)
             if transform is not None:
                 img = transform(img)
-            feats = feature_blocks(br.body, img, device, m, block_feats)
+            feats = feature_blocks(br.body, img, device, m, block_feats or br.block_feats)
             fy0 = (cin[idx, 1] - win_in / 2 - lo[1]) / STRIDE
             fx0 = (cin[idx, 0] - win_in / 2 - lo[0]) / STRIDE
             pooled = box_means(feats, fy0, fx0, win_in / STRIDE)

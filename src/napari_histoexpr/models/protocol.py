@@ -79,13 +79,14 @@ class DenseMapModel:
     def branches_for(self, pyr, mask: tuple | None = None) -> list:
         """:meth:`dense_branches` as they run on ``pyr``: with precision ``int8``, each body replaced by
         its int8 copy calibrated on windows of ``pyr``'s tissue (computed once per slide, kept for the
-        last two slides; ``mask``: the slide's ``(tissue mask, downsample)`` if already made)."""
+        last two slides; ``mask``: the slide's ``(tissue mask, downsample)`` if already made), run in
+        the int8 body's larger blocks."""
         from dataclasses import replace
 
         branches = self.dense_branches()
         if self.precision != "int8":
             return branches
-        from .quantize import calibration_windows, quantize_body
+        from .quantize import INT8_BLOCK_FEATS, calibration_windows, quantize_body
 
         key = (pyr.path, pyr.level0_shape)
         with self._int8_lock:
@@ -98,7 +99,7 @@ class DenseMapModel:
                     cache.pop(next(iter(cache)))
                 cache[key] = bodies
             bodies = cache[key]
-        return [replace(br, body=b) for br, b in zip(branches, bodies)]
+        return [replace(br, body=b, block_feats=INT8_BLOCK_FEATS) for br, b in zip(branches, bodies)]
 
     def patch_transform(self):
         """The stain normalisation the model was trained with (``meta["stain_norm"]``: a Macenko

@@ -23,6 +23,11 @@ from .catalog import PRECISIONS  # auto: the device's float arithmetic (bf16 whe
 #: calibration: this many windows of tissue, each this many input px a side
 CALIBRATION_WINDOWS = 6
 CALIBRATION_PX = 320
+#: the int8 body's blocks, in feature cells a side: its kernels' rate per pixel hardly depends on the
+#: block's size (resnet18, 2 AVX2 cores: 3.8-4.0 Mpx/s from 640 to 1792 px), so larger blocks than a
+#: float body's pay fewer context margins (a whole-slide tile of 32 cells: 2 x 2 blocks, not 4 x 4);
+#: int8 activations are a quarter of float ones, so the peak stays below a float body's 25-cell blocks
+INT8_BLOCK_FEATS = 50
 
 
 class NormalisedBody(nn.Module):

@@ -375,6 +375,29 @@ def test_stop_keeps_predicted_tiles_and_predicting_again_completes(panel_on_sect
     assert panel.status.startswith(f"view predicted ({len(set(again) - set(done))} new tiles"), panel.status
 
 
+def test_a_view_all_in_cache_supersedes_a_running_request_quietly(panel_on_section, qtbot):
+    """Moving from a view being predicted to one whose tiles are all cached: the old request stops,
+    Stop is disabled at once, and the old worker's end does not report itself as this view's."""
+    viewer, panel, _ = panel_on_section
+    panel.configure(follow=False, stride_um=10.0)  # many small tiles: a slow request
+    cam = viewer.scene.camera
+    cam.zoom, cam.center = 3.0, (0, 300.0, 300.0)
+    panel.build_predictor()  # then predicts this small view
+    qtbot.waitUntil(lambda: panel.predictor.requested_stride_um == pytest.approx(10.0), timeout=60_000)
+    _wait_idle(qtbot, panel)
+    small = list(panel.last_request_tiles)
+    cam.zoom, cam.center = 0.35, (0, 1024.0, 1024.0)
+    worker = panel.predict_view()
+    assert worker is not None and panel.actions()["Stop"]
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        cam.zoom, cam.center = 3.0, (0, 300.0, 300.0)
+        assert panel.predict_view() is None  # all cached: nothing to start
+        assert panel.last_request_tiles == small and not panel.actions()["Stop"]
+        assert panel.status == f"{len(small)} tiles in view (all cached)"
+    _wait_idle(qtbot, panel)
+    assert panel.status == f"{len(small)} tiles in view (all cached)" and not panel.actions()["Stop"]
+
+
 def test_load_button_swaps_models_in_a_worker_while_predicting(panel_on_section, qtbot, trained, tmp_path):
     """The Load button loads in a worker (the viewer stays responsive); a swap in the middle of a
     view prediction leaves no stale tile of the old model on the new layers; a corrupt model

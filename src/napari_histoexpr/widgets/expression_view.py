@@ -235,10 +235,8 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         if same and (self._worker is not None or all(t in pred.cache for t in tiles)):
             return self._worker  # this view is shown or being predicted (the debounce of a single move ends here)
         self.last_request_tiles, self._request_pred = tiles, pred
-        cancelled = self._requests.new()  # supersedes every earlier request
-        self._last_repaint = 0.0  # the new view's first tiles are drawn at once
-        if self._worker is not None:
-            self._worker.quit()
+        self._halt(debounce=False)  # the earlier request and its worker (whose end then reports nothing)
+        cancelled, self._last_repaint = self._requests.new(), 0.0  # the new view's first tiles drawn at once
         todo = []
         for t in tiles:  # cached tiles are applied at once, on this thread (cheap copies)
             hit = pred.cache.get(t)
@@ -261,12 +259,14 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         self._status.value = f"predicting {len(todo)} of {len(tiles)} tiles in view…"
         return self._worker
 
-    def _halt(self):
-        """Supersede the in-flight view request and quit its worker (at its next tile); returns it."""
+    def _halt(self, debounce: bool = True):
+        """Supersede the in-flight view request and quit its worker (at its next tile; Stop disabled);
+        returns it. ``debounce``: also drop a pending camera debounce."""
         if self._requests is not None:
             self._requests.new()
         worker, self._worker = self._worker, None
-        self._timer.stop()
+        if debounce:
+            self._timer.stop()
         self._stop_btn.enabled = False
         if worker is not None:
             worker.quit()

@@ -145,9 +145,11 @@ def main(argv=None) -> int:
             cam.zoom = float(np.exp(rng.uniform(np.log(0.5), np.log(2.5))))
         cam.center = (0, float(np.clip(cy, 0, side_um)), float(np.clip(cx, 0, side_um)))
         if step == args.steps // 2:  # stop a running prediction with the panel's Stop
-            t0 = time.perf_counter()
-            while not panel.actions()["Stop"] and time.perf_counter() - t0 < 10:
-                pump(0.01)  # until the debounced request has started its worker
+            for _ in range(20):  # past the debounce, this view's request runs, unless it is glass or cached:
+                pump(0.25)  # then jump elsewhere, as a user looking for something to stop would
+                if panel.actions()["Stop"]:
+                    break
+                cam.center = (0, *(float(v) for v in rng.uniform(0.05, 0.95, 2) * side_um))
             was_running = panel.actions()["Stop"]
             pump(0.3)
             panel.stop()

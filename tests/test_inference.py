@@ -396,6 +396,8 @@ def test_a_view_all_in_cache_supersedes_a_running_request_quietly(panel_on_secti
         assert panel.status == f"{len(small)} tiles in view (all cached)"
     _wait_idle(qtbot, panel)
     assert panel.status == f"{len(small)} tiles in view (all cached)" and not panel.actions()["Stop"]
+    cam.center = (0, -3000.0, -3000.0)  # off the slide: nothing to predict, and said so
+    assert panel.predict_view() is None and panel.last_request_tiles == [] and panel.status == "no tissue in view"
 
 
 def test_load_button_swaps_models_in_a_worker_while_predicting(panel_on_section, qtbot, trained, tmp_path):

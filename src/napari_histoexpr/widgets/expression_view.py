@@ -247,7 +247,7 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         if len(todo) < len(tiles):  # napari redraws a layer on a refresh: only when cached tiles were put
             self._refresh_layers()
         if not todo:
-            self._status.value = f"{len(tiles)} tiles in view (all cached)"
+            self._status.value = f"{len(tiles)} tiles in view (all cached)" if tiles else "no tissue in view"
             return None
         this = []  # the worker, for its own finished handler (which runs after we return)
         self._worker = start_worker(

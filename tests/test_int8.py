@@ -158,6 +158,28 @@ print(before, "torch._dynamo" in sys.modules, "torch._inductor" in sys.modules, 
 
 
 @needs_int8
+def test_a_dropped_int8_body_leaves_nothing_behind():
+    """Each calibration's traced, observed and converted graphs go with the int8 body (torch caches
+    every module FX quantisation asks for its device; a session that swapped models 9 times kept
+    ~100 MB per swap)."""
+    import gc
+    import weakref
+
+    from napari_histoexpr.models.backbones import build_backbone
+    from napari_histoexpr.models.quantize import NormalisedBody, quantize_body
+    from napari_histoexpr.models.runtime import for_inference
+
+    def graphs():
+        gc.collect()
+        return sum(isinstance(o, torch.fx.GraphModule) for o in gc.get_objects())
+
+    body = NormalisedBody(for_inference(build_backbone("resnet18"), torch.device("cpu")), torch.zeros(3), torch.ones(3))
+    before = graphs()
+    refs = [weakref.ref(quantize_body(body, [np.zeros((64, 64, 3), np.uint8)])) for _ in range(2)]
+    assert graphs() == before and all(r() is None for r in refs)
+
+
+@needs_int8
 @pytest.mark.parametrize("name", ["densenet121", "efficientnet_b0"])
 def test_other_backbones_quantise(name):
     """DenseNet (concatenations) and EfficientNet (squeeze-excite products) trace and run in int8."""

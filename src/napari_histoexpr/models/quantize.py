@@ -161,8 +161,25 @@ def quantize_body(body: nn.Module, windows: list[np.ndarray]) -> Int8Body:
         except Exception as e:  # noqa: BLE001 - a body FX cannot trace
             raise HistoExprError(f"this network cannot be quantised to int8 ({type(e).__name__}: {e}); "
                                  "use precision 'auto'") from e
-        with torch.inference_mode():
-            for w in windows:
-                prepared(to_tensor(w[None]))
-        quantized = convert_fx(prepared)
+        try:
+            with torch.inference_mode():
+                for w in windows:
+                    prepared(to_tensor(w[None]))
+            quantized = convert_fx(prepared)
+        finally:
+            _forget_quantised_graphs()
     return Int8Body(quantized).eval()
+
+
+def _forget_quantised_graphs() -> None:
+    """Empty torch's unbounded cache of the modules FX quantisation asked for their device
+    (``torch.ao.quantization.fx.utils.assert_and_get_unique_device``, ``functools.cache`` keyed by the
+    module): it kept the traced, observed and converted copies of every body ever quantised, ~100 MB
+    for resnet18, so each model loaded in a session stayed in memory."""
+    try:
+        from torch.ao.quantization.fx import utils
+    except ImportError:  # a torch without FX quantisation: nothing cached
+        return
+    clear = getattr(getattr(utils, "assert_and_get_unique_device", None), "cache_clear", None)
+    if clear is not None:
+        clear()

@@ -224,6 +224,7 @@ def pool_windows(br: DenseBranch, feats, k: int, w: int):
 class CellRegion:
     """The input image of one branch for a block of grid cells (read, not yet computed)."""
 
+    branch: DenseBranch  # as it runs on this slide (e.g. an int8 body, in its own blocks)
     img: np.ndarray  # uint8 (Hf*32 + 2m, Wf*32 + 2m, 3)
     k: int  # grid step in feature cells
     w: int  # window in feature cells
@@ -231,8 +232,6 @@ class CellRegion:
     rows: int
     cols: int
     cells: np.ndarray | None = None  # (rows, cols) bool: the cells wanted (others may be skipped)
-    body: Callable | None = None  # the body to run it with (the branch's, e.g. an int8 copy for this slide)
-    block_feats: int = BLOCK_FEATS  # and its block size
 
     def needed_features(self) -> np.ndarray | None:
         """Feature cells inside the window of a wanted cell."""
@@ -252,21 +251,18 @@ def read_cells(pyr, branches: list[DenseBranch], x0: float, y0: float, rows: int
         img = read_scaled(pyr, y0 - half - m / q, x0 - half - m / q, hf * STRIDE + 2 * m, wf * STRIDE + 2 * m, q)
         if transform is not None:
             img = transform(img)
-        out.append(CellRegion(img, k, w, m, rows, cols, None if cells is None else np.asarray(cells, bool), br.body,
-                              br.block_feats))
+        out.append(CellRegion(br, img, k, w, m, rows, cols, None if cells is None else np.asarray(cells, bool)))
     return out
 
 
-def compute_cells(branches: list[DenseBranch], regions: list[CellRegion], device,
-                  block_feats: int | None = None) -> np.ndarray:
-    """``(rows, cols, K)`` outputs (mean over branches) from what :func:`read_cells` read (in blocks
-    of the regions' own size unless ``block_feats``)."""
+def compute_cells(regions: list[CellRegion], device) -> np.ndarray:
+    """``(rows, cols, K)`` outputs (mean over branches) from what :func:`read_cells` read."""
     import torch
 
     outs = []
-    for br, reg in zip(branches, regions):
-        feats = feature_blocks(reg.body or br.body, reg.img, device, reg.margin_px, block_feats or reg.block_feats,
-                               reg.needed_features())
+    for reg in regions:
+        br = reg.branch
+        feats = feature_blocks(br.body, reg.img, device, reg.margin_px, br.block_feats, reg.needed_features())
         pooled = pool_windows(br, feats, reg.k, reg.w)  # (C, rows, cols)
         flat = pooled.permute(1, 2, 0).reshape(reg.rows * reg.cols, -1)
         with torch.inference_mode():
@@ -275,12 +271,11 @@ def compute_cells(branches: list[DenseBranch], regions: list[CellRegion], device
 
 
 def dense_cells(pyr, branches: list[DenseBranch], x0: float, y0: float, rows: int, cols: int, step_l0: float,
-                device, transform=None, margin_px: int = MARGIN_PX, block_feats: int | None = None,
-                cells: np.ndarray | None = None) -> np.ndarray:
+                device, transform=None, margin_px: int = MARGIN_PX, cells: np.ndarray | None = None) -> np.ndarray:
     """``(rows, cols, K)`` outputs for the cells of a regular grid (read, then compute); only the
     ``cells`` wanted are guaranteed (others may come from skipped, all-zero blocks)."""
     regions = read_cells(pyr, branches, x0, y0, rows, cols, step_l0, transform, margin_px, cells)
-    return compute_cells(branches, regions, device, block_feats)
+    return compute_cells(regions, device)
 
 
 def _segments(lo: int, hi: int, size: int) -> list[tuple[int, int]]:
@@ -425,7 +420,7 @@ def box_means(feats, y0: np.ndarray, x0: np.ndarray, size: float) -> "np.ndarray
 
 
 def dense_at_centres(pyr, branches: list[DenseBranch], centres: np.ndarray, device, transform=None,
-                     margin_px: int = MARGIN_PX, block_feats: int | None = None, chunk_feats: int = 96
+                     margin_px: int = MARGIN_PX, chunk_feats: int = 96
                      ) -> np.ndarray:
     """``(N, K)`` outputs at arbitrary level-0 ``(x, y)`` centres (e.g. measured spots): the feature
     map of the region around them, pooled over each centre's window (fractional box pooling). The
@@ -456,7 +451,7 @@ def dense_at_centres(pyr, branches: list[DenseBranch], centres: np.ndarray, devi
             img = read_scaled(pyr, (lo[1] - m) / q, (lo[0] - m) / q, hf * STRIDE + 2 * m, wf * STRIDE + 2 * m, q)
             if transform is not None:
                 img = transform(img)
-            feats = feature_blocks(br.body, img, device, m, block_feats or br.block_feats)
+            feats = feature_blocks(br.body, img, device, m, br.block_feats)
             fy0 = (cin[idx, 1] - win_in / 2 - lo[1]) / STRIDE
             fx0 = (cin[idx, 0] - win_in / 2 - lo[0]) / STRIDE
             pooled = box_means(feats, fy0, fx0, win_in / STRIDE)

@@ -145,7 +145,7 @@ class DenseMapModel:
     def compute_cells(self, regions) -> np.ndarray:
         from ..infer.dense import compute_cells
 
-        return self.scale_output(compute_cells(self.dense_branches(), regions, self.device))
+        return self.scale_output(compute_cells(regions, self.device))
 
     def predict_cells(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float,
                       cells=None) -> np.ndarray:

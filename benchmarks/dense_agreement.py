@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     from napari_histoexpr.cli import drain
     from napari_histoexpr.infer.distributed import predict_many
     from napari_histoexpr.metrics import pearson_columns
-    from napari_histoexpr.train.expression import TrainConfig, train_from_manifest_steps
+    from napari_histoexpr.train.expression_trainer import TrainConfig, train_from_manifest_steps
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

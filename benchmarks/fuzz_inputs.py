@@ -31,7 +31,7 @@ KINDS = ("slide", "visium_h5", "visium_mtx", "h5ad", "st_pair", "st_folder", "mo
 
 def make_seeds(base: Path) -> dict[str, Path]:
     """Write every seed input once (reused when present)."""
-    from napari_histoexpr.data.synthetic import make_demo
+    from napari_histoexpr.datasets import make_demo
     from napari_histoexpr.io.spots import read_spots
 
     base.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def _tiny_model(out: Path, demo: Path) -> Path:
         return out
     from napari_histoexpr.io.manifest import Section, write_manifest
     from napari_histoexpr.steps import drain
-    from napari_histoexpr.train.expression import TrainConfig, train_from_manifest_steps
+    from napari_histoexpr.train.expression_trainer import TrainConfig, train_from_manifest_steps
 
     man = write_manifest(out.parent / "m.csv", [Section("s", "p", demo / "slide.tif", demo / "outs")])
     cfg = TrainConfig(genes=["ERBB2", "COL1A1"], max_aux=0, window_um=100, px=32, epochs=1, device="cpu",

@@ -31,7 +31,7 @@ def smoothing_sweep(seg_dir, manifest, values_um, device) -> dict:
     from napari_histoexpr.io.sections import load_section
     from napari_histoexpr.models.segmenter import Segmenter
     from napari_histoexpr.segment.classes import spot_classes
-    from napari_histoexpr.segment.evaluate import (
+    from napari_histoexpr.segment.maps import (
         dice_scores,
         label_map,
         segment_region,
@@ -65,11 +65,10 @@ def smoothing_sweep(seg_dir, manifest, values_um, device) -> dict:
 def main(argv=None) -> int:
     from her2st_loso import SECTIONS, write_manifests
     from napari_histoexpr.cli import drain
-    from napari_histoexpr.evaluation import evaluate_steps
+    from napari_histoexpr.evaluation import evaluate_segmenter_steps, evaluate_steps
     from napari_histoexpr.io.manifest import read_manifest
     from napari_histoexpr.segment.classes import class_spec
-    from napari_histoexpr.segment.evaluate import evaluate_segmenter_steps
-    from napari_histoexpr.train.segmenter import SegConfig, segmenter_steps
+    from napari_histoexpr.train.segmenter_trainer import SegConfig, segmenter_steps
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="HER2ST data folder (images/, spots/, counts/, clusters/)")

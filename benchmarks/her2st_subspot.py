@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     from her2st_loso import SECTIONS, write_manifests
     from napari_histoexpr.cli import drain
     from napari_histoexpr.evaluation import evaluate_steps
-    from napari_histoexpr.train.expression import TrainConfig, epoch_line, train_from_manifest_steps
+    from napari_histoexpr.train.expression_trainer import TrainConfig, epoch_line, train_from_manifest_steps
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="HER2ST data folder (images/, spots/, counts/, clusters/)")

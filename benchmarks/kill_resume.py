@@ -110,7 +110,7 @@ def levels(out: Path) -> dict[str, np.ndarray]:
 
 
 def main(argv=None) -> int:
-    from napari_histoexpr.data.synthetic import make_demo
+    from napari_histoexpr.datasets import make_demo
     from napari_histoexpr.io.manifest import Section, write_manifest
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -208,7 +208,7 @@ def main(argv=None) -> int:
            "views_completed": len(settles), "complete_view_wait_ms": pct_ms(settles or [0.0]),
            "final_view_s": round(final_settle, 2),
            "final_layers_have_values": all(lyr is not None and np.isfinite(lyr.data).any() for lyr in layers),
-           "final_layers_show_current_model": all(lyr is not None and lyr.data is panel.raster.gene(g)
+           "final_layers_show_current_model": all(lyr is not None and lyr.data is panel.raster.plane(g)
                                                   for g, lyr in zip(("G0", "G1"), layers)),
            "longest_qt_block_ms_incl_napari_rendering": round(float(blocked.max()), 1),
            "qt_block_p99_ms": round(float(np.percentile(blocked, 99)), 1), **plugin_slots(panel, gc_meter),

@@ -30,7 +30,7 @@ class TextureRenderer:
     under a coarse tissue mask (the analytic renderer would take hours for 2.5 gigapixels)."""
 
     def __init__(self, size: int, mpp: float, seed: int = 0, atlas: int = 2048):
-        from napari_histoexpr.data.synthetic import SyntheticTissue
+        from napari_histoexpr.datasets import SyntheticTissue
         from napari_histoexpr.io.slides import downsample2
 
         src = SyntheticTissue(4 * atlas, 4 * atlas, mpp, seed)
@@ -66,7 +66,7 @@ def rss_mb() -> float:
 
 
 def make_slide(path: Path, size: int, mpp: float) -> float:
-    from napari_histoexpr.data.synthetic import write_pyramidal_tiff
+    from napari_histoexpr.datasets import write_pyramidal_tiff
 
     t0 = time.perf_counter()
     write_pyramidal_tiff(path, TextureRenderer(size, mpp), size, size, mpp)

@@ -21,7 +21,7 @@ import numpy as np
 
 def train_encoder(out: Path, device: str) -> Path:
     from napari_histoexpr.cli import main as cli
-    from napari_histoexpr.data.synthetic import PLANTED_GENES, make_demo
+    from napari_histoexpr.datasets import PLANTED_GENES, make_demo
     from napari_histoexpr.io.manifest import Section, write_manifest
 
     model = out / "encoder"
@@ -38,10 +38,10 @@ def train_encoder(out: Path, device: str) -> Path:
 
 
 def main(argv=None) -> int:
-    from napari_histoexpr.data.synthetic import PLANTED_GENES, make_cohort
+    from napari_histoexpr.datasets import PLANTED_GENES, make_cohort
     from napari_histoexpr.metrics import concordance_index
+    from napari_histoexpr.slide_level.bags import load_bags
     from napari_histoexpr.slide_level.cohort import bulk_matrix, read_cohort
-    from napari_histoexpr.slide_level.common import load_bags
     from napari_histoexpr.slide_level.features import extract_cohort_steps
     from napari_histoexpr.slide_level.ghanet import evaluate_ghanet_steps
     from napari_histoexpr.slide_level.he2rna import evaluate_he2rna_steps

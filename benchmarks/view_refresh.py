@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def body_work(pred, tiles) -> tuple[int, tuple[int, int, int]]:
     """Input px the body runs on to predict ``tiles`` in dense mode (every block with its context
     margin, as the view's jobs plan them) and the largest block: ``(feature rows, cols, margin px)``."""
-    from napari_histoexpr.infer.dense import STRIDE
+    from napari_histoexpr.models.dense import STRIDE
 
     px, big = 0, (0, 0, 0, 0)
     for group in pred.job_groups(tiles):
@@ -51,7 +51,7 @@ def body_rate(pred, block: tuple[int, int, int], seconds: float = 3.0) -> float:
     """Input Mpx/s of the body alone (the predictor's precision) on one block (:func:`body_work`),
     run as the view's jobs run it, the viewer idle: what the host can do, against which the view's
     refresh is compared."""
-    from napari_histoexpr.infer.dense import STRIDE, feature_blocks
+    from napari_histoexpr.models.dense import STRIDE, feature_blocks
 
     hf, wf, m = block
     img = np.random.default_rng(0).integers(0, 255, (hf * STRIDE + 2 * m, wf * STRIDE + 2 * m, 3), dtype=np.uint8)

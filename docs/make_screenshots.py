@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 def slide_spots(args) -> Path:
     import napari
 
-    from napari_histoexpr.data.synthetic import make_demo
+    from napari_histoexpr.datasets import make_demo
     from napari_histoexpr.viewer_app import wait_for
     from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
 
@@ -88,9 +88,9 @@ def her2st(args) -> Path:
 def segmenter(args) -> Path:
     import napari
 
-    from napari_histoexpr.data.synthetic import make_demo
+    from napari_histoexpr.datasets import make_demo
     from napari_histoexpr.viewer_app import wait_for, wait_until
-    from napari_histoexpr.widgets.segmenter import SegmenterPanel
+    from napari_histoexpr.widgets.segmenter_panel import SegmenterPanel
     from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
 
     demo = make_demo(args.section_dir, size=2048, mpp=1.0, seed=14)
@@ -135,10 +135,10 @@ def segmenter(args) -> Path:
 def slide_level(args) -> Path:
     import napari
 
-    from napari_histoexpr.data.synthetic import make_cohort
+    from napari_histoexpr.datasets import make_cohort
     from napari_histoexpr.slide_level.cohort import read_cohort
     from napari_histoexpr.viewer_app import wait_for, wait_until
-    from napari_histoexpr.widgets.slide_level import SlideLevelPanel
+    from napari_histoexpr.widgets.slide_level_panel import SlideLevelPanel
     from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
 
     slide = read_cohort(make_cohort(args.slide_dir, n_slides=1, size=2048, seed=321))[0].slide

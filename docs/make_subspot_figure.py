@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
 
     from napari_histoexpr.cli import main as cli
-    from napari_histoexpr.data.synthetic import demo_tissue, make_demo, planted_expression
+    from napari_histoexpr.datasets import demo_tissue, make_demo, planted_expression
     from napari_histoexpr.io.manifest import Section, write_manifest
     from napari_histoexpr.io.sections import load_section
     from napari_histoexpr.metrics import pearson_columns
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     show = args.show.split(",")
     he = pyr.read_region(0, 0, pyr.level0_shape[0], pyr.level0_shape[1], level=0)
     xy = np.asarray(ad.obsm["spatial"], float)
-    from napari_histoexpr.data.expression import log1p_normalised
+    from napari_histoexpr.data.gene_values import log1p_normalised
 
     meas = log1p_normalised(ad, show)
     extent = (0, cols * c, rows * c, 0)

@@ -14,7 +14,7 @@ def shared_data():
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
-    from napari_histoexpr.data.synthetic import make_demo
+    from napari_histoexpr.datasets import make_demo
 
     return make_demo(tmp_path_factory.mktemp("demo"), size=1536, seed=1)
 
@@ -29,7 +29,7 @@ def shared_data_or_none():
 def cohort(tmp_path_factory):
     """Four generated sections (2048 px at 1 µm/px, ~290 spots each) and train/test manifests:
     ``train`` holds s0 and s1, s2 and s3 are unseen."""
-    from napari_histoexpr.data.synthetic import make_demo
+    from napari_histoexpr.datasets import make_demo
     from napari_histoexpr.io.manifest import Section, write_manifest
 
     base = tmp_path_factory.mktemp("cohort")

@@ -57,8 +57,8 @@ def test_offered_names_match_the_models():
 
 def test_cli_defaults_are_the_config_defaults():
     from napari_histoexpr.cli import build_parser
-    from napari_histoexpr.train.expression import TrainConfig
-    from napari_histoexpr.train.segmenter import SegConfig
+    from napari_histoexpr.train.expression_trainer import TrainConfig
+    from napari_histoexpr.train.segmenter_trainer import SegConfig
 
     t = build_parser().parse_args(["train", "--manifest", "m.csv", "--out", "o"])
     c = TrainConfig()
@@ -71,9 +71,9 @@ def test_cli_defaults_are_the_config_defaults():
 
 
 def test_panel_defaults_are_the_config_defaults(make_napari_viewer):
-    from napari_histoexpr.train.expression import TrainConfig
-    from napari_histoexpr.train.segmenter import SegConfig
-    from napari_histoexpr.widgets.segmenter import SegmenterPanel
+    from napari_histoexpr.train.expression_trainer import TrainConfig
+    from napari_histoexpr.train.segmenter_trainer import SegConfig
+    from napari_histoexpr.widgets.segmenter_panel import SegmenterPanel
     from napari_histoexpr.widgets.train_expression import TrainExpressionWidget
 
     viewer = make_napari_viewer()

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_histoexpr.data.expression import find_gene, gene_values
+from napari_histoexpr.data.gene_values import find_gene, gene_values
 from napari_histoexpr.errors import SlideOpenError, UnknownGeneError
 from napari_histoexpr.io.slides import open_slide
 from napari_histoexpr.io.spots import check_spots_in_image, read_clusters, read_spots

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from napari_histoexpr.data.synthetic import make_demo
+from napari_histoexpr.datasets import make_demo
 from napari_histoexpr.errors import NoTissueImageError, SpotDataError, SpotDataWarning
 from napari_histoexpr.io.sections import open_section
 from napari_histoexpr.io.spots import read_spots

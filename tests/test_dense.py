@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_histoexpr.infer.dense import (
+from napari_histoexpr.infer.grid import Raster
+from napari_histoexpr.infer.region import RegionPredictor
+from napari_histoexpr.io.slides import open_slide
+from napari_histoexpr.metrics import pearson_columns
+from napari_histoexpr.models.dense import (
     STRIDE,
     DenseBranch,
     DenseJob,
@@ -19,9 +23,6 @@ from napari_histoexpr.infer.dense import (
     feature_blocks,
     plan_blocks,
 )
-from napari_histoexpr.infer.region import Raster, RegionPredictor
-from napari_histoexpr.io.slides import open_slide
-from napari_histoexpr.metrics import pearson_columns
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,7 @@ def test_dense_agrees_with_patch_and_keeps_planted_genes(model, unseen):
     rows, cols = np.nonzero(fin)
     cls = _truth_class(unseen, np.stack([(cols + 0.5) * rp.grid.stride, (rows + 0.5) * rp.grid.stride], 1))
     for gene, c in (("ERBB2", 1), ("COL1A1", 2), ("PTPRC", 3)):
-        v = dense.gene(gene)[rows, cols]
+        v = dense.plane(gene)[rows, cols]
         assert np.corrcoef(v, cls == c)[0, 1] > 0.6, gene
 
 
@@ -126,7 +127,7 @@ def test_adjacent_dense_tiles_have_no_seams(model, unseen):
 
 
 def test_spots_dense_close_to_patch(model, cohort):
-    from napari_histoexpr.infer.spots import predict_at_spots
+    from napari_histoexpr.infer.spot_prediction import predict_at_spots
     from napari_histoexpr.io.sections import load_section
 
     pyr, adata = load_section(cohort["sections"][3])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_histoexpr.cli import main as cli
-from napari_histoexpr.data.synthetic import PLANTED_GENES
+from napari_histoexpr.datasets import PLANTED_GENES
 from napari_histoexpr.errors import ModelFileError
 from napari_histoexpr.steps import drain
 
@@ -197,7 +197,7 @@ def test_artifact_round_trip_and_corruption(trained, tmp_path, capsys):
 
 
 def test_resume_continues_and_checkpoint_is_plain_tensors(cohort, tmp_path):
-    from napari_histoexpr.train.expression import TrainConfig, train_from_manifest_steps
+    from napari_histoexpr.train.expression_trainer import TrainConfig, train_from_manifest_steps
 
     def run(epochs, resume):
         cfg = TrainConfig(genes=FIRST_MARKERS, max_aux=0, window_um=100, px=32, epochs=epochs,
@@ -222,7 +222,7 @@ def test_default_fits_every_section_and_saves_the_weight_average(cohort, tmp_pat
     the weights (not the last weights); ``--holdout`` / ``--val-section`` restore early stopping."""
     from safetensors.torch import load_file
 
-    from napari_histoexpr.train.expression import TrainConfig, train_from_manifest_steps
+    from napari_histoexpr.train.expression_trainer import TrainConfig, train_from_manifest_steps
 
     cfg = TrainConfig(genes=FIRST_MARKERS, max_aux=0, window_um=100, px=32, epochs=3, batch_size=64,
                       device="cpu", baselines=True)

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from napari_histoexpr.cli import main as cli
-from napari_histoexpr.data.expression import gene_values
-from napari_histoexpr.data.synthetic import make_demo
+from napari_histoexpr.data.gene_values import gene_values
+from napari_histoexpr.datasets import make_demo
 from napari_histoexpr.errors import (
     BarcodeJoinError,
     MissingScalefactorsError,
@@ -121,7 +121,7 @@ def test_ome_tiff_subifd_pyramid(tmp_path):
 def test_generic_tiff_read_by_tifffile_same_pixels_as_openslide(tmp_path):
     """A generic tiled TIFF (no vendor) opens with tifffile (a region decodes with about a third of
     OpenSlide's CPU time) and gives OpenSlide's pixels, inside and across the slide's edges."""
-    from napari_histoexpr.data.synthetic import write_pyramidal_tiff
+    from napari_histoexpr.datasets import write_pyramidal_tiff
 
     rng = np.random.default_rng(3)
     base = rng.integers(0, 255, (1200, 1000, 3), dtype=np.uint8)

@@ -6,15 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from napari_histoexpr.infer.region import (
-    Grid,
-    LatestRequest,
-    Raster,
-    RegionPredictor,
-    TileCache,
-    grid_layer_geometry,
-    visible_box,
-)
+from napari_histoexpr.infer.grid import Grid, Raster, grid_layer_geometry
+from napari_histoexpr.infer.live_view import LatestRequest
+from napari_histoexpr.infer.region import RegionPredictor
+from napari_histoexpr.infer.tile_cache import TileCache
+from napari_histoexpr.layerdata import visible_box
 from napari_histoexpr.steps import drain
 
 
@@ -84,10 +80,10 @@ def test_region_predictions_follow_planted_regions(model, cohort):
         ras.put(t, v)
         n += 1
     assert n == len(tiles) > 0
-    rows, cols = np.nonzero(np.isfinite(ras.gene("ERBB2")))
+    rows, cols = np.nonzero(np.isfinite(ras.plane("ERBB2")))
     xy = np.stack([(cols + 0.5) * rp.grid.stride, (rows + 0.5) * rp.grid.stride], 1)
     cls = _truth_class(demo, xy)
-    erbb2, col = ras.gene("ERBB2")[rows, cols], ras.gene("COL1A1")[rows, cols]
+    erbb2, col = ras.plane("ERBB2")[rows, cols], ras.plane("COL1A1")[rows, cols]
     assert erbb2[cls == 1].mean() > erbb2[cls == 2].mean() + 1.0  # tumour vs stroma, log1p units
     assert col[cls == 2].mean() > col[cls == 1].mean() + 1.0
     assert np.corrcoef(erbb2, cls == 1)[0, 1] > 0.6
@@ -484,4 +480,4 @@ def test_a_model_on_the_same_grid_gets_its_own_layers(panel_on_section, qtbot, t
     rs, cs = slice(int(y0 / grid.stride), int(y1 / grid.stride)), slice(int(x0 / grid.stride), int(x1 / grid.stride))
     shown = panel.gene_layer("ERBB2").data[rs, cs]
     assert np.isfinite(shown).mean() > 0.3  # the new model's predictions are on screen
-    np.testing.assert_array_equal(shown, panel.raster.gene("ERBB2")[rs, cs])
+    np.testing.assert_array_equal(shown, panel.raster.plane("ERBB2")[rs, cs])

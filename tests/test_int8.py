@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from napari_histoexpr.errors import HistoExprError
-from napari_histoexpr.infer.region import Raster, RegionPredictor
+from napari_histoexpr.infer.grid import Raster
+from napari_histoexpr.infer.region import RegionPredictor
 from napari_histoexpr.io.slides import open_slide
 from napari_histoexpr.metrics import pearson_columns
 from napari_histoexpr.models.quantize import int8_engine
@@ -49,7 +50,7 @@ def test_int8_maps_agree_with_float_and_keep_planted_genes(trained, cohort):
     rows, cols = np.nonzero(fin)
     cls = _truth_class(unseen, np.stack([(cols + 0.5) * rp.grid.stride, (rows + 0.5) * rp.grid.stride], 1))
     for gene, c in (("ERBB2", 1), ("COL1A1", 2), ("PTPRC", 3)):
-        assert np.corrcoef(q.gene(gene)[rows, cols], cls == c)[0, 1] > 0.6, gene
+        assert np.corrcoef(q.plane(gene)[rows, cols], cls == c)[0, 1] > 0.6, gene
 
 
 @needs_int8

@@ -16,7 +16,7 @@ from napari_histoexpr.segment.annotations import (
     sidecar_path,
     to_geojson,
 )
-from napari_histoexpr.segment.evaluate import dice_scores
+from napari_histoexpr.segment.maps import dice_scores
 from napari_histoexpr.steps import drain
 
 # planted class of each marker gene's "high" class
@@ -109,7 +109,7 @@ def test_autosave_removes_parts_of_killed_writers_only(tmp_path):
 def test_segmenter_dice_on_unseen_section(route, request, cohort, tmp_path):
     from napari_histoexpr.io.slides import open_slide
     from napari_histoexpr.models.segmenter import Segmenter
-    from napari_histoexpr.segment.evaluate import label_map, segment_region
+    from napari_histoexpr.segment.maps import label_map, segment_region
 
     segmenter = request.getfixturevalue(route)
     meta = json.loads((segmenter / "model.json").read_text())
@@ -147,7 +147,7 @@ def test_segmenter_dice_on_unseen_section(route, request, cohort, tmp_path):
 
 
 def test_panel_segments_and_dice_from_drawn_regions(make_napari_viewer, qtbot, segmenter, cohort):
-    from napari_histoexpr.widgets.segmenter import SegmenterPanel
+    from napari_histoexpr.widgets.segmenter_panel import SegmenterPanel
     from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
 
     viewer = make_napari_viewer()
@@ -209,7 +209,7 @@ def test_panel_segments_and_dice_from_drawn_regions(make_napari_viewer, qtbot, s
 
 def test_annotations_survive_a_crash(make_napari_viewer, qtbot, cohort, segmenter):
     """A second viewer (as after a crash: the first never closed or saved) restores the regions."""
-    from napari_histoexpr.widgets.segmenter import SegmenterPanel
+    from napari_histoexpr.widgets.segmenter_panel import SegmenterPanel
     from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
 
     d = cohort["demos"][2]
@@ -243,7 +243,7 @@ def test_annotations_survive_a_crash(make_napari_viewer, qtbot, cohort, segmente
 
 def test_drawn_regions_override_spot_classes(cohort):
     from napari_histoexpr.segment.classes import class_spec
-    from napari_histoexpr.train.segmenter import SegConfig, prepare_seg_sections
+    from napari_histoexpr.train.segmenter_trainer import SegConfig, prepare_seg_sections
 
     sec = cohort["sections"][0]
     square = np.array([[0.0, 0.0], [1024.0, 0.0], [1024.0, 1024.0], [0.0, 1024.0]])  # level-0 (x, y)
@@ -261,7 +261,7 @@ def test_drawn_regions_override_spot_classes(cohort):
 
 
 def test_softmax_head_balances_classes_and_folds_the_standardisation():
-    from napari_histoexpr.train.segmenter import balanced_accuracy, fit_softmax_head
+    from napari_histoexpr.train.segmenter_trainer import balanced_accuracy, fit_softmax_head
 
     rng = np.random.default_rng(0)
     # features on very different scales; class 2 is rare and only separable along the small-scale axis
@@ -288,7 +288,7 @@ def test_segment_train_without_encoder_trains_one_first(cohort, tmp_path):
     from napari_histoexpr.models.expression import ExpressionModel
     from napari_histoexpr.models.segmenter import Segmenter
     from napari_histoexpr.segment.classes import class_spec
-    from napari_histoexpr.train.segmenter import SegConfig, segmenter_steps
+    from napari_histoexpr.train.segmenter_trainer import SegConfig, segmenter_steps
 
     cfg = SegConfig(classes=class_spec("genes", genes=["ERBB2", "COL1A1"]), device="cpu",
                     encoder_config={"epochs": 2, "px": 32, "window_um": 100.0, "n_genes": 20, "max_aux": 0,

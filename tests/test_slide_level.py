@@ -25,7 +25,7 @@ def test_concordance_index_matches_lifelines():
 
 @pytest.fixture(scope="module")
 def small_cohort(tmp_path_factory):
-    from napari_histoexpr.data.synthetic import make_cohort
+    from napari_histoexpr.datasets import make_cohort
 
     return make_cohort(tmp_path_factory.mktemp("cohort"), n_slides=9, size=512, seed=2)
 
@@ -120,7 +120,7 @@ def test_features_of_a_real_aperio_slide(shared_data, tmp_path):
     """The default tiling (224 px at 0.5 µm/px) on CMU-1-Small-Region.svs; a broken slide in a
     cohort is a named error and exit code 2."""
     from napari_histoexpr.cli import main as cli
-    from napari_histoexpr.slide_level.common import bag_from_features, tile_raster
+    from napari_histoexpr.slide_level.bags import bag_from_features, tile_raster
 
     wsi = shared_data / "wsi"
     (tmp_path / "cohort.csv").write_text(f"id,slide,patient\nCMU1,{wsi / 'cmu-1-small-region.svs'},P1\n")

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from napari_histoexpr.cli import main as cli
-from napari_histoexpr.data.synthetic import PLANTED_GENES
+from napari_histoexpr.datasets import PLANTED_GENES
 
 PLANTED = [g for gs in PLANTED_GENES.values() for g in gs]
 
@@ -28,7 +28,7 @@ def _features(csv, encoder, out):
 @pytest.fixture(scope="module")
 def survival_cohort(tmp_path_factory, trained):
     """36 slides (896 µm), one tissue; bulk follows the class fractions, hazard the tumour fraction."""
-    from napari_histoexpr.data.synthetic import make_cohort
+    from napari_histoexpr.datasets import make_cohort
 
     base = tmp_path_factory.mktemp("slide_cohort")
     csv = make_cohort(base / "cohort", n_slides=36, size=896, seed=7)
@@ -38,7 +38,7 @@ def survival_cohort(tmp_path_factory, trained):
 @pytest.fixture(scope="module")
 def tissue_cohort(tmp_path_factory, trained):
     """Two tissues sharing the morphology but not the expression scale: 24 breast + 12 lung slides."""
-    from napari_histoexpr.data.synthetic import make_cohort
+    from napari_histoexpr.datasets import make_cohort
 
     base = tmp_path_factory.mktemp("tissue_cohort")
     csv = make_cohort(base / "cohort", tissues={"breast": 24, "lung": 12}, size=896, seed=8)
@@ -63,8 +63,8 @@ def _tumour_at_tiles(cohort_csv, slide_id, coords):
 
 
 def test_features_cover_the_cohort_with_the_models_tiling(survival_cohort, trained):
+    from napari_histoexpr.slide_level.bags import load_bags
     from napari_histoexpr.slide_level.cohort import read_cohort
-    from napari_histoexpr.slide_level.common import load_bags
 
     slides = read_cohort(survival_cohort["csv"])
     bags = load_bags(slides, survival_cohort["features"])
@@ -98,9 +98,9 @@ def test_he2rna_planted_genes_across_held_out_slides(survival_cohort, tmp_path):
 def test_he2rna_tile_heatmap_peaks_on_planted_regions(he2rna_model, tmp_path, trained):
     """Virtual spatialization on slides the model never saw: ERBB2 tile scores are highest on the
     planted tumour, COL1A1's on the stroma, PTPRC's on the immune regions."""
-    from napari_histoexpr.data.synthetic import make_cohort
+    from napari_histoexpr.datasets import make_cohort
+    from napari_histoexpr.slide_level.bags import load_bags, tile_raster
     from napari_histoexpr.slide_level.cohort import read_cohort
-    from napari_histoexpr.slide_level.common import load_bags, tile_raster
     from napari_histoexpr.slide_level.registry import load_slide_model
 
     csv = make_cohort(tmp_path / "new", n_slides=2, size=896, seed=99)
@@ -127,8 +127,8 @@ def test_he2rna_tile_heatmap_peaks_on_planted_regions(he2rna_model, tmp_path, tr
 def test_he2rna_supertiles(survival_cohort, tmp_path):
     """HE2RNA's super-tiles (spatial k-means of the tiles, features averaged) for slides of thousands
     of tiles: the model records and reuses them; tile heatmaps stay per tile."""
+    from napari_histoexpr.slide_level.bags import load_bags
     from napari_histoexpr.slide_level.cohort import bulk_matrix, read_cohort
-    from napari_histoexpr.slide_level.common import load_bags
     from napari_histoexpr.slide_level.he2rna import supertiles
     from napari_histoexpr.slide_level.registry import load_slide_model
 
@@ -174,8 +174,8 @@ def ghanet_model(survival_cohort, tmp_path_factory):
 
 
 def test_ghanet_model_needs_the_slide_only(survival_cohort, ghanet_model):
+    from napari_histoexpr.slide_level.bags import load_bags
     from napari_histoexpr.slide_level.cohort import read_cohort
-    from napari_histoexpr.slide_level.common import load_bags
     from napari_histoexpr.slide_level.registry import load_slide_model
 
     model = load_slide_model(ghanet_model, "cpu")
@@ -219,8 +219,8 @@ def mtm_model(tissue_cohort, tmp_path_factory):
 
 def test_multitask_model_is_tissue_conditioned(tissue_cohort, mtm_model):
     from napari_histoexpr.errors import TrainingError
+    from napari_histoexpr.slide_level.bags import load_bags
     from napari_histoexpr.slide_level.cohort import read_cohort
-    from napari_histoexpr.slide_level.common import load_bags
     from napari_histoexpr.slide_level.registry import load_slide_model
 
     model = load_slide_model(mtm_model, "cpu")
@@ -277,9 +277,9 @@ def test_slide_level_panel_shows_heatmaps(make_napari_viewer, qtbot, he2rna_mode
                                           tmp_path):
     """Open an unseen slide, load the HE2RNA model, compute its heatmaps in a worker; switching gene
     updates the same layer; a cancelled run resumes; a wrong model is reported, the viewer goes on."""
-    from napari_histoexpr.data.synthetic import make_cohort
+    from napari_histoexpr.datasets import make_cohort
     from napari_histoexpr.slide_level.cohort import read_cohort
-    from napari_histoexpr.widgets.slide_level import SlideLevelPanel
+    from napari_histoexpr.widgets.slide_level_panel import SlideLevelPanel
 
     csv = make_cohort(tmp_path / "new", n_slides=1, size=896, seed=123)
     slide = read_cohort(csv)[0]
@@ -369,7 +369,7 @@ def test_encoder_applies_the_models_stain_normalisation(survival_cohort, trained
 def test_slide_level_panel_multitask_tissue(make_napari_viewer, qtbot, mtm_model, tissue_cohort, tmp_path):
     """A multi-task model in the panel: pick the tissue, the heatmap layer is re-scored in place."""
     from napari_histoexpr.slide_level.cohort import read_cohort
-    from napari_histoexpr.widgets.slide_level import SlideLevelPanel
+    from napari_histoexpr.widgets.slide_level_panel import SlideLevelPanel
 
     viewer = make_napari_viewer()
     panel = SlideLevelPanel(viewer)

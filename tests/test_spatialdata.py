@@ -15,7 +15,7 @@ import spatialdata as sd  # noqa: E402
 
 from napari_histoexpr._reader import get_reader  # noqa: E402
 from napari_histoexpr.cli import main as cli  # noqa: E402
-from napari_histoexpr.data.synthetic import make_demo  # noqa: E402
+from napari_histoexpr.datasets import make_demo  # noqa: E402
 from napari_histoexpr.errors import SpotDataError  # noqa: E402
 from napari_histoexpr.io.sections import open_section  # noqa: E402
 
@@ -54,7 +54,7 @@ def test_store_is_valid_spatialdata(store):
     import zarr
 
     g = zarr.open_group(str(pred / "prediction.zarr"), mode="r")
-    from napari_histoexpr.infer.slide import ATTR
+    from napari_histoexpr.io.prediction_store import PREDICTION_ATTR as ATTR
 
     assert list(sdata.images["predicted"].coords["c"].values) == list(dict(g.attrs)[ATTR]["genes"])
     vals = np.asarray(sdata.images["predicted"].data)

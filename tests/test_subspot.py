@@ -20,7 +20,7 @@ CELL_UM = 25.0
 
 @pytest.fixture(scope="module")
 def fine(tmp_path_factory):
-    from napari_histoexpr.data.synthetic import make_demo
+    from napari_histoexpr.datasets import make_demo
     from napari_histoexpr.io.manifest import Section, write_manifest
 
     base = tmp_path_factory.mktemp("fine")
@@ -37,8 +37,8 @@ def fine(tmp_path_factory):
 
 
 def test_footprint_weights_and_pooled_groups():
-    from napari_histoexpr.data.sections import grid_spacing, pool_groups
-    from napari_histoexpr.data.synthetic import visium_grid
+    from napari_histoexpr.data.section_data import grid_spacing, pool_groups
+    from napari_histoexpr.datasets import visium_grid
     from napari_histoexpr.models.expression import footprint_weights
 
     w = footprint_weights(7, 25.0, [(0.0, 0.0, 50.0)])
@@ -59,7 +59,7 @@ def test_footprint_weights_and_pooled_groups():
 
 
 def test_subspot_model_recovers_a_pattern_finer_than_its_spots(fine):
-    from napari_histoexpr.data.synthetic import demo_tissue, planted_expression
+    from napari_histoexpr.datasets import demo_tissue, planted_expression
     from napari_histoexpr.io.slides import open_slide
     from napari_histoexpr.metrics import pearson_columns
     from napari_histoexpr.models.expression import ExpressionModel
@@ -121,10 +121,10 @@ def test_subspot_model_through_evaluate_and_predict(fine, tmp_path):
 
 def test_pooled_training_sees_pseudo_spots(fine, tmp_path):
     """``--pool 2``: about four neighbouring spots per training sample, their union as the footprint."""
-    from napari_histoexpr.data.sections import prepare_sections_steps
+    from napari_histoexpr.data.section_data import prepare_sections_steps
     from napari_histoexpr.io.manifest import Section
     from napari_histoexpr.steps import drain
-    from napari_histoexpr.train.expression import subspot_geometry
+    from napari_histoexpr.train.expression_trainer import subspot_geometry
 
     secs: list[Section] = fine["sections"][:1]
     single, _, _ = drain(prepare_sections_steps(secs, 100.0, 32))

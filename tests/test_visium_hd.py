@@ -9,8 +9,8 @@ import pytest
 
 from napari_histoexpr._reader import get_reader
 from napari_histoexpr.cli import main as cli
-from napari_histoexpr.data.expression import log1p_normalised
-from napari_histoexpr.data.synthetic import PLANTED_GENES, make_visium_hd
+from napari_histoexpr.data.gene_values import log1p_normalised
+from napari_histoexpr.datasets import PLANTED_GENES, make_visium_hd
 from napari_histoexpr.errors import SpotDataError
 from napari_histoexpr.io.manifest import Section, read_manifest, write_manifest
 from napari_histoexpr.io.sections import load_section, open_section
@@ -67,7 +67,7 @@ def test_bins_summed_over_squares_keep_the_planted_pattern(hd):
 
 
 def test_model_compared_at_the_models_window(hd, trained, tmp_path):
-    from napari_histoexpr.infer.spots import predict_at_spots
+    from napari_histoexpr.infer.spot_prediction import predict_at_spots
     from napari_histoexpr.models.expression import ExpressionModel
 
     model = ExpressionModel.load(trained, "cpu")

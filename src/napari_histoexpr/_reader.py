@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .data.expression import top_genes
+from .data.gene_values import top_genes
 from .io.legacy_st import looks_like_st_counts, st_counts_in
 from .io.sections import open_section
 from .io.slides import is_slide_path, open_slide
@@ -41,7 +41,7 @@ def get_reader(path):
         path = path[0]
     path = os.fspath(path)
     if os.path.isdir(path):
-        from .infer.slide import is_prediction
+        from .io.prediction_store import is_prediction
 
         if is_prediction(path):
             return read_prediction_layers

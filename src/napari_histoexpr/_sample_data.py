@@ -8,7 +8,7 @@ DEMO_SIZE = 4096
 
 def demo_layers(folder=None, gene: str = "ERBB2") -> list:
     """Slide, measured spots (coloured by ``gene``) and the planted class map (hidden)."""
-    from .data.synthetic import default_demo_dir, make_demo
+    from .datasets import CLASSES, default_demo_dir, make_demo
     from .io.sections import open_section
     from .layerdata import (
         planted_classes_layer_data,
@@ -18,7 +18,7 @@ def demo_layers(folder=None, gene: str = "ERBB2") -> list:
 
     demo = make_demo(folder or default_demo_dir(), size=DEMO_SIZE)
     pyr, adata = open_section(demo.slide, demo.spots)
-    truth = planted_classes_layer_data(demo, pyr.world_mpp)
+    truth = planted_classes_layer_data(demo, CLASSES, pyr.world_mpp)
     return [slide_layer_data(pyr, name="demo slide"), truth, spots_layer_data(adata, gene, "log1p", mpp=pyr.mpp)]
 
 

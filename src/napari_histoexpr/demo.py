@@ -14,10 +14,10 @@ def demo_model(out: Path, epochs: int = 12, progress: Callable[[str], None] = pr
     displayed one; returns the model folder."""
     import json
 
-    from .data.synthetic import PLANTED_GENES, make_demo
+    from .datasets import PLANTED_GENES, make_demo
     from .io.manifest import Section, write_manifest
     from .steps import drain
-    from .train.expression import TrainConfig, epoch_line, train_from_manifest_steps
+    from .train.expression_trainer import TrainConfig, epoch_line, train_from_manifest_steps
 
     out = Path(out)
     model_dir = out / "model"

@@ -1,7 +1,9 @@
-"""Evaluating an expression model on held-out sections of a manifest.
+"""Evaluating models on held-out sections of a manifest: expression models (``evaluate_steps``, Pearson r
+at the measured spots) and segmenters (``evaluate_segmenter_steps``, spot-level Dice).
 
 ``evaluate_steps`` writes ``REPORT_DIR/report.json`` exactly as in docs/formats.md (plus the
-baselines' numbers under ``"baselines"``), ``report.md`` and PNG plots.
+baselines' numbers under ``"baselines"``), ``report.md`` and PNG plots; ``evaluate_segmenter_steps``
+writes ``report.json`` (``summary.mean_dice``, ``per_class``) and a PNG map per section.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ def evaluate_steps(model_dir, manifest, out_dir, device: str = "auto", baselines
     """Per-gene Pearson across the spots of every section of ``manifest``; writes the report.
     ``mode``: how the model predicts at the spots (dense feature map, or patch by patch);
     ``precision``: of dense mode (``auto`` or ``int8``, :mod:`.models.quantize`)."""
-    from .infer.spots import predict_at_spots
+    from .files import atomic_write_json
+    from .infer.spot_prediction import predict_at_spots
     from .io.sections import load_section
-    from .models.artifact import atomic_write_json
     from .models.expression import ExpressionModel
     from .train.baselines import Baselines
 
@@ -173,3 +175,64 @@ def _plots(out: Path, med: dict, per: dict, scatter: dict, summary: dict) -> Non
     fig.tight_layout()
     fig.savefig(out / "scatter.png")
     plt.close(fig)
+
+
+def evaluate_segmenter_steps(model_dir, manifest, out_dir, device="auto", stride_um=None,
+                             mode: str = "dense", precision: str = "auto") -> Generator[dict, None, dict]:
+    """Spot-level Dice of a segmenter on every section of ``manifest``; writes report.json + PNG maps
+    (``precision``: of dense mode, ``auto`` or ``int8``)."""
+    from .errors import HistoExprError
+    from .files import atomic_write_json
+    from .io.manifest import as_sections
+    from .io.sections import load_section
+    from .models.segmenter import Segmenter
+    from .segment.classes import spot_classes
+    from .segment.maps import dice_scores, label_map, save_map, segment_region, spot_majority
+
+    model = Segmenter.load(model_dir, device)
+    model.set_precision(precision, mode)  # a named error before any section is read
+    spec = model.meta["class_spec"]
+    if spec["source"] == "clusters":
+        raise HistoExprError("this segmenter's classes are clusters of its training spots; evaluate it "
+                             "on sections with cluster labels in the manifest (--classes clusters) or gene rules")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    secs = as_sections(manifest)
+    cidx = {c: i for i, c in enumerate(model.classes)}
+    all_p, all_t, sections = [], [], {}
+    for sec in secs:
+        yield {"stage": "open", "msg": f"segmenting {sec.section}"}
+        pyr, adata = load_section(sec)
+        truth = spot_classes(adata, spec).to_numpy()
+        rp, ras = yield from progress_only(segment_region(model, pyr, stride_um, mode=mode, precision=precision))
+        labels = label_map(ras.data)
+        xy = np.asarray(adata.obsm["spatial"], float)
+        radius = float(adata.uns["histoexpr"].get("spot_diameter_px") or 55.0 / pyr.world_mpp) / 2
+        pred = spot_majority(labels, rp.grid.stride, xy, radius, len(model.classes))
+        t = np.array([cidx.get(str(v), -1) for v in truth])
+        ok = t >= 0
+        d = dice_scores(pred[ok], t[ok], model.classes, skip=(0,))
+        sections[sec.section] = dict(d, n_spots=int(ok.sum()), unknown_labels=int((~ok).sum()))
+        all_p.append(pred[ok])
+        all_t.append(t[ok])
+        save_map(out / f"{sec.section}_segmentation.png", pyr, labels, model.classes, rp.grid.stride)
+        pyr.close()
+    summary = dice_scores(np.concatenate(all_p), np.concatenate(all_t), model.classes, skip=(0,))
+    report = {"summary": summary, "sections": sections, "mode": mode, "precision": rp.precision,
+              "model": {"dir": str(model_dir), "classes": model.classes, "windows_um": model.windows,
+                        "mode": model.meta["mode"]},
+              "note": "spot-level Dice: each spot's predicted class is the majority of the predicted "
+                      "map inside its disk; pooled over all spots of all sections"}
+    atomic_write_json(out / "report.json", report)
+    yield {"stage": "done", "msg": f"mean Dice {summary['mean_dice']:.3f}"}
+    return report
+
+
+def progress_only(gen: Generator[dict, None, tuple]) -> Generator[dict, None, tuple]:
+    """Re-yield ``gen``'s progress without its arrays (for the CLI); return its value."""
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield {k: v for k, v in ev.items() if k in ("stage", "done", "total", "msg")}

@@ -7,12 +7,22 @@ predicted rasters, labels) uses the same world so they overlay whatever pyramid 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .data.expression import find_gene, gene_values, percentile_limits
+from .data.gene_values import find_gene, gene_values, percentile_limits
+
+
+def visible_box(center_yx: Iterable[float], zoom: float, canvas_hw: Iterable[int], world_mpp: float,
+                margin: float = 0.0) -> tuple[float, float, float, float]:
+    """Level-0 ``(y0, x0, y1, x1)`` seen by a 2D camera (µm world, ``zoom`` screen px per µm)."""
+    cy, cx = list(center_yx)[-2:]
+    h, w = list(canvas_hw)[-2:]
+    hy, hx = h / 2 / zoom * (1 + margin), w / 2 / zoom * (1 + margin)
+    return ((cy - hy) / world_mpp, (cx - hx) / world_mpp, (cy + hy) / world_mpp, (cx + hx) / world_mpp)
 
 
 def slide_layer_data(pyr, name: str | None = None) -> tuple:
@@ -87,16 +97,12 @@ def spots_layer_data(adata, gene: str | None = None, mode: str = "log1p",
 def prediction_layers(path, genes: list[str] | None = None, colormap: str = "inferno") -> list:
     """LayerData (one multiscale Image per gene, µm world, aligned with the slide) of a prediction."""
     import dask.array as da
-    import zarr
 
-    from .infer.region import Grid, grid_layer_geometry
-    from .infer.slide import ATTR
+    from .infer.grid import Grid, grid_layer_geometry
+    from .io.prediction_store import open_prediction, prediction_group_path
 
-    p = Path(path)
-    if (p / "prediction.zarr").is_dir():
-        p = p / "prediction.zarr"
-    g = zarr.open_group(str(p), mode="r")
-    a = dict(g.attrs)[ATTR]
+    p = prediction_group_path(path)
+    g, a = open_prediction(p)
     mpp = float(a["world_mpp"])
     grid = Grid(float(a["stride_px"]), int(a["rows"]), int(a["cols"]), int(a["tile_cells"]))
     geo = grid_layer_geometry(grid, mpp)
@@ -126,7 +132,7 @@ def prediction_layers(path, genes: list[str] | None = None, colormap: str = "inf
 
 
 def residual_layer_data(sp, gene: str, shown: list[str], mpp: float, size_um: float) -> tuple:
-    """Points at the spots of a :class:`~napari_histoexpr.infer.spots.SpotPrediction` coloured by
+    """Points at the spots of a :class:`~napari_histoexpr.infer.spot_prediction.SpotPrediction` coloured by
     predicted - measured ``gene``; features hold measured and predicted values of the ``shown`` genes."""
     j = sp.genes.index(gene)
     feats = pd.DataFrame({"spot": sp.spot_ids})
@@ -145,17 +151,16 @@ def residual_layer_data(sp, gene: str, shown: list[str], mpp: float, size_um: fl
 
 def grid_image_kwargs(grid, world_mpp: float, name: str, colormap: str, opacity: float, meta: dict) -> dict:
     """Arguments of an Image layer showing a prediction grid raster aligned with the slide."""
-    from .infer.region import grid_layer_geometry
+    from .infer.grid import grid_layer_geometry
 
     return {"name": name, "colormap": colormap, "opacity": opacity, "blending": "translucent",
             "contrast_limits": (0.0, 1.0), "units": "µm", "metadata": {"histoexpr": meta},
             **grid_layer_geometry(grid, world_mpp)}
 
 
-def planted_classes_layer_data(demo, world_mpp: float, units: str = "µm") -> tuple | None:
-    """The planted class map of a generated section (hidden Labels), or ``None`` if it has none."""
-    from .data.synthetic import CLASSES
-
+def planted_classes_layer_data(demo, classes: list[str], world_mpp: float, units: str = "µm") -> tuple | None:
+    """The planted class map of a generated section (hidden Labels; label ``i`` is ``classes[i]``), or
+    ``None`` if it has none."""
     paths = sorted(Path(demo.truth).glob("class_map_ds*.npy"))
     if not paths:
         return None
@@ -163,7 +168,7 @@ def planted_classes_layer_data(demo, world_mpp: float, units: str = "µm") -> tu
     s, t = ds * world_mpp, (ds - 1) / 2 * world_mpp
     return (np.load(paths[0]), {"name": "planted classes", "scale": (s, s), "translate": (t, t), "visible": False,
                                 "opacity": 0.4, "units": units,
-                                "metadata": {"histoexpr": {"kind": "truth", "classes": list(CLASSES)}}}, "labels")
+                                "metadata": {"histoexpr": {"kind": "truth", "classes": list(classes)}}}, "labels")
 
 
 def class_points_layer_data(adata, labels, world_mpp: float, size_um: float) -> tuple:

@@ -47,6 +47,7 @@ def show_demo(demo, screenshot: Path | None = None, gene: str = "ERBB2",
     """
     import napari
 
+    from .datasets import CLASSES
     from .demo import DEMO_GENES
     from .layerdata import planted_classes_layer_data
     from .widgets.slide_spots import SlideSpotsWidget
@@ -61,7 +62,7 @@ def show_demo(demo, screenshot: Path | None = None, gene: str = "ERBB2",
     wait_for(worker)
     if panel.slide is None:
         raise RuntimeError("the demo section failed to open: " + panel.status)
-    truth = planted_classes_layer_data(demo, panel.slide.world_mpp, "µm" if panel.slide.mpp else "pixel")
+    truth = planted_classes_layer_data(demo, CLASSES, panel.slide.world_mpp, "µm" if panel.slide.mpp else "pixel")
     if truth is not None:
         viewer.add_labels(truth[0], **truth[1])
     viewer.reset_view()

@@ -20,8 +20,8 @@ from .commands import (
     cmd_segment_train,
     cmd_train,
 )
-from .common import drain, progress
-from .slide_level import add_parsers as add_slide_level_parsers
+from .progress import drain, progress
+from .slide_level_commands import add_parsers as add_slide_level_parsers
 
 __all__ = ["build_parser", "drain", "main", "progress"]
 
@@ -39,8 +39,8 @@ MODE_HELP = ("dense (default): one backbone pass per region, its feature map poo
 
 def build_parser() -> argparse.ArgumentParser:
     from ..segment.classes import CLASSES_HELP
-    from ..train.expression import TrainConfig
-    from ..train.segmenter import FEATURES, SegConfig
+    from ..train.expression_trainer import TrainConfig
+    from ..train.segmenter_trainer import FEATURES, SegConfig
 
     TC, SC = TrainConfig(), SegConfig()
     p = argparse.ArgumentParser(prog="histoexpr", description=__doc__.splitlines()[0])

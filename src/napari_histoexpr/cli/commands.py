@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from .common import drain, progress
+from .progress import drain, progress
 
 
 def cmd_info(args) -> int:
@@ -34,7 +34,7 @@ def cmd_info(args) -> int:
             if info.get(key):
                 out["spots"][key] = info[key]
         if args.gene:
-            from ..data.expression import gene_values
+            from ..data.gene_values import gene_values
 
             v = gene_values(adata, args.gene, args.mode)
             out["spots"]["gene"] = {"name": args.gene, "mode": args.mode, "mean": float(v.mean()),
@@ -62,7 +62,7 @@ def cmd_export(args) -> int:
 
 def cmd_demo(args) -> int:
     """Generate the built-in section and show it (or, headless, write a screenshot)."""
-    from ..data.synthetic import make_demo
+    from ..datasets import make_demo
 
     out = Path(args.out)
     progress(f"generating the synthetic section in {out} (cached after the first run)")
@@ -88,7 +88,7 @@ def cmd_demo(args) -> int:
 
 def cmd_train(args) -> int:
     """Train an expression model on the sections of a manifest."""
-    from ..train.expression import TrainConfig, summary_line, train_from_manifest_steps
+    from ..train.expression_trainer import TrainConfig, summary_line, train_from_manifest_steps
 
     genes = [g.strip() for g in args.gene_list.split(",") if g.strip()] if args.gene_list else None
     cfg = TrainConfig(backbone=args.backbone, n_genes=args.genes, genes=genes, max_aux=args.aux_genes,
@@ -135,7 +135,7 @@ def cmd_segment_train(args) -> int:
     """Train a transcriptome-supervised segmenter on the sections of a manifest."""
     from ..io.manifest import read_manifest
     from ..segment.classes import parse_classes_arg
-    from ..train.segmenter import SegConfig, segmenter_steps
+    from ..train.segmenter_trainer import SegConfig, segmenter_steps
 
     cfg = SegConfig(classes=parse_classes_arg(args.classes), features=args.features, encoder=args.encoder,
                     encoder_config={} if args.encoder_epochs is None else {"epochs": args.encoder_epochs},
@@ -150,7 +150,7 @@ def cmd_segment_train(args) -> int:
 
 def cmd_segment_evaluate(args) -> int:
     """Spot-level Dice of a segmenter on held-out sections."""
-    from ..segment.evaluate import evaluate_segmenter_steps
+    from ..evaluation import evaluate_segmenter_steps
 
     report = drain(evaluate_segmenter_steps(args.model, args.manifest, args.out, device=args.device,
                                              stride_um=args.stride_um, mode=args.mode,

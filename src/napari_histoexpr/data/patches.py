@@ -19,17 +19,14 @@ import numpy as np
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a 1-D sample (maximises the between-class variance)."""
+    """Otsu's threshold of a 1-D sample (maximises the between-class variance; scikit-image's, over a
+    ``bins``-bin histogram); a constant sample's threshold is its value."""
+    from skimage.filters import threshold_otsu
+
     v = np.asarray(values, float).ravel()
-    hist, edges = np.histogram(v, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    s0 = np.cumsum(hist * centres)
-    m0 = s0 / np.maximum(w0, 1)
-    m1 = (s0[-1] - s0) / np.maximum(w1, 1)
-    between = w0 * w1 * (m0 - m1) ** 2
-    return float(centres[int(np.argmax(between))])
+    if v.size == 0 or v.min() == v.max():
+        return float(v[0]) if v.size else 0.0
+    return float(threshold_otsu(image=v, nbins=bins))
 
 
 def tissue_mask_from_rgb(rgb: np.ndarray, smooth_px: int = 3) -> np.ndarray:

@@ -67,10 +67,10 @@ def spot_report(model_dir, slide, spots, out_dir, device: str = "auto", mode: st
     import anndata as ad
     import pandas as pd
 
+    from ..files import atomic_write_json
     from ..io.sections import open_section
     from ..metrics import summarise_pearson
-    from ..models.artifact import atomic_write_json
-    from .spots import predict_at_spots
+    from .spot_prediction import predict_at_spots
 
     model = _expression_model(model_dir, device)
     model.set_precision(precision, mode)

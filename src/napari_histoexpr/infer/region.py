@@ -1,141 +1,22 @@
-"""Predicting gene expression on the visible region of a slide (headless; the panel wires it to napari).
+"""Predicting a model's maps tile by tile over any region of a slide (headless; the live view, whole-slide
+prediction and the segmenter drive it).
 
-The slide is covered by a **global prediction grid**: cell ``(i, j)`` is centred at level-0
-``((i + 0.5) * stride, (j + 0.5) * stride)`` and gets the model's prediction for a ``window_um``
-patch around that centre. Cells are grouped in square **tiles** of ``tile_cells`` x ``tile_cells``,
-the unit of work and of caching, so results are reused whatever the view. A view request is
-turned into the tiles it touches (background tiles skipped with the tissue mask), ordered from the
-centre out, and computed in a worker, latest request wins; an LRU cache bounded in bytes makes
-panning back instant.
-
-Coordinates: the grid raster is shown with ``scale = stride * mpp`` and ``translate`` putting cell
-centres at their level-0 centres (see ``grid_layer_geometry``), exactly aligned with the slide.
+A view request is turned into the tiles of the slide's :class:`~napari_histoexpr.infer.grid.Grid` it
+touches (background tiles skipped with the tissue mask), ordered from the centre out, and computed
+(in dense mode as one :class:`~napari_histoexpr.models.dense.DenseJob` over their rectangle); every
+tile is kept in a :class:`~napari_histoexpr.infer.tile_cache.TileCache`.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Generator, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Generator
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Grid:
-    stride: float  # level-0 px between cell centres
-    rows: int
-    cols: int
-    tile_cells: int = 16
-
-    @classmethod
-    def for_slide(cls, pyr, stride_um: float, tile_cells: int = 16, max_cells: int = 8192) -> "Grid":
-        stride = stride_um / pyr.world_mpp
-        h, w = pyr.level0_shape
-        if max(h, w) / stride > max_cells:  # keep the raster bounded for any slide
-            stride = max(h, w) / max_cells
-        return cls(float(stride), int(np.ceil(h / stride)), int(np.ceil(w / stride)), tile_cells)
-
-    @property
-    def tile_rows(self) -> int:
-        return int(np.ceil(self.rows / self.tile_cells))
-
-    @property
-    def tile_cols(self) -> int:
-        return int(np.ceil(self.cols / self.tile_cells))
-
-    def tile_slices(self, ti: int, tj: int) -> tuple[slice, slice]:
-        t = self.tile_cells
-        return slice(ti * t, min((ti + 1) * t, self.rows)), slice(tj * t, min((tj + 1) * t, self.cols))
-
-    def cell_centres(self, ti: int, tj: int) -> np.ndarray:
-        """Level-0 ``(x, y)`` centres of a tile's cells, row-major."""
-        rs, cs = self.tile_slices(ti, tj)
-        yy, xx = np.meshgrid((np.arange(rs.start, rs.stop) + 0.5) * self.stride,
-                             (np.arange(cs.start, cs.stop) + 0.5) * self.stride, indexing="ij")
-        return np.stack([xx.ravel(), yy.ravel()], axis=1)
-
-    def tiles_in_box(self, y0: float, x0: float, y1: float, x1: float) -> list[tuple[int, int]]:
-        """Tiles touching the level-0 box, nearest to its centre first."""
-        span = self.stride * self.tile_cells
-        i0, i1 = max(0, int(np.floor(y0 / span))), min(self.tile_rows - 1, int(np.floor(y1 / span)))
-        j0, j1 = max(0, int(np.floor(x0 / span))), min(self.tile_cols - 1, int(np.floor(x1 / span)))
-        if i1 < i0 or j1 < j0:
-            return []
-        cy, cx = (y0 + y1) / 2 / span - 0.5, (x0 + x1) / 2 / span - 0.5
-        tiles = [(i, j) for i in range(i0, i1 + 1) for j in range(j0, j1 + 1)]
-        return sorted(tiles, key=lambda t: (t[0] - cy) ** 2 + (t[1] - cx) ** 2)
-
-
-def grid_layer_geometry(grid: Grid, world_mpp: float) -> dict:
-    """``scale``/``translate`` of a grid raster in the µm world (cell centres on their level-0 centres).
-
-    napari puts the centre of data pixel ``i`` at ``translate + i * scale``; a level-0 pixel ``p``
-    has its centre at world ``p * mpp`` (slide layer convention), and cell ``i``'s centre is level-0
-    ``(i + 0.5) * stride - 0.5``.
-    """
-    s = grid.stride * world_mpp
-    t = (0.5 * grid.stride - 0.5) * world_mpp
-    return {"scale": (s, s), "translate": (t, t)}
-
-
-def visible_box(center_yx: Iterable[float], zoom: float, canvas_hw: Iterable[int], world_mpp: float,
-                margin: float = 0.0) -> tuple[float, float, float, float]:
-    """Level-0 ``(y0, x0, y1, x1)`` seen by a 2D camera (µm world, ``zoom`` screen px per µm)."""
-    cy, cx = list(center_yx)[-2:]
-    h, w = list(canvas_hw)[-2:]
-    hy, hx = h / 2 / zoom * (1 + margin), w / 2 / zoom * (1 + margin)
-    return ((cy - hy) / world_mpp, (cx - hx) / world_mpp, (cy + hy) / world_mpp, (cx + hx) / world_mpp)
-
-
-class TileCache:
-    """LRU cache of tile predictions, bounded in bytes."""
-
-    def __init__(self, max_bytes: int = 256 * 2**20):
-        self.max_bytes = int(max_bytes)
-        self._d: OrderedDict = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key):
-        with self._lock:
-            v = self._d.get(key)
-            if v is None:
-                self.misses += 1
-                return None
-            self._d.move_to_end(key)
-            self.hits += 1
-            return v
-
-    def put(self, key, value: np.ndarray) -> None:
-        with self._lock:
-            if key in self._d:
-                self._bytes -= self._d.pop(key).nbytes
-            self._d[key] = value
-            self._bytes += value.nbytes
-            while self._bytes > self.max_bytes and len(self._d) > 1:
-                _, old = self._d.popitem(last=False)
-                self._bytes -= old.nbytes
-
-    def __contains__(self, key) -> bool:
-        """Whether ``key`` is cached (counts neither a hit nor a miss, keeps the LRU order)."""
-        with self._lock:
-            return key in self._d
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._d.clear()
-            self._bytes = 0
-
+from ..utils import release_free_memory
+from .grid import Grid, Raster
+from .tile_cache import TileCache
 
 MODES = ("dense", "patch")
 #: the largest feature map (in feature cells, ~2 KB each for resnet18) one dense job of the live view
@@ -198,8 +79,9 @@ class RegionPredictor:
         self._lock = threading.Lock()  # one model call at a time
 
     @property
-    def genes(self) -> list[str]:
-        return self.model.genes
+    def outputs(self) -> list[str]:
+        """The model's output channels (genes, or a segmenter's classes)."""
+        return self.model.outputs
 
     def tile_tissue(self, ti: int, tj: int) -> float:
         return float(self.tiles_tissue(np.array([ti]), np.array([tj]))[0, 0])
@@ -250,7 +132,7 @@ class RegionPredictor:
         """Predict ``tiles`` in order, yielding ``((ti, tj), array)``; stops early when cancelled.
 
         In dense mode the cached tiles come first; the others are computed together in one
-        :class:`~napari_histoexpr.infer.dense.DenseJob` (bands of tile rows for a zoomed-out view,
+        :class:`~napari_histoexpr.models.dense.DenseJob` (bands of tile rows for a zoomed-out view,
         :meth:`job_groups`): the feature map of their rectangle block by block, each feature cell
         once, the windows of the first tile (the view centre) first, every tile yielded as soon as
         its cells are done; the next block is read while the model runs the current one."""
@@ -296,7 +178,7 @@ class RegionPredictor:
             return []
         rows = sorted({t[0] for t in tiles})
         cols = {t[1] for t in tiles}
-        from .dense import grid_geometry
+        from ..models.dense import grid_geometry
 
         k = max(grid_geometry(self.pyr, b, self.grid.stride)[1] for b in self.model.dense_branches())
         span = self.grid.tile_cells * k  # feature cells per tile side
@@ -311,12 +193,12 @@ class RegionPredictor:
         return [groups[s] for s in sorted(groups, key=lambda s: abs(s + (per - 1) / 2 - ci)) if groups[s]]
 
     def _run_job(self, group: list[tuple[int, int]], cancelled):
-        """Compute ``group``'s tiles in one :class:`~napari_histoexpr.infer.dense.DenseJob`, its first
+        """Compute ``group``'s tiles in one :class:`~napari_histoexpr.models.dense.DenseJob`, its first
         tile's windows first; each tile is yielded (and cached) as soon as its cells are done."""
         from concurrent.futures import ThreadPoolExecutor
 
         (r0, c0), rows, cols, centres, on = self.band_cells(group)
-        vals = np.full((len(self.genes), rows, cols), np.nan, np.float32)
+        vals = np.full((len(self.outputs), rows, cols), np.nan, np.float32)
         t = self.grid.tile_cells
         ti0, tj0 = r0 // t, c0 // t  # the band's rectangle starts at a tile's first cell
         nti, ntj = -(-rows // t), -(-cols // t)
@@ -363,7 +245,7 @@ class RegionPredictor:
             reader.shutdown(wait=False, cancel_futures=True)
 
     def plan_job(self, group: list[tuple[int, int]], band: tuple | None = None):
-        """The :class:`~napari_histoexpr.infer.dense.DenseJob` of a group of tiles (not run): the
+        """The :class:`~napari_histoexpr.models.dense.DenseJob` of a group of tiles (not run): the
         windows of its first tile first. ``band``: the group's :meth:`band_cells`, if made."""
         (r0, c0), rows, cols, centres, on = band or self.band_cells(group)
         rs, cs = self.grid.tile_slices(*group[0])
@@ -404,7 +286,7 @@ class RegionPredictor:
         """Predictions of a band of tiles (in dense mode one call over their rectangle); each tile
         is cached."""
         (r0, c0), rows, cols, on, data = read or self.read_band(band)
-        vals = np.full((len(self.genes), rows, cols), np.nan, np.float32)
+        vals = np.full((len(self.outputs), rows, cols), np.nan, np.float32)
         if data is not None:
             with self._lock:
                 if self.mode == "dense":
@@ -421,55 +303,8 @@ class RegionPredictor:
         return out
 
 
-class Raster:
-    """The whole-slide grid raster of each gene (NaN where not predicted yet), filled tile by tile."""
-
-    def __init__(self, grid: Grid, genes: list[str]):
-        self.grid = grid
-        self.genes = list(genes)
-        self.data = np.full((len(genes), grid.rows, grid.cols), np.nan, np.float32)
-        self._views = {g: self.data[i] for i, g in enumerate(self.genes)}  # one array per gene: layers keep it
-
-    def put(self, tile: tuple[int, int], values: np.ndarray) -> None:
-        rs, cs = self.grid.tile_slices(*tile)
-        self.data[:, rs, cs] = values
-
-    def gene(self, name: str) -> np.ndarray:
-        """The gene's plane of :attr:`data` (the same array object on every call)."""
-        return self._views[name]
-
-
 def predictor_with_raster(model, pyr, stride_um: float | None = None, **kw) -> tuple[RegionPredictor, Raster]:
-    """A :class:`RegionPredictor` and an empty :class:`Raster` of its grid for all the model's genes
+    """A :class:`RegionPredictor` and an empty :class:`Raster` of its grid for all the model's outputs
     (built together in a viewer's worker: the raster of a large slide is megabytes to fill)."""
     pred = RegionPredictor(model, pyr, stride_um, **kw)
-    return pred, Raster(pred.grid, model.genes)
-
-
-def release_free_memory() -> None:
-    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``) after a view: the
-    large, short-lived buffers of a zoomed-out view otherwise stay in the process for good (the
-    RSS of a long session kept every high-water mark). A no-op elsewhere."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class LatestRequest:
-    """Latest-wins bookkeeping: each new request supersedes (cancels) the ones before it."""
-
-    def __init__(self):
-        self._n = 0
-        self._lock = threading.Lock()
-
-    def new(self) -> Callable[[], bool]:
-        with self._lock:
-            self._n += 1
-            mine = self._n
-        return lambda: self._n != mine
+    return pred, Raster(pred.grid, model.outputs)

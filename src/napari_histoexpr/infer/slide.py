@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HistoExprError
-from .region import Grid, RegionPredictor
-
-ATTR = "histoexpr_prediction"
+from ..io.prediction_store import PREDICTION_ATTR as ATTR
+from .grid import Grid
+from .region import RegionPredictor
 
 
 def _attrs(model, pyr, grid: Grid) -> dict:
@@ -101,8 +101,8 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
     import anndata as ad
     import pandas as pd
 
+    from ..files import atomic_write_json
     from ..io.slides import open_slide
-    from ..models.artifact import atomic_write_json
     from ..models.expression import ExpressionModel
 
     if not hasattr(model, "predict"):
@@ -181,20 +181,3 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
     atomic_write_json(out / "summary.json", summary)
     yield {"stage": "done", "msg": f"wrote {out}"}
     return summary
-
-
-# -------------------------------------------------------------------------------------------------
-# reading predictions back
-# -------------------------------------------------------------------------------------------------
-def is_prediction(path) -> bool:
-    p = Path(path)
-    if p.is_dir() and (p / "prediction.zarr").is_dir():
-        p = p / "prediction.zarr"
-    if not (p.is_dir() and p.suffix == ".zarr"):
-        return False
-    try:
-        import zarr
-
-        return ATTR in zarr.open_group(str(p), mode="r").attrs
-    except Exception:
-        return False

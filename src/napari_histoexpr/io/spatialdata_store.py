@@ -110,18 +110,13 @@ def export_section(pyr, adata, out: str | os.PathLike, prediction: str | os.Path
 def _prediction_image(path, mpp: float):
     """A ``histoexpr predict`` output as a genes x rows x cols image in the store's µm frame."""
     import dask.array as da
-    import zarr
     from spatialdata.models import Image2DModel
     from spatialdata.transformations import Scale, Sequence, Translation
 
-    from ..infer.slide import ATTR as PRED_ATTR
+    from .prediction_store import open_prediction
 
-    p = Path(path)
-    if (p / "prediction.zarr").is_dir():
-        p = p / "prediction.zarr"
     try:
-        g = zarr.open_group(str(p), mode="r")
-        a = dict(g.attrs)[PRED_ATTR]
+        g, a = open_prediction(path)
     except Exception as e:
         raise HistoExprError(f"{path}: not a histoexpr predict output ({e})") from e
     s = float(a["stride_px"])

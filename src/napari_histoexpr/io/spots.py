@@ -1,7 +1,7 @@
 """Measured spatial-transcriptomics spots as AnnData: one entry point, :func:`read_spots`, for a Space
 Ranger folder (:mod:`.visium`), an ``.h5ad``, or a legacy ST selection TSV (:mod:`.legacy_st`); the
 AnnData layout is described in :mod:`.spotdata`. Expression values (log1p, normalised, gene lookup)
-are computed in :mod:`napari_histoexpr.data.expression`.
+are computed in :mod:`napari_histoexpr.data.gene_values`.
 """
 
 from __future__ import annotations

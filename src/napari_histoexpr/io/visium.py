@@ -20,94 +20,68 @@ from .spotdata import VISIUM_SPOT_UM, join_ids, spot_anndata
 
 
 def read_10x_h5(path: Path):
-    """Read a Cell Ranger / Space Ranger feature-barcode HDF5 (v3 and v2 layouts).
-
-    Written directly with h5py so files without the ``library_ids`` attribute (on which
-    ``scanpy.read_visium`` fails) still read.
-    """
+    """``(X, barcodes, var)`` of a Cell Ranger / Space Ranger feature-barcode HDF5 (v3 and v2 layouts),
+    read by ``scanpy.read_10x_h5``; a file that is not one, or is corrupt, is a named error."""
     import h5py
 
     try:
-        f = h5py.File(path, "r")
+        with h5py.File(path, "r") as f:
+            if "matrix" not in f and not any(isinstance(f[k], h5py.Group) for k in f.keys()):
+                raise SpotDataError(f"{path.name}: no 'matrix' group; not a 10x feature-barcode file")
     except OSError as e:
         raise SpotDataError(f"cannot read {path.name}: not an HDF5 file ({e})") from e
-    try:
-        return _read_10x_groups(f, path)
-    except SpotDataError:
-        raise
-    except (OSError, KeyError, ValueError, TypeError, IndexError, UnicodeDecodeError, OverflowError) as e:
-        raise SpotDataError(f"{path.name}: corrupt or incomplete feature-barcode matrix "
-                            f"({type(e).__name__}: {str(e)[:200]})") from e
-    finally:
-        f.close()
-
-
-def _read_10x_groups(f, path: Path):
-    """The matrix of an open feature-barcode HDF5 (v3 ``matrix`` group or v2 per-genome groups)."""
-    import h5py
-
-    if "matrix" in f:
-        g = f["matrix"]
-        feats = g["features"]
-        names = [x.decode() for x in feats["name"][:]]
-        ids = [x.decode() for x in feats["id"][:]]
-        ftype = ([x.decode() for x in feats["feature_type"][:]]
-                 if "feature_type" in feats else ["Gene Expression"] * len(ids))
-    else:  # v2: one group per genome
-        groups = [k for k in f.keys() if isinstance(f[k], h5py.Group)]
-        if not groups:
-            raise SpotDataError(f"{path.name}: no 'matrix' group; not a 10x feature-barcode file")
-        g = f[groups[0]]
-        names = [x.decode() for x in g["gene_names"][:]]
-        ids = [x.decode() for x in g["genes"][:]]
-        ftype = ["Gene Expression"] * len(ids)
-    n_feat, n_bc = (int(v) for v in g["shape"][:])
-    mat = sp.csc_matrix((g["data"][:], g["indices"][:], g["indptr"][:]), shape=(n_feat, n_bc))
-    mat.check_format(full_check=True)  # corrupt indices/indptr would crash later sparse operations
-    barcodes = [x.decode() for x in g["barcodes"][:]]
-    X = mat.T.tocsr()
-    var = pd.DataFrame({"gene_ids": ids, "feature_types": ftype}, index=names)
-    keep = var["feature_types"].to_numpy() == "Gene Expression"
-    if keep.any() and not keep.all():
-        X, var = X[:, keep], var.loc[keep]
-    return X, pd.Index(barcodes), var
+    return _with_named_errors(f"{path.name}: corrupt or incomplete feature-barcode matrix", lambda: _scanpy_10x(path))
 
 
 def read_10x_mtx(folder: Path):
-    from scipy.io import mmread
+    """``(X, barcodes, var)`` of a Matrix Market folder (``matrix.mtx``, ``barcodes.tsv`` and
+    ``features.tsv``, or the legacy ``genes.tsv``), read by ``scanpy.read_10x_mtx``."""
+    folder = Path(folder)
+    v3 = all((folder / n).exists() for n in ("matrix.mtx.gz", "barcodes.tsv.gz", "features.tsv.gz"))
+    legacy = all((folder / n).exists() for n in ("matrix.mtx", "barcodes.tsv", "genes.tsv"))
+    if not (v3 or legacy):
+        raise SpotDataError(f"{folder}: needs matrix.mtx.gz, barcodes.tsv.gz and features.tsv.gz (Cell Ranger 3+) "
+                            "or matrix.mtx, barcodes.tsv and genes.tsv (Cell Ranger 2)")
+    mtx = "matrix.mtx.gz" if v3 else "matrix.mtx"
+    return _with_named_errors(f"{folder.name}/{mtx}: truncated or corrupt Matrix Market folder",
+                              lambda: _scanpy_10x(folder))
 
-    def find(*names):
-        for n in names:
-            for suffix in ("", ".gz"):
-                p = folder / (n + suffix)
-                if p.exists():
-                    return p
-        return None
 
-    mtx, bcs = find("matrix.mtx"), find("barcodes.tsv")
-    feats = find("features.tsv", "genes.tsv")
-    if mtx is None or bcs is None or feats is None:
-        raise SpotDataError(f"{folder}: needs matrix.mtx(.gz), barcodes.tsv(.gz) and features.tsv(.gz)")
-    try:
-        X = sp.csr_matrix(mmread(str(mtx))).T.tocsr()
-    except (EOFError, OSError, ValueError, IndexError, TypeError, UnicodeDecodeError, zlib.error) as e:
-        raise SpotDataError(f"{mtx}: truncated or corrupt Matrix Market file ({type(e).__name__}: {e})") from e
-    try:
-        barcodes = pd.read_csv(bcs, header=None, sep="\t")[0].astype(str)
-        f = pd.read_csv(feats, header=None, sep="\t")
-    except (EOFError, OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, zlib.error) as e:
-        raise SpotDataError(f"{folder}: unreadable barcodes/features file ({type(e).__name__}: {e})") from e
-    if X.shape != (len(barcodes), len(f)):
-        raise SpotDataError(f"{mtx.name}: {X.shape[1]} genes x {X.shape[0]} barcodes, but {len(f)} features and "
-                            f"{len(barcodes)} barcodes are listed")
-    ids = f[0].astype(str).tolist()
-    names = f[1].astype(str).tolist() if f.shape[1] > 1 else ids
-    ftype = f[2].astype(str).tolist() if f.shape[1] > 2 else ["Gene Expression"] * len(ids)
-    var = pd.DataFrame({"gene_ids": ids, "feature_types": ftype}, index=names)
+def _scanpy_10x(path: Path):
+    import warnings
+
+    import scanpy as sc
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scanpy's notes on non-unique gene names: genes are looked up by name
+        if path.is_dir():
+            ad = sc.read_10x_mtx(path, var_names="gene_symbols", make_unique=False, gex_only=False)
+        else:
+            ad = sc.read_10x_h5(path, gex_only=False)
+    X = sp.csr_matrix(ad.X)
+    X.check_format(full_check=True)  # corrupt indices/indptr would crash later sparse operations
+    if X.shape[0] and X.data.size and X.data.min() < 0:
+        raise SpotDataError(f"{path.name}: negative counts")
+    var = pd.DataFrame({"gene_ids": ad.var["gene_ids"].astype(str).to_numpy(),
+                        "feature_types": (ad.var["feature_types"].astype(str).to_numpy()
+                                          if "feature_types" in ad.var else ["Gene Expression"] * ad.n_vars)},
+                       index=ad.var_names.astype(str))
     keep = var["feature_types"].to_numpy() == "Gene Expression"
     if keep.any() and not keep.all():
         X, var = X[:, keep], var.loc[keep]
-    return X, pd.Index(barcodes), var
+    return X, pd.Index(ad.obs_names.astype(str)), var
+
+
+def _with_named_errors(what: str, read):
+    """``read()``, its failures (a truncated, corrupt or incomplete matrix) as a :class:`SpotDataError`
+    saying ``what``."""
+    try:
+        return read()
+    except SpotDataError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, IndexError, UnicodeDecodeError, OverflowError, EOFError,
+            AttributeError, zlib.error, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise SpotDataError(f"{what} ({type(e).__name__}: {str(e)[:200]})") from e
 
 
 POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres",

@@ -113,6 +113,11 @@ class ExpressionModel(DenseMapModel):
             self.smooth_cells = float(self.subspot.get("smooth_cells", 0.0))
 
     @property
+    def outputs(self) -> list[str]:
+        """The output channels: the genes."""
+        return self.genes
+
+    @property
     def default_step_um(self) -> float:
         """The grid step maps use unless asked otherwise: a sub-spot model's cell, else half the window."""
         return self.cell_um if self.subspot else self.window_um / 2
@@ -167,7 +172,7 @@ class ExpressionModel(DenseMapModel):
         return y * self.std + self.mean
 
     def dense_branches(self):
-        from ..infer.dense import DenseBranch
+        from ..models.dense import DenseBranch
         from .quantize import NormalisedBody
 
         net = self.net

@@ -12,15 +12,16 @@ import numpy as np
 class MapModel(Protocol):
     """A model that predicts per-location values (genes, class probabilities) from the slide.
 
-    ``genes`` names the output channels (gene names, or class names for a segmenter);
+    ``outputs`` names the output channels (gene names of an expression model, class names of a
+    segmenter);
     ``window_um`` is the largest physical window it looks at around a centre.
     """
 
-    genes: list[str]
+    outputs: list[str]
     window_um: float
 
     def predict_centres(self, pyr, centres: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Patch mode: ``(N, len(genes))`` values for level-0 ``(x, y)`` ``centres`` of ``pyr``, each
+        """Patch mode: ``(N, len(outputs))`` values for level-0 ``(x, y)`` ``centres`` of ``pyr``, each
         from its own window cut, resized and normalised as in training (the exact reference)."""
         ...
 
@@ -29,7 +30,7 @@ class MapModel(Protocol):
         ...
 
     def compute_centres(self, read, batch_size: int = 256) -> np.ndarray:
-        """Patch mode, model half: ``(N, len(genes))`` from what :meth:`read_centres` read."""
+        """Patch mode, model half: ``(N, len(outputs))`` from what :meth:`read_centres` read."""
         ...
 
     def read_cells(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float,
@@ -38,7 +39,7 @@ class MapModel(Protocol):
         ...
 
     def compute_cells(self, regions) -> np.ndarray:
-        """Dense mode, model half: ``(rows, cols, len(genes))`` from what :meth:`read_cells` read."""
+        """Dense mode, model half: ``(rows, cols, len(outputs))`` from what :meth:`read_cells` read."""
         ...
 
     def dense_step_um(self, requested_um: float) -> float:
@@ -47,7 +48,7 @@ class MapModel(Protocol):
 
     def predict_cells(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float,
                       cells: np.ndarray | None = None) -> np.ndarray:
-        """Dense mode: ``(rows, cols, len(genes))`` values on a regular grid whose first cell is
+        """Dense mode: ``(rows, cols, len(outputs))`` values on a regular grid whose first cell is
         centred at level-0 ``(x0, y0)``, ``step_l0`` level-0 px apart (one backbone pass per region);
         only the ``cells`` wanted ((rows, cols) bool) need be right."""
         ...
@@ -58,7 +59,7 @@ class DenseMapModel:
     I/O part (``read_*``, run in reader threads) and its model part (``compute_*``).
 
     A model supplies ``device``, ``meta``, ``dense_branches()`` (how to run its body and head densely,
-    see :mod:`napari_histoexpr.infer.dense`), ``read_centres``/``compute_centres`` (patch mode) and
+    see :mod:`napari_histoexpr.models.dense`), ``read_centres``/``compute_centres`` (patch mode) and
     may override ``scale_output()`` (e.g. undo z-scoring). Branch bodies are modules
     (:class:`~napari_histoexpr.models.quantize.NormalisedBody`) so that :meth:`set_precision` can run
     int8 copies of them.
@@ -122,28 +123,28 @@ class DenseMapModel:
 
     # -- dense mode -------------------------------------------------------------------------------
     def dense_step_um(self, requested_um: float) -> float:
-        from ..infer.dense import dense_step_um
+        from ..models.dense import dense_step_um
 
         return dense_step_um(self.dense_branches(), requested_um)
 
     def read_cells(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float, cells=None):
         """The regions :meth:`compute_cells` needs for a grid of cells (I/O only)."""
-        from ..infer.dense import read_cells
+        from ..models.dense import read_cells
 
         return read_cells(pyr, self.branches_for(pyr), x0, y0, rows, cols, step_l0, self.patch_transform(),
                           cells=cells)
 
     def dense_job(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float, cells=None, first=None):
-        """A :class:`~napari_histoexpr.infer.dense.DenseJob` for a grid of cells: computed block by
+        """A :class:`~napari_histoexpr.models.dense.DenseJob` for a grid of cells: computed block by
         block, the windows of the cells in ``first`` (``(row0, row1, col0, col1)``) first, each cell
         released when its window is done."""
-        from ..infer.dense import DenseJob
+        from ..models.dense import DenseJob
 
         return DenseJob(pyr, self.branches_for(pyr), x0, y0, rows, cols, step_l0, self.device, cells, first,
                         self.patch_transform(), self.scale_output)
 
     def compute_cells(self, regions) -> np.ndarray:
-        from ..infer.dense import compute_cells
+        from ..models.dense import compute_cells
 
         return self.scale_output(compute_cells(regions, self.device))
 
@@ -154,7 +155,7 @@ class DenseMapModel:
 
     def predict_centres_dense(self, pyr, centres: np.ndarray) -> np.ndarray:
         """``(N, outputs)`` at arbitrary centres (e.g. spots), from the region's feature map."""
-        from ..infer.dense import dense_at_centres
+        from ..models.dense import dense_at_centres
 
         return self.scale_output(dense_at_centres(pyr, self.branches_for(pyr), centres, self.device,
                                                   self.patch_transform()))

@@ -95,7 +95,7 @@ def calibration_windows(pyr, input_per_l0: float, n: int = CALIBRATION_WINDOWS, 
     raster order: the same windows every time). The whole slide's middle if it has no tissue.
     ``mask``: the slide's ``(tissue mask, downsample)`` if already made."""
     from ..data.patches import tissue_mask
-    from ..infer.dense import read_scaled
+    from ..models.dense import read_scaled
 
     mask, ds = mask if mask is not None else tissue_mask(pyr)
     ys, xs = np.nonzero(mask)

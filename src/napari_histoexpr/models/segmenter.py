@@ -39,16 +39,20 @@ def class_probabilities(net: nn.Module, patches: np.ndarray, device, batch_size:
 
 
 class Segmenter(DenseMapModel):
-    """A saved segmenter; a :class:`~napari_histoexpr.models.protocol.MapModel` whose ``genes`` are
+    """A saved segmenter; a :class:`~napari_histoexpr.models.protocol.MapModel` whose ``outputs`` are
     its class names and whose values are class probabilities."""
 
     def __init__(self, nets, meta, device):
         self.nets, self.meta, self.device = nets, meta, device
         self.classes = list(meta["classes"])
-        self.genes = self.classes
         self.windows = [float(w) for w in meta["windows_um"]]
         self.window_um = max(self.windows)
         self.px = int(meta["px"])
+
+    @property
+    def outputs(self) -> list[str]:
+        """The output channels: the class names."""
+        return self.classes
 
     def smooth_cells(self, step_um: float) -> int:
         """Side (odd, in grid cells of ``step_um``) of the neighbourhood whose class probabilities
@@ -81,7 +85,7 @@ class Segmenter(DenseMapModel):
                        axis=0)
 
     def dense_branches(self):
-        from ..infer.dense import DenseBranch
+        from ..models.dense import DenseBranch
         from .quantize import NormalisedBody
 
         def branch(net, window):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..models.artifact import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 
 def sidecar_path(slide_path: str | os.PathLike) -> Path:

@@ -23,7 +23,7 @@ OTHER = "other tissue"
 
 
 def classes_from_genes(adata, genes: list[str], quantile: float = 0.5) -> pd.Series:
-    from ..data.expression import find_gene, log1p_normalised
+    from ..data.gene_values import find_gene, log1p_normalised
 
     names = [find_gene(adata, g) for g in genes]
     x = log1p_normalised(adata, names)

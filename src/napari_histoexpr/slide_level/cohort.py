@@ -91,9 +91,11 @@ def bulk_matrix(slides: list[CohortSlide], table: str | os.PathLike | None = Non
 
 def patient_folds(slides: list[CohortSlide], k: int = 5, seed: int = 0) -> list[np.ndarray]:
     """``k`` test index arrays; all slides of a patient fall in the same fold."""
+    from sklearn.model_selection import GroupKFold
+
     patients = sorted({s.patient for s in slides})
     if len(patients) < k:
         raise ManifestError(f"{len(patients)} patients cannot make {k} patient-level folds")
-    order = np.random.default_rng(seed).permutation(len(patients))
-    fold_of = {patients[p]: i % k for i, p in enumerate(order)}
-    return [np.array([j for j, s in enumerate(slides) if fold_of[s.patient] == f]) for f in range(k)]
+    groups = [s.patient for s in slides]
+    split = GroupKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(slides)), groups=groups)
+    return [np.sort(test) for _, test in split]

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import HistoExprError, TrainingError
 from ..metrics import concordance_index
-from .common import (
+from .bags import (
     Bag,
     Projector,
     SlideModel,

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import TrainingError
 from ..metrics import named_values, nanmean_or_none, pearson_columns
-from .common import (
+from .bags import (
     Bag,
     Projector,
     SlideModel,

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import TrainingError
 from ..metrics import named_values, nanmean_or_none, pearson_columns
-from .common import Bag, Projector, cross_validate, feature_meta, log_targets
+from .bags import Bag, Projector, cross_validate, feature_meta, log_targets
 from .he2rna import TileModel, fit_tile_net
 
 

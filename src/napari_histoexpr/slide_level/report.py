@@ -23,7 +23,7 @@ def _figure(w=9.0, h=4.0, n=2):
 def _save(plt, fig, path: Path) -> str:
     import io
 
-    from ..models.artifact import atomic_write_bytes
+    from ..files import atomic_write_bytes
 
     fig.tight_layout()
     buf = io.BytesIO()
@@ -34,7 +34,7 @@ def _save(plt, fig, path: Path) -> str:
 
 
 def _write(report: dict, out: str | os.PathLike, figures: list[str]) -> Path:
-    from ..models.artifact import atomic_write_json
+    from ..files import atomic_write_json
 
     report = dict(report, figures=figures)
     atomic_write_json(Path(out) / "report.json", report)

@@ -42,18 +42,22 @@ def encode(enc, patches: np.ndarray, device, batch: int = 128) -> np.ndarray:
 
 
 def _ridge(Z: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    zm, ym = Z.mean(0), Y.mean(0)
-    Zc, Yc = Z - zm, Y - ym
-    W = np.linalg.solve(Zc.T @ Zc + alpha * np.eye(Z.shape[1]), Zc.T @ Yc)
-    return W.astype(np.float32), (ym - zm @ W).astype(np.float32)
+    """scikit-learn's ridge regression (intercept not penalised) as plain arrays ``(W, b)``: ``Z @ W + b``."""
+    from sklearn.linear_model import Ridge
+
+    r = Ridge(alpha=alpha, fit_intercept=True, solver="cholesky").fit(np.asarray(Z, np.float64), Y)
+    return np.ascontiguousarray(r.coef_.T, np.float32), np.asarray(r.intercept_, np.float32)
 
 
 def _pca(F: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Feature mean, std and the top (≤ 256) principal axes of the standardised features."""
+    """Feature mean, std and the top (≤ 256) principal axes of the standardised features
+    (scikit-learn's PCA; stored as arrays, never pickled)."""
+    from sklearn.decomposition import PCA
+
     fmean, fstd = F.mean(0), F.std(0) + 1e-6
     k = int(min(256, len(F) - 1, F.shape[1]))
-    _, _, vt = np.linalg.svd((F - fmean) / fstd, full_matrices=False)
-    return fmean, fstd, vt[:k].T.astype(np.float32)
+    pca = PCA(n_components=k, svd_solver="full").fit((F - fmean) / fstd)
+    return fmean, fstd, np.ascontiguousarray(pca.components_.T, np.float32)
 
 
 def fit_baselines(out: Path, cfg, train_secs, val_secs, genes: list[str], device) -> dict:

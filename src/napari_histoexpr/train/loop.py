@@ -6,10 +6,8 @@ atomic checkpoints and raw model throughput. Inference batching is
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Generator, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -107,19 +105,6 @@ def fit_epoch(net, X: np.ndarray, batches: list[np.ndarray], loss_of: Callable, 
         tot += value * len(idx)
         yield {"stage": "step", **(info or {}), "step": step + 1, "steps": len(batches), "loss": value}
     return {"seen": seen, "loss": tot / max(1, seen), "seconds": time.perf_counter() - t0}
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary name, then rename: an interrupted save leaves the old file."""
-    import torch
-
-    from ..models.artifact import remove_dead_parts
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    remove_dead_parts(path)
 
 
 def raw_throughput(net, px: int, batch: int, device, steps: int = 5) -> float:

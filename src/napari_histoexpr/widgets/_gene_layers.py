@@ -89,7 +89,7 @@ class GeneLayers:
         another grid: the same layer shows the new raster, even where the grid is the old one's)."""
         from ..layerdata import grid_image_kwargs
 
-        layer, data = self.gene_layer(gene), self.raster.gene(gene)
+        layer, data = self.gene_layer(gene), self.raster.plane(gene)
         if self._shows_raster(layer, gene):
             return []
         kw = grid_image_kwargs(self.predictor.grid, self.predictor.pyr.world_mpp, f"predicted: {gene}",
@@ -102,7 +102,7 @@ class GeneLayers:
 
     def _shows_raster(self, layer, gene: str) -> bool:
         """Whether ``layer`` shows the current raster's plane of ``gene`` (the same array object)."""
-        return layer is not None and layer.data is self.raster.gene(gene)
+        return layer is not None and layer.data is self.raster.plane(gene)
 
     def _gene_layer(self, gene: str, create: bool = False):
         """The gene's layer if it shows the current raster; with ``create`` it is made to, at once.
@@ -125,9 +125,9 @@ class GeneLayers:
             self._contrast(layer, g)
 
     def _contrast(self, layer, gene, force: bool = True):
-        from ..data.expression import percentile_limits
+        from ..data.gene_values import percentile_limits
 
-        lo, hi = percentile_limits(self.raster.gene(gene), self._lo.value, max(self._hi.value, self._lo.value + 0.5))
+        lo, hi = percentile_limits(self.raster.plane(gene), self._lo.value, max(self._hi.value, self._lo.value + 0.5))
         old = layer.contrast_limits
         if force or abs(lo - old[0]) + abs(hi - old[1]) > 0.02 * max(hi - lo, 1e-6):
             layer.contrast_limits = (lo, hi)

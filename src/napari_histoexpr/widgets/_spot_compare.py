@@ -21,7 +21,7 @@ class SpotComparison:
 
     def compare_spots(self):
         """Predict at every measured spot (as in evaluation), add residual layers and the r table."""
-        from ..infer.spots import predict_at_spots
+        from ..infer.spot_prediction import predict_at_spots
 
         try:
             if self.model is None:

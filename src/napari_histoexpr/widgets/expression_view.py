@@ -1,9 +1,10 @@
 """The "Predicted expression" dock panel: live heatmaps of a trained model on the visible region,
 next to the measured spots, with their agreement.
 
-Wiring only: the work is :mod:`napari_histoexpr.infer.region` (grid, tiles, cache, latest-wins) and
-:func:`napari_histoexpr.infer.spots.predict_at_spots`, run in napari workers; results fill each
-gene's raster in place and the layers are refreshed.
+Wiring only: the view's state is a :class:`~napari_histoexpr.infer.live_view.LiveView` (model, predictor,
+raster, latest request) that this panel observes; the work is :mod:`napari_histoexpr.infer.region` (tiles,
+cache) and :func:`napari_histoexpr.infer.spot_prediction.predict_at_spots`, run in napari workers; results
+fill each gene's raster in place and the layers are refreshed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from magicgui.widgets import (
 )
 
 from ..errors import HistoExprError
+from ..infer.live_view import LiveView
 from ..models.catalog import DEVICES
 from ._common import PanelMixin, make_table, mode_choice, precision_choice, start_worker, timed
 from ._gene_layers import GeneLayers
@@ -48,12 +50,11 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
 
         self._viewer = viewer
         self.session = Session(viewer)
-        self.model = self.predictor = self.raster = None
+        self.view = LiveView()  # the model, predictor, raster and latest request: observed below
         self.spot_pred = None  # a SpotPrediction of the open section
         self.gui_timings: deque = deque(maxlen=10000)
         self.tile_times: deque = deque(maxlen=10000)  # when each predicted tile reached the layers
-        self._building = self._spot_worker = self._requests = self._request_pred = None  # of last_request_tiles
-        self.last_request_tiles: list = []
+        self._building = self._spot_worker = None
         self._model_edit = FileEdit(label="model", mode="d", nullable=True)
         self._load_btn = PushButton(text="Load model")
         self._genes = Select(label="genes", choices=[], allow_multiple=True)
@@ -93,10 +94,20 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         self._genes.changed.connect(self._on_genes)
         for w in (self._current, self._opacity, self._cmap, self._lo, self._hi):
             w.changed.connect(self._style_current)
+        self.view.status.connect(self._show_status)
+        self.view.predictor_changed.connect(lambda *_: self._layers_then_predict(self.selected_genes()))
         cam = viewer.scene.camera
         cam.events.center.connect(self._on_camera)
         cam.events.zoom.connect(self._on_camera)
         self._stop_workers_on_close("_worker", "_building", "_spot_worker")
+
+    model = property(lambda self: self.view.model)
+    predictor = property(lambda self: self.view.predictor)
+    raster = property(lambda self: self.view.raster)
+    last_request_tiles = property(lambda self: self.view.last_request_tiles)
+
+    def _show_status(self, text: str):
+        self._status.value = text
 
     def reset_choices(self, *_):
         """napari calls this on docked magicgui containers whenever layers change; our choices are
@@ -119,7 +130,8 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
     @timed
     def _use_model(self, model, genes: list[str] | None = None):
         self._halt()  # a view request of the previous model must not reach the new model's layers
-        self.model, self.predictor, self.spot_pred = model, None, None
+        self.view.set_model(model)
+        self.spot_pred = None
         g = list(model.genes)
         self._genes.choices = g
         self._genes.value = genes or g[:1]
@@ -159,22 +171,16 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
 
     @timed
     def _on_predictor(self, built):
-        from ..infer.region import LatestRequest
-
         pred, raster = built
         self._building = None
         if not self._fits(pred):
             self.predict_view()  # the model, mode, precision or grid step changed while this one was built
             return
-        self.predictor, self.raster, self._requests = pred, raster, LatestRequest()
-        self._layers_then_predict(self.selected_genes())
+        self.view.set_predictor(pred, raster)  # its layers are brought to the raster, then the view predicted
 
     def _fits(self, pred) -> bool:
         """Whether ``pred`` predicts with the panel's model, mode, precision and grid step (0: any)."""
-        stride = self._stride.value
-        return (pred.model is self.model and pred.requested_mode == self._mode.value
-                and pred.requested_precision == self._precision.value
-                and (not stride or abs(pred.requested_stride_um - stride) < 1e-6))
+        return self.view.fits(pred, self._mode.value, self._precision.value, self._stride.value)
 
     @property
     def busy(self) -> bool:
@@ -198,7 +204,7 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
 
     # -- view-following inference -------------------------------------------------------------------
     def view_box(self):  # the level-0 box in view
-        from ..infer.region import visible_box
+        from ..layerdata import visible_box
 
         cam = self._viewer.scene.camera
         return visible_box(cam.center, cam.zoom, self._viewer.canvas.size, self.predictor.pyr.world_mpp)
@@ -230,40 +236,30 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         if not genes:
             return None
         self._bring_layers(genes)
-        tiles = pred.view_tiles(self.view_box())
-        same = pred is self._request_pred and tiles == self.last_request_tiles
-        if same and (self._worker is not None or all(t in pred.cache for t in tiles)):
+        # the earlier request is superseded; cached tiles are put at once, on this thread (cheap copies)
+        req = self.view.request(self.view_box(), in_flight=self._worker is not None)
+        if req is None:
             return self._worker  # this view is shown or being predicted (the debounce of a single move ends here)
-        self.last_request_tiles, self._request_pred = tiles, pred
-        self._halt(debounce=False)  # the earlier request and its worker (whose end then reports nothing)
-        cancelled, self._last_repaint = self._requests.new(), 0.0  # the new view's first tiles drawn at once
-        todo = []
-        for t in tiles:  # cached tiles are applied at once, on this thread (cheap copies)
-            hit = pred.cache.get(t)
-            if hit is not None:
-                self.raster.put(t, hit)
-            else:
-                todo.append(t)
-        if len(todo) < len(tiles):  # napari redraws a layer on a refresh: only when cached tiles were put
+        self._halt(debounce=False, supersede=False)  # the earlier request's worker (its end then reports nothing)
+        self._last_repaint = 0.0  # the new view's first tiles are drawn at once
+        if req.cached:  # napari redraws a layer on a refresh: only when cached tiles were put
             self._refresh_layers()
-        if not todo:
-            self._status.value = f"{len(tiles)} tiles in view (all cached)" if tiles else "no tissue in view"
+        if not req.todo:
             return None
         this = []  # the worker, for its own finished handler (which runs after we return)
         self._worker = start_worker(
-            pred.run, todo, cancelled,  # no activity-dock bar: napari takes 15-100 ms of this thread per bar
-            yielded=lambda item, c=cancelled: self._on_tile(item, c, pred), errored=self._fail,
-            finished=lambda: self._on_view_done(this[0], len(todo)))
+            pred.run, req.todo, req.cancelled,  # no activity-dock bar: napari takes 15-100 ms of this thread per bar
+            yielded=lambda item, r=req: self._on_tile(r, item), errored=self._fail,
+            finished=lambda: self._on_view_done(this[0], req))
         this.append(self._worker)
         self._stop_btn.enabled = True
-        self._status.value = f"predicting {len(todo)} of {len(tiles)} tiles in view…"
         return self._worker
 
-    def _halt(self, debounce: bool = True):
+    def _halt(self, debounce: bool = True, supersede: bool = True):
         """Supersede the in-flight view request and quit its worker (at its next tile; Stop disabled);
         returns it. ``debounce``: also drop a pending camera debounce."""
-        if self._requests is not None:
-            self._requests.new()
+        if supersede:
+            self.view.supersede()
         worker, self._worker = self._worker, None
         if debounce:
             self._timer.stop()
@@ -278,23 +274,21 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         if self._halt() is None or self.predictor is None:
             return
         self._refresh_layers()
-        pending = sum(self.predictor.cache.get(t) is None for t in self.last_request_tiles)
-        self._status.value = f"stopped: {pending} of {len(self.last_request_tiles)} tiles in view not predicted"
+        self.view.stopped()
 
     @timed
-    def _on_tile(self, item, cancelled, pred):
-        if pred is not self.predictor:  # a late tile of a model or grid no longer shown
+    def _on_tile(self, req, item):
+        if not self.view.accept(req, *item):  # a late tile of a model or grid no longer shown
             return
-        self.raster.put(*item)  # a stale request's tiles are still right: keep them
         self.tile_times.append(time.perf_counter())
-        if not cancelled():
+        if not req.cancelled():
             self._schedule_repaint()
 
     @timed
-    def _on_view_done(self, worker, n):
+    def _on_view_done(self, worker, req):
         if self._worker is worker:
             self._worker = None
             self._stop_btn.enabled = False
-            self._status.value = f"view predicted ({n} new tiles, {len(self.predictor.cache)} cached)"
+            self.view.finished(req)
             self._refresh_layers()
             self.update_table()

@@ -12,7 +12,7 @@ from magicgui.widgets import (
     PushButton,
 )
 
-from ..data.expression import VALUE_MODES
+from ..data.gene_values import VALUE_MODES
 from ..errors import UnknownGeneError
 from ..io.sections import N_OPEN_STEPS, open_steps
 from ..io.visium_hd import DEFAULT_BIN_UM
@@ -124,7 +124,7 @@ class SlideSpotsWidget(PanelMixin, Container):
         if adata is not None:
             self._set_completer(list(map(str, adata.var_names)))
             if not self._gene.value or self._gene.value not in adata.var_names:
-                from ..data.expression import top_genes
+                from ..data.gene_values import top_genes
 
                 self._gene.value = top_genes(adata, 1)[0]
             self.apply_gene()

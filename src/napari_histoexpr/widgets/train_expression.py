@@ -1,6 +1,6 @@
 """The "Train expression model" dock panel: sections, genes, backbone, epochs, device -> a model folder.
 
-Training runs in a napari worker over :func:`napari_histoexpr.train.expression.train_from_manifest_steps`;
+Training runs in a napari worker over :func:`napari_histoexpr.train.expression_trainer.train_from_manifest_steps`;
 the panel only shows its events (a live loss curve, progress in the activity dock) and can cancel
 it: the checkpoint of the last finished epoch and the model saved so far stay on disk.
 """
@@ -23,7 +23,7 @@ from magicgui.widgets import (
 
 from ..errors import HistoExprError
 from ..models.catalog import BACKBONE_NAMES, DEVICES
-from ..train.expression import TrainConfig, epoch_line, summary_line
+from ..train.expression_trainer import TrainConfig, epoch_line, summary_line
 from ._common import PanelMixin, start_worker
 from ._plots import LossCurve
 from ._session import Session
@@ -98,7 +98,7 @@ class TrainExpressionWidget(PanelMixin, Container):
 
     def start(self, *_):
         """Start training in a worker; returns it (or None after a notified error)."""
-        from ..train.expression import train_from_manifest_steps
+        from ..train.expression_trainer import train_from_manifest_steps
 
         if self._worker is not None:
             return None

@@ -43,13 +43,13 @@ def predict_at_spots(model, pyr, adata, name: str = "section", min_tissue: float
     (``min_tissue`` default: what the model was trained with) and the measured values.
 
     ``mode="dense"`` pools one feature map of the section over each spot's window
-    (:func:`~napari_histoexpr.infer.dense.dense_at_centres`); ``"patch"`` cuts and predicts every
+    (:func:`~napari_histoexpr.models.dense.dense_at_centres`); ``"patch"`` cuts and predicts every
     spot's patch as in training. ``keep_patches`` also returns the patches (for baselines).
     Visium HD bins are first summed over squares of the model's window
     (:func:`~napari_histoexpr.io.visium_hd.comparison_spots`), the scale then stated in ``scale``."""
-    from ..data.expression import log1p_normalised, shared_genes
+    from ..data.gene_values import log1p_normalised, shared_genes
     from ..data.patches import extract_patches
-    from ..data.sections import spot_diameter_um, spots_on_tissue
+    from ..data.section_data import spot_diameter_um, spots_on_tissue
     from ..errors import HistoExprError
 
     if mode not in ("dense", "patch"):

@@ -13,7 +13,7 @@ Two routes (``SegConfig.features``):
 
 Both save the same artifact (:class:`~napari_histoexpr.models.segmenter.Segmenter`: one
 :class:`~napari_histoexpr.models.segmenter.PatchClassifier` per patch size), so dense prediction
-(:mod:`napari_histoexpr.segment.evaluate`) and the panel do not care which route made it.
+(:mod:`napari_histoexpr.segment.maps`) and the panel do not care which route made it.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def encoder_steps(sections, out_dir, cfg: SegConfig) -> Generator[dict, None, Pa
     """The expression model whose backbone the segmenter uses: ``cfg.encoder``, or one trained now on
     ``sections`` (all genes + aux genes of the same spots) into ``OUT/encoder`` — a normal expression
     model folder, usable in the "Predicted expression" panel too."""
-    from .expression import TrainConfig, train_from_manifest_steps
+    from .expression_trainer import TrainConfig, train_from_manifest_steps
 
     if cfg.encoder:
         return Path(cfg.encoder)
@@ -174,8 +174,18 @@ def segmenter_steps(sections, out_dir, cfg: SegConfig, regions: dict | None = No
 
 
 def balanced_accuracy(pred: np.ndarray, true: np.ndarray, n_classes: int) -> float:
-    accs = [(pred[true == c] == c).mean() for c in range(n_classes) if (true == c).any()]
-    return float(np.mean(accs)) if accs else 0.0
+    """The mean recall over the ``n_classes`` classes present in ``true`` (scikit-learn's; 0 if none)."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    true, pred = np.asarray(true), np.asarray(pred)
+    keep = (true >= 0) & (true < n_classes)
+    if not keep.any():
+        return 0.0
+    with warnings.catch_warnings():  # predicted classes absent from ``true`` are not scored
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(true[keep], pred[keep]))
 
 
 def train_segmenter_steps(sections: list[SegSection], out_dir, cfg: SegConfig) -> Generator[dict, None, dict]:
@@ -183,7 +193,8 @@ def train_segmenter_steps(sections: list[SegSection], out_dir, cfg: SegConfig) -
     artifact; returns a summary."""
     import torch
 
-    from ..models.artifact import atomic_write_json, save_artifact
+    from ..files import atomic_write_json
+    from ..models.artifact import save_artifact
     from ..models.runtime import resolve_device
     from ..models.segmenter import KIND
     from ..segment.classes import BACKGROUND
@@ -313,32 +324,35 @@ HEAD_L2 = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)
 
 def fit_softmax_head(feats: np.ndarray, y: np.ndarray, n_classes: int, weights: np.ndarray, l2: float,
                      steps: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    """Class-weighted multinomial logistic regression on standardised features (full-batch L-BFGS);
-    returns ``(W, b)`` acting on the *raw* features (the standardisation folded in)."""
-    import torch
+    """Class-weighted multinomial logistic regression on standardised features (scikit-learn's, L-BFGS):
+    minimises the class-weighted mean cross-entropy + ``l2 / 2 * |W|^2``. Returns ``(W, b)`` of all
+    ``n_classes`` acting on the *raw* features (the standardisation folded in; a class without samples
+    gets a bias that never wins)."""
+    import warnings
 
-    f = torch.from_numpy(np.asarray(feats, np.float32))
-    mu, sd = f.mean(0), f.std(0) + 1e-6
-    z = (f - mu) / sd
-    yt = torch.from_numpy(np.asarray(y, np.int64))
-    wt = torch.tensor(np.asarray(weights, np.float32))
-    lin = torch.nn.Linear(z.shape[1], n_classes)
-    torch.nn.init.zeros_(lin.weight)
-    torch.nn.init.zeros_(lin.bias)
-    opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=steps, history_size=20,
-                            line_search_fn="strong_wolfe")
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
 
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(lin(z), yt, weight=wt) + 0.5 * l2 * lin.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        w = lin.weight / sd
-        b = lin.bias - (w * mu).sum(1)
-    return w.numpy(), b.numpy()
+    x = np.asarray(feats, np.float64)
+    y = np.asarray(y, np.int64)
+    sw = np.asarray(weights, np.float64)[y]
+    scaler = StandardScaler().fit(x)
+    z = scaler.transform(x)
+    # sklearn minimises C * sum(w_i CE_i) + |W|^2 / 2: the weighted mean (torch's) times 1 / (l2 sum(w_i))
+    clf = LogisticRegression(C=1.0 / (l2 * sw.sum()), max_iter=steps, tol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(z, y, sample_weight=sw)
+    w = np.zeros((n_classes, x.shape[1]))
+    b = np.full(n_classes, -1e4)
+    coef, icpt = clf.coef_, clf.intercept_
+    if len(clf.classes_) == 2:  # a binary fit has one row: class 1 vs class 0
+        coef, icpt = np.vstack([-coef / 2, coef / 2]), np.array([-icpt[0] / 2, icpt[0] / 2])
+    w[clf.classes_], b[clf.classes_] = coef, icpt
+    w = w / scaler.scale_
+    b = b - (w * scaler.mean_).sum(1)
+    return w.astype(np.float32), b.astype(np.float32)
 
 
 def _train_on_encoder(tr, va, labels: Labels, cfg: SegConfig, device) -> Generator[dict, None, tuple]:

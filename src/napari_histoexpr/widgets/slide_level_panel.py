@@ -132,7 +132,7 @@ class SlideLevelPanel(PanelMixin, Container):
 
     def compute(self):
         """Tile features of the open slide (cached) -> the model's per-tile maps, in a worker."""
-        from ..slide_level.common import bag_from_features
+        from ..slide_level.bags import bag_from_features
         from ..slide_level.features import Encoder, extract_features_steps
 
         if self._worker is not None:
@@ -231,7 +231,7 @@ class SlideLevelPanel(PanelMixin, Container):
     # -- layers ----------------------------------------------------------------------------------------
     def show_map(self, name: str | None = None):
         """Show (or update in place) the heatmap layer with the chosen map."""
-        from ..slide_level.common import tile_raster
+        from ..slide_level.bags import tile_raster
 
         if name is not None:
             self._map.value = name

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import drain as drain_with
-from .common import progress
+from .progress import drain as drain_with
+from .progress import progress
 
 
 def _show(ev: dict) -> None:
@@ -28,8 +28,8 @@ def _drain(gen):
 
 
 def _inputs(args, bulk: bool = True):
+    from ..slide_level.bags import load_bags
     from ..slide_level.cohort import bulk_matrix, read_cohort
-    from ..slide_level.common import load_bags
 
     slides = read_cohort(args.cohort)
     bags = load_bags(slides, args.features)
@@ -38,7 +38,7 @@ def _inputs(args, bulk: bool = True):
 
 
 def _genes(args, B):
-    from ..slide_level.common import choose_bulk_genes
+    from ..slide_level.bags import choose_bulk_genes
 
     names = [g.strip() for g in (args.genes or "").split(",") if g.strip()]
     return choose_bulk_genes(B, args.n_genes, names or None)

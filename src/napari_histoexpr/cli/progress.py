@@ -28,7 +28,7 @@ def show_event(ev: dict) -> None:
               f"val balanced acc {ev['val_bal_acc']:.3f}; {ev['patches_per_s']:.0f} patches/s",
               file=sys.stderr, flush=True)
     elif stage == "epoch":
-        from ..train.expression import epoch_line
+        from ..train.expression_trainer import epoch_line
 
         print(f"\r[histoexpr] {epoch_line(ev)}; {ev['patches_per_s']:.0f} patches/s", file=sys.stderr, flush=True)
     elif stage == "section":

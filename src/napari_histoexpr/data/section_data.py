@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .expression import log1p_normalised, shared_genes
+from .gene_values import log1p_normalised, shared_genes
 
 #: spot diameter assumed where a section does not say (a Visium spot)
 DEFAULT_SPOT_UM = 55.0

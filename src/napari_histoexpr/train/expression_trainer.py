@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.sections import DEFAULT_SPOT_UM, SectionData
+from ..data.section_data import DEFAULT_SPOT_UM, SectionData
 from ..errors import TrainingError
 from ..metrics import pearson_columns
 
@@ -123,12 +123,12 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
     import torch
 
     from ..data.patches import augment_batch
-    from ..models.artifact import atomic_write_json, save_artifact
+    from ..files import atomic_torch_save, atomic_write_json
+    from ..models.artifact import save_artifact
     from ..models.backbones import load_init_weights
     from ..models.expression import KIND, ExpressionNet
     from ..models.runtime import predict_batches, resolve_device, uses_amp
     from .loop import (
-        atomic_torch_save,
         epoch_batches,
         fit_epoch,
         make_optimizer,
@@ -329,7 +329,7 @@ def subspot_geometry(cell_um: float, footprint_um: float) -> tuple[float, int]:
 def train_from_manifest_steps(manifest, out_dir, cfg: TrainConfig, resume: bool = False
                               ) -> Generator[dict, None, dict]:
     """Open the sections of ``manifest`` (a CSV path or Sections), then train (events as in train_steps)."""
-    from ..data.sections import prepare_sections_steps
+    from ..data.section_data import prepare_sections_steps
     from ..io.manifest import as_sections
 
     geometry = None

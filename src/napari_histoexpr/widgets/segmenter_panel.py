@@ -1,8 +1,8 @@
 """The "Transcriptome segmenter" dock panel: classes from the transcriptome -> train -> segment the
 view or the slide -> live Dice against regions the user draws (autosaved as GeoJSON).
 
-Wiring only: training is :mod:`napari_histoexpr.train.segmenter`, segmentation
-:func:`napari_histoexpr.segment.evaluate.segment_region`, both run in napari workers."""
+Wiring only: training is :mod:`napari_histoexpr.train.segmenter_trainer`, segmentation
+:func:`napari_histoexpr.segment.maps.segment_region`, both run in napari workers."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from magicgui.widgets import (
 
 from ..errors import HistoExprError
 from ..models.catalog import DEVICES
-from ..train.expression import epoch_line
-from ..train.segmenter import FEATURES, SegConfig
+from ..train.expression_trainer import epoch_line
+from ..train.segmenter_trainer import FEATURES, SegConfig
 from . import _annotations as gt
 from ._common import PanelMixin, fill_table, make_table, mode_choice, notify_error, precision_choice, start_worker
 from ._plots import LossCurve
@@ -143,7 +143,7 @@ class SegmenterPanel(PanelMixin, Container):
 
     def train(self):
         from ..io.manifest import as_sections
-        from ..train.segmenter import segmenter_steps
+        from ..train.segmenter_trainer import segmenter_steps
 
         if self._worker is not None:
             return None
@@ -202,8 +202,8 @@ class SegmenterPanel(PanelMixin, Container):
 
     def segment(self, view: bool = True):
         """Segment the visible region or the whole slide in a worker; the Labels layer fills in."""
-        from ..infer.region import visible_box
-        from ..segment.evaluate import segment_region
+        from ..layerdata import visible_box
+        from ..segment.maps import segment_region
 
         try:
             if self.model is None:
@@ -222,7 +222,7 @@ class SegmenterPanel(PanelMixin, Container):
         return self._worker
 
     def _on_segment_event(self, ev):
-        from ..infer.region import grid_layer_geometry
+        from ..infer.grid import grid_layer_geometry
         from .layers import upsert_layer
 
         if self._closed:
@@ -280,7 +280,7 @@ class SegmenterPanel(PanelMixin, Container):
 
     def dice(self) -> dict | None:
         from ..segment.annotations import rasterise
-        from ..segment.evaluate import dice_scores
+        from ..segment.maps import dice_scores
 
         regions = self.regions()
         if self.seg_labels is None or self.model is None or not regions:

@@ -77,12 +77,15 @@ class Projector:
         mean, std = x.mean(0), x.std(0) + 1e-6
         if not n_components or n_components >= x.shape[1]:
             return cls(mean, std, np.eye(x.shape[1]))
+        from sklearn.decomposition import PCA
+
         rng = np.random.default_rng(seed)
         z = (x[rng.choice(len(x), min(len(x), max_rows), replace=False)] - mean) / std
-        _, s, vt = np.linalg.svd(z, full_matrices=False)
-        k = min(n_components, len(s))
-        whiten = np.sqrt(len(z)) / np.maximum(s[:k], 1e-6)  # unit variance per component
-        return cls(mean, std, vt[:k].T * whiten[None, :])
+        k = min(n_components, *z.shape)
+        pca = PCA(n_components=k, whiten=True, svd_solver="full").fit(z)  # unit variance per component
+        # stored as plain arrays (safetensors): PCA's own centre folded into the mean, its whitening into comps
+        comps = pca.components_.T / np.sqrt(np.maximum(pca.explained_variance_, 1e-12))[None, :]
+        return cls(mean + std * pca.mean_, std, comps)
 
     @property
     def dim(self) -> int:
@@ -150,7 +153,7 @@ def tile_raster(bag: Bag, values: np.ndarray) -> tuple[np.ndarray, dict]:
     row = np.floor(bag.coords[:, 1] / step).astype(int)
     img = np.full((row.max() + 1 if len(row) else 1, col.max() + 1 if len(col) else 1), np.nan, np.float32)
     img[row, col] = values
-    from ..infer.region import Grid, grid_layer_geometry
+    from ..infer.grid import Grid, grid_layer_geometry
 
     return img, grid_layer_geometry(Grid(step, *img.shape), bag.world_mpp)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import napari_histoexpr
+from layering import LAYERS, violations
 
 PKG = Path(napari_histoexpr.__file__).parent
 #: modules that hold torch networks or GUI code by design
@@ -99,3 +100,49 @@ def test_reader_claims_only_what_it_reads():
     patterns = set(reader["filename_patterns"])
     assert "*" not in patterns and reader["accepts_directories"]
     assert {f"*{s}" for s in SLIDE_SUFFIXES if s.count(".") == 1} <= patterns
+
+
+def test_layers_one_way_and_one_name_per_module():
+    """docs/architecture.md's rules hold for the package as it is."""
+    found = violations(PKG)
+    assert found == {k: [] for k in found}, found
+
+
+def _plant(tmp_path, rel: str, code: str):
+    import shutil
+
+    root = tmp_path / "napari_histoexpr"
+    shutil.copytree(PKG, root, ignore=shutil.ignore_patterns("__pycache__"))
+    target = root / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text((target.read_text() if target.exists() else "") + code)
+    return root
+
+
+def test_a_planted_upward_import_is_found(tmp_path):
+    # inside a function, as a contributor dodging a cycle would write it: it still counts
+    root = _plant(tmp_path, "io/manifest.py", "\n\ndef _planted():\n    from ..widgets.layers import find_layer\n"
+                                              "    return find_layer\n")
+    found = violations(root)
+    assert found["upward imports"] == ["io.manifest->widgets.layers"]
+    assert any({"io", "widgets"} <= set(c) for c in found["package cycles"])  # widgets import io
+
+
+def test_a_planted_cycle_private_import_and_shared_name_are_found(tmp_path):
+    root = _plant(tmp_path, "data/gene_values.py", "\n\nfrom ..datasets.tissue import _hash01  # noqa\n")
+    (root / "infer" / "manifest.py").write_text("from ..io.manifest import Section\n")
+    (root / "io" / "cyclic.py").write_text("from ..data.gene_values import find_gene\n")
+    (root / "data" / "gene_values.py").write_text((root / "data" / "gene_values.py").read_text()
+                                                  + "from ..io.cyclic import find_gene as _x  # noqa\n")
+    found = violations(root)
+    assert "data.gene_values<-_hash01" in [p.removeprefix("napari_histoexpr.") for p in found["private imports"]]
+    assert "manifest.py" in found["shared file names"]
+    assert ["napari_histoexpr.data.gene_values", "napari_histoexpr.io.cyclic"] in found["module cycles"]
+    assert any({"data", "io"} <= set(c) for c in found["package cycles"])
+    assert "data.gene_values->datasets.tissue" not in found["upward imports"]  # same layer
+
+
+def test_every_top_level_name_has_a_layer():
+    names = {p.stem if p.suffix == ".py" else p.name for p in PKG.iterdir()
+             if (p.suffix == ".py" or (p / "__init__.py").exists())}
+    assert names <= set().union(*LAYERS), names - set().union(*LAYERS)

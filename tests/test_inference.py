@@ -57,6 +57,60 @@ def model(trained):
     return ExpressionModel.load(trained, "cpu")
 
 
+def test_live_view_state_without_a_viewer(model, cohort):
+    """The live view's state object, driven as a panel drives it, with no viewer: events, latest wins,
+    cached tiles at once, superseded requests' tiles kept but not reported, a new model drops the grid."""
+    from napari_histoexpr.infer.live_view import LiveView
+    from napari_histoexpr.infer.region import predictor_with_raster
+    from napari_histoexpr.io.slides import open_slide
+
+    pyr = open_slide(cohort["demos"][3].slide)
+    view, seen = LiveView(), {"model": [], "pred": [], "tiles": [], "status": []}
+    view.model_changed.connect(lambda m: seen["model"].append(m))
+    view.predictor_changed.connect(lambda p, r: seen["pred"].append((p, r)))
+    view.tile_ready.connect(lambda t, v: seen["tiles"].append(t))
+    view.status.connect(seen["status"].append)
+    view.set_model(model)
+    assert seen["model"] == [model] and view.predictor is None
+    pred, raster = predictor_with_raster(model, pyr, 25.0, tile_cells=4)
+    assert view.fits(pred, "dense", "auto", None) and view.fits(pred, "dense", "auto", 25.0)
+    assert not view.fits(pred, "patch", "auto", None) and not view.fits(pred, "dense", "auto", 40.0)
+    view.set_predictor(pred, raster)
+    assert seen["pred"] == [(pred, raster)] and raster.names == model.genes
+    box = (0, 0, 1024, 1024)
+    req = view.request(box)
+    assert req.tiles and req.todo == req.tiles and req.cached == 0 and view.pending() == len(req.tiles)
+    assert seen["status"][-1] == f"predicting {len(req.tiles)} of {len(req.tiles)} tiles in view…"
+    assert view.request(box, in_flight=True) is None  # the same view while it is being predicted
+    first = None
+    for tile, values in pred.run(req.todo, req.cancelled):
+        first = first or tile
+        assert view.accept(req, tile, values)
+    assert seen["tiles"] == req.todo and view.pending() == 0
+    np.testing.assert_array_equal(raster.plane("ERBB2")[raster.grid.tile_slices(*first)], pred.cache.get(first)[0])
+    view.finished(req)
+    assert seen["status"][-1].startswith(f"view predicted ({len(req.todo)} new tiles")
+    assert view.request(box) is None  # shown and all cached: nothing to do
+    # a new view supersedes the old request: the old one's tiles are still accepted, it reports nothing
+    other = view.request((1024, 1024, 2048, 2048))
+    assert req.cancelled() and not other.cancelled()
+    n = len(seen["status"])
+    view.finished(req)
+    assert len(seen["status"]) == n
+    # back to the first view: every tile from the cache, put into the raster at once
+    raster.data[:] = np.nan
+    again = view.request(box)
+    assert again.todo == [] and again.cached == len(req.tiles) and other.cancelled()
+    assert seen["status"][-1] == f"{len(req.tiles)} tiles in view (all cached)"
+    assert np.isfinite(raster.plane("ERBB2")[raster.grid.tile_slices(*first)]).any()
+    view.stopped()
+    assert seen["status"][-1] == f"stopped: 0 of {len(req.tiles)} tiles in view not predicted"
+    # another model: the grid is dropped and a late tile of the old predictor is refused
+    view.set_model(None)
+    assert view.predictor is None and seen["model"][-1] is None and not view.accept(other, first, values)
+    pyr.close()
+
+
 def _truth_class(demo, xy):
     cm_path = next(demo.truth.glob("class_map_ds*.npy"))
     ds = float(cm_path.stem.split("_ds")[1])

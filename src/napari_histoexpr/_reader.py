@@ -11,12 +11,13 @@ from pathlib import Path
 
 from .data.gene_values import top_genes
 from .io.legacy_st import looks_like_st_counts, st_counts_in
-from .io.sections import open_section
+from .io.manifest import read_manifest
+from .io.sections import load_section, open_section
 from .io.slides import is_slide_path, open_slide
 from .io.spatialdata_store import is_spatialdata_store
 from .io.spots import read_spots
 from .io.visium import is_visium_folder, looks_like_space_ranger
-from .layerdata import slide_layer_data, spots_layer_data
+from .layerdata import prediction_layers, slide_layer_data, spots_layer_data
 
 _GAP_UM = 500.0  # space between sections of a manifest laid out side by side
 
@@ -95,8 +96,6 @@ def read_spot_layers(path):
 
 def read_manifest_layers(path):
     """Every section of a manifest, side by side (left to right) in one world."""
-    from .io.manifest import read_manifest
-    from .io.sections import load_section
 
     out = []
     offset_um = 0.0
@@ -115,6 +114,5 @@ def read_manifest_layers(path):
 
 def read_prediction_layers(path):
     """A ``histoexpr predict`` output: one aligned heatmap layer per gene (first three genes)."""
-    from .layerdata import prediction_layers
 
     return prediction_layers(_one(path))

@@ -6,6 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from .datasets import PLANTED_GENES, make_demo
+from .io.manifest import Section, write_manifest
+from .steps import drain
+from .train.expression_trainer import TrainConfig, epoch_line, train_from_manifest_steps
+
 DEMO_GENES = ["ERBB2", "COL1A1", "PTPRC"]
 
 
@@ -14,10 +19,6 @@ def demo_model(out: Path, epochs: int = 12, progress: Callable[[str], None] = pr
     displayed one; returns the model folder."""
     import json
 
-    from .datasets import PLANTED_GENES, make_demo
-    from .io.manifest import Section, write_manifest
-    from .steps import drain
-    from .train.expression_trainer import TrainConfig, epoch_line, train_from_manifest_steps
 
     out = Path(out)
     model_dir = out / "model"

@@ -13,8 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import HistoExprError
+from .files import atomic_write_json
+from .infer.spot_prediction import predict_at_spots
 from .io.manifest import as_sections
+from .io.sections import load_section
 from .metrics import named_values, pearson_columns, summarise_pearson
+from .segment.classes import spot_classes
+from .segment.maps import dice_scores, label_map, save_map, segment_region, spot_majority
+from .train.baselines import Baselines
 
 
 def evaluate_steps(model_dir, manifest, out_dir, device: str = "auto", baselines: bool = True, plots: bool = True,
@@ -22,11 +29,7 @@ def evaluate_steps(model_dir, manifest, out_dir, device: str = "auto", baselines
     """Per-gene Pearson across the spots of every section of ``manifest``; writes the report.
     ``mode``: how the model predicts at the spots (dense feature map, or patch by patch);
     ``precision``: of dense mode (``auto`` or ``int8``, :mod:`.models.quantize`)."""
-    from .files import atomic_write_json
-    from .infer.spot_prediction import predict_at_spots
-    from .io.sections import load_section
     from .models.expression import ExpressionModel
-    from .train.baselines import Baselines
 
     model = ExpressionModel.load(model_dir, device)
     model.set_precision(precision, mode)
@@ -181,13 +184,7 @@ def evaluate_segmenter_steps(model_dir, manifest, out_dir, device="auto", stride
                              mode: str = "dense", precision: str = "auto") -> Generator[dict, None, dict]:
     """Spot-level Dice of a segmenter on every section of ``manifest``; writes report.json + PNG maps
     (``precision``: of dense mode, ``auto`` or ``int8``)."""
-    from .errors import HistoExprError
-    from .files import atomic_write_json
-    from .io.manifest import as_sections
-    from .io.sections import load_section
     from .models.segmenter import Segmenter
-    from .segment.classes import spot_classes
-    from .segment.maps import dice_scores, label_map, save_map, segment_region, spot_majority
 
     model = Segmenter.load(model_dir, device)
     model.set_precision(precision, mode)  # a named error before any section is read

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .data.gene_values import find_gene, gene_values, percentile_limits
+from .infer.grid import Grid, grid_layer_geometry
+from .io.prediction_store import open_prediction, prediction_group_path
 
 
 def visible_box(center_yx: Iterable[float], zoom: float, canvas_hw: Iterable[int], world_mpp: float,
@@ -98,8 +100,6 @@ def prediction_layers(path, genes: list[str] | None = None, colormap: str = "inf
     """LayerData (one multiscale Image per gene, µm world, aligned with the slide) of a prediction."""
     import dask.array as da
 
-    from .infer.grid import Grid, grid_layer_geometry
-    from .io.prediction_store import open_prediction, prediction_group_path
 
     p = prediction_group_path(path)
     g, a = open_prediction(p)
@@ -151,7 +151,6 @@ def residual_layer_data(sp, gene: str, shown: list[str], mpp: float, size_um: fl
 
 def grid_image_kwargs(grid, world_mpp: float, name: str, colormap: str, opacity: float, meta: dict) -> dict:
     """Arguments of an Image layer showing a prediction grid raster aligned with the slide."""
-    from .infer.grid import grid_layer_geometry
 
     return {"name": name, "colormap": colormap, "opacity": opacity, "blending": "translucent",
             "contrast_limits": (0.0, 1.0), "units": "µm", "metadata": {"histoexpr": meta},

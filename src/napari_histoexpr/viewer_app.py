@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from .datasets import CLASSES
+from .demo import DEMO_GENES
+from .layerdata import planted_classes_layer_data
+
 
 def wait_until(cond, timeout_s: float = 600.0) -> None:
     """Process Qt events until ``cond()`` is true (for scripts; the GUI never blocks)."""
@@ -47,9 +51,6 @@ def show_demo(demo, screenshot: Path | None = None, gene: str = "ERBB2",
     """
     import napari
 
-    from .datasets import CLASSES
-    from .demo import DEMO_GENES
-    from .layerdata import planted_classes_layer_data
     from .widgets.slide_spots import SlideSpotsWidget
 
     viewer = napari.Viewer(title="napari-histoexpr demo", show=True)

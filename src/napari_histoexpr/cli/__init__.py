@@ -27,6 +27,9 @@ __all__ = ["build_parser", "drain", "main", "progress"]
 
 from ..models.catalog import BACKBONE_NAMES as BACKBONES
 from ..models.catalog import DEVICES, PRECISIONS
+from ..segment.classes import CLASSES_HELP
+from ..train.expression_trainer import TrainConfig
+from ..train.segmenter_trainer import FEATURES, SegConfig
 
 DEVICE_HELP = f"{'|'.join(DEVICES)} (auto: CUDA, then Apple mps, then CPU)"
 MODES = ("dense", "patch")
@@ -38,10 +41,6 @@ MODE_HELP = ("dense (default): one backbone pass per region, its feature map poo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..segment.classes import CLASSES_HELP
-    from ..train.expression_trainer import TrainConfig
-    from ..train.segmenter_trainer import FEATURES, SegConfig
-
     TC, SC = TrainConfig(), SegConfig()
     p = argparse.ArgumentParser(prog="histoexpr", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"napari-histoexpr {__version__}")

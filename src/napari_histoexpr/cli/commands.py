@@ -6,12 +6,21 @@ import json
 import os
 from pathlib import Path
 
+from ..datasets import make_demo
+from ..evaluation import evaluate_segmenter_steps, evaluate_steps
+from ..infer.distributed import predict_many
+from ..io.manifest import read_manifest
+from ..io.sections import open_steps
+from ..io.spatialdata_store import export_section
+from ..segment.classes import parse_classes_arg
+from ..train.expression_trainer import TrainConfig, summary_line, train_from_manifest_steps
+from ..train.segmenter_trainer import SegConfig, segmenter_steps
+from ..viewer_app import show_demo  # the CLI's one GUI import: the demo window
 from .progress import drain, progress
 
 
 def cmd_info(args) -> int:
     """Describe a slide and/or spot data (and check that they align)."""
-    from ..io.sections import open_steps
 
     pyr, adata = drain(open_steps(args.slide, args.spots, args.counts, args.clusters, args.mpp, args.bin_um),
                        progress)
@@ -45,8 +54,6 @@ def cmd_info(args) -> int:
 
 def cmd_export(args) -> int:
     """Write a section to another format (SpatialData)."""
-    from ..io.sections import open_steps
-    from ..io.spatialdata_store import export_section
 
     pyr, adata = drain(open_steps(args.slide, args.spots, args.counts, None, args.mpp, args.bin_um), progress)
     if pyr is None:
@@ -62,7 +69,6 @@ def cmd_export(args) -> int:
 
 def cmd_demo(args) -> int:
     """Generate the built-in section and show it (or, headless, write a screenshot)."""
-    from ..datasets import make_demo
 
     out = Path(args.out)
     progress(f"generating the synthetic section in {out} (cached after the first run)")
@@ -76,7 +82,6 @@ def cmd_demo(args) -> int:
         progress(f"model {model_dir}")
     headless = args.screenshot is not None or not os.environ.get("DISPLAY")
     screenshot = Path(args.screenshot) if args.screenshot else out / "demo.png"
-    from ..viewer_app import show_demo  # the CLI's one GUI import: the demo window
 
     path = show_demo(demo, screenshot=screenshot if headless else None, gene=args.gene,
                      progress=progress, model_dir=model_dir)
@@ -88,7 +93,6 @@ def cmd_demo(args) -> int:
 
 def cmd_train(args) -> int:
     """Train an expression model on the sections of a manifest."""
-    from ..train.expression_trainer import TrainConfig, summary_line, train_from_manifest_steps
 
     genes = [g.strip() for g in args.gene_list.split(",") if g.strip()] if args.gene_list else None
     cfg = TrainConfig(backbone=args.backbone, n_genes=args.genes, genes=genes, max_aux=args.aux_genes,
@@ -108,7 +112,6 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     """Per-gene Pearson of a model on held-out sections -> report.json/.md + plots."""
-    from ..evaluation import evaluate_steps
 
     report = drain(evaluate_steps(args.model, args.manifest, args.out, device=args.device,
                                   baselines=not args.no_baselines, mode=args.mode, precision=args.precision))
@@ -118,7 +121,6 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     """Whole-slide prediction of one or many slides (many: on dask.distributed)."""
-    from ..infer.distributed import predict_many
     from ..models.quantize import check_precision
     from ..models.runtime import resolve_device
 
@@ -133,9 +135,6 @@ def cmd_predict(args) -> int:
 
 def cmd_segment_train(args) -> int:
     """Train a transcriptome-supervised segmenter on the sections of a manifest."""
-    from ..io.manifest import read_manifest
-    from ..segment.classes import parse_classes_arg
-    from ..train.segmenter_trainer import SegConfig, segmenter_steps
 
     cfg = SegConfig(classes=parse_classes_arg(args.classes), features=args.features, encoder=args.encoder,
                     encoder_config={} if args.encoder_epochs is None else {"epochs": args.encoder_epochs},
@@ -150,7 +149,6 @@ def cmd_segment_train(args) -> int:
 
 def cmd_segment_evaluate(args) -> int:
     """Spot-level Dice of a segmenter on held-out sections."""
-    from ..evaluation import evaluate_segmenter_steps
 
     report = drain(evaluate_segmenter_steps(args.model, args.manifest, args.out, device=args.device,
                                              stride_um=args.stride_um, mode=args.mode,

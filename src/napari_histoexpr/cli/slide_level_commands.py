@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import HistoExprError
+from ..slide_level.bags import choose_bulk_genes, load_bags
+from ..slide_level.cohort import bulk_matrix, read_cohort
+from ..slide_level.features import extract_cohort_steps
+from ..slide_level.ghanet import default_groups, evaluate_ghanet_steps, read_groups, train_ghanet
+from ..slide_level.he2rna import evaluate_he2rna_steps, train_he2rna
+from ..slide_level.multitask import evaluate_multitask_steps, train_multitask
+from ..slide_level.report import write_bulk_report, write_multitask_report, write_survival_report
 from .progress import drain as drain_with
 from .progress import progress
 
@@ -28,9 +36,6 @@ def _drain(gen):
 
 
 def _inputs(args, bulk: bool = True):
-    from ..slide_level.bags import load_bags
-    from ..slide_level.cohort import bulk_matrix, read_cohort
-
     slides = read_cohort(args.cohort)
     bags = load_bags(slides, args.features)
     B = bulk_matrix(slides, getattr(args, "bulk_table", None)) if bulk else None
@@ -38,8 +43,6 @@ def _inputs(args, bulk: bool = True):
 
 
 def _genes(args, B):
-    from ..slide_level.bags import choose_bulk_genes
-
     names = [g.strip() for g in (args.genes or "").split(",") if g.strip()]
     return choose_bulk_genes(B, args.n_genes, names or None)
 
@@ -62,9 +65,6 @@ def _reported(path, shown: dict) -> int:
 
 
 def cmd_features(args) -> int:
-    from ..slide_level.cohort import read_cohort
-    from ..slide_level.features import extract_cohort_steps
-
     res = _drain(extract_cohort_steps(read_cohort(args.cohort), args.encoder, args.out, args.tile_um, args.px,
                                       args.device, args.seed, args.scheduler, args.cluster, progress))
     print(json.dumps(res, indent=2))
@@ -72,8 +72,6 @@ def cmd_features(args) -> int:
 
 
 def cmd_bulk_train(args) -> int:
-    from ..slide_level.he2rna import train_he2rna
-
     _, bags, B = _inputs(args)
     genes = _genes(args, B)
     model = _drain(train_he2rna(bags, B[genes].to_numpy(), genes, supertiles_n=args.supertiles, **_train_kw(args)))
@@ -83,8 +81,6 @@ def cmd_bulk_train(args) -> int:
 def cmd_bulk_evaluate(args) -> int:
     import numpy as np
 
-    from ..slide_level.he2rna import evaluate_he2rna_steps
-    from ..slide_level.report import write_bulk_report
 
     slides, bags, B = _inputs(args)
     genes = _genes(args, B)
@@ -95,16 +91,12 @@ def cmd_bulk_evaluate(args) -> int:
 
 
 def _groups(args, B):
-    from ..slide_level.ghanet import default_groups, read_groups
-
     return read_groups(args.groups) if args.groups else default_groups(B, seed=args.seed)
 
 
 def cmd_survival_train(args) -> int:
     import numpy as np
 
-    from ..errors import HistoExprError
-    from ..slide_level.ghanet import train_ghanet
 
     slides, bags, B = _inputs(args)
     if any(s.time is None or s.event is None for s in slides):
@@ -115,9 +107,6 @@ def cmd_survival_train(args) -> int:
 
 
 def cmd_survival_evaluate(args) -> int:
-    from ..slide_level.ghanet import evaluate_ghanet_steps
-    from ..slide_level.report import write_survival_report
-
     slides, bags, B = _inputs(args)
     rep = _drain(evaluate_ghanet_steps(slides, bags, B, _groups(args, B), k=args.folds,
                                        ablation=not args.no_ablation, recon_weight=args.recon_weight,
@@ -126,8 +115,6 @@ def cmd_survival_evaluate(args) -> int:
 
 
 def cmd_multitask_train(args) -> int:
-    from ..slide_level.multitask import train_multitask
-
     slides, bags, B = _inputs(args)
     genes = _genes(args, B)
     model = _drain(train_multitask(bags, B[genes].to_numpy(), genes, [s.tissue or "" for s in slides],
@@ -136,9 +123,6 @@ def cmd_multitask_train(args) -> int:
 
 
 def cmd_multitask_evaluate(args) -> int:
-    from ..slide_level.multitask import evaluate_multitask_steps
-    from ..slide_level.report import write_multitask_report
-
     slides, bags, B = _inputs(args)
     genes = _genes(args, B)
     rep = _drain(evaluate_multitask_steps(slides, bags, B[genes].to_numpy(), genes, k=args.folds,

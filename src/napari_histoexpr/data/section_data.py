@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..io.sections import load_section
 from .gene_values import log1p_normalised, shared_genes
+from .patches import extract_patches, tissue_fraction_at, tissue_mask
 
 #: spot diameter assumed where a section does not say (a Visium spot)
 DEFAULT_SPOT_UM = 55.0
@@ -50,7 +52,6 @@ class SectionData:
 
 def spots_on_tissue(pyr, xy: np.ndarray, window_um: float, min_tissue: float) -> np.ndarray:
     """Spots inside the slide whose window centre half is at least ``min_tissue`` tissue."""
-    from .patches import tissue_fraction_at, tissue_mask
 
     mask, mds = tissue_mask(pyr)
     frac = tissue_fraction_at(mask, mds, xy, window_um / 2 / pyr.world_mpp * 0.5)
@@ -105,7 +106,6 @@ def prepare_section(name: str, pyr, adata, window_um: float, px: int, genes: lis
     expression is the mean of theirs in normalised-count space (``log1p(mean(expm1(x)))``, what one
     larger spot would measure), its patch is centred on their mean centre and its footprint is the
     union of their disks."""
-    from .patches import extract_patches
 
     xy = np.asarray(adata.obsm["spatial"], float)
     keep = spots_on_tissue(pyr, xy, window_um, min_tissue)
@@ -135,7 +135,6 @@ def prepare_sections_steps(sections, window_um: float, px: int, min_tissue: floa
     pseudo-spots of K x K spots (:func:`prepare_section`). ``geometry(footprint_um)`` may replace
     ``(window_um, px)`` once the sections are open (the largest footprint is then known).
     """
-    from ..io.sections import load_section
 
     opened = []
     for i, sec in enumerate(sections):

@@ -9,6 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import HistoExprError
+from ..files import atomic_write_json
+from ..io.sections import open_section
+from ..metrics import summarise_pearson
+from ..models.artifact import load_artifact
+from ..steps import drain
+from .slide import predict_slide_steps
+from .spot_prediction import predict_at_spots
+
 
 def tile_progress(progress: Callable[[str], None] | None, label: str = "") -> Callable[[dict], None] | None:
     """An event handler printing every 10 % of a tile job and every message, each behind ``label``."""
@@ -40,8 +49,6 @@ def _expression_model(model, device: str):
 def predict_one(model_dir, slide, out_dir, device: str = "auto", progress=None, **kw) -> dict:
     """Predict one slide in this process (a dask task or a plain call); ``model_dir`` may be a
     loaded model."""
-    from ..steps import drain
-    from .slide import predict_slide_steps
 
     model = _expression_model(model_dir, device)
     return drain(predict_slide_steps(model, slide, out_dir, **kw), tile_progress(progress, f"{Path(slide).name}: "))
@@ -67,10 +74,6 @@ def spot_report(model_dir, slide, spots, out_dir, device: str = "auto", mode: st
     import anndata as ad
     import pandas as pd
 
-    from ..files import atomic_write_json
-    from ..io.sections import open_section
-    from ..metrics import summarise_pearson
-    from .spot_prediction import predict_at_spots
 
     model = _expression_model(model_dir, device)
     model.set_precision(precision, mode)
@@ -98,8 +101,6 @@ def predict_many(model_dir, slides: list, out, scheduler: str | None = None, dev
     with one single-threaded worker process per GPU (one when there is none).
     Returns ``{slide: summary}``.
     """
-    from ..errors import HistoExprError
-    from ..models.artifact import load_artifact
 
     load_artifact(model_dir, kind="expression")  # fail fast on a bad model
     slides = [str(s) for s in ([slides] if isinstance(slides, (str, os.PathLike)) else slides)]

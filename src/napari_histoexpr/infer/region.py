@@ -14,6 +14,9 @@ from collections.abc import Callable, Generator
 
 import numpy as np
 
+from ..data.patches import sample_mask, tissue_fraction_map, tissue_mask
+from ..errors import HistoExprError
+from ..models.dense import grid_geometry
 from ..utils import release_free_memory
 from .grid import Grid, Raster
 from .tile_cache import TileCache
@@ -46,9 +49,6 @@ class RegionPredictor:
     def __init__(self, model, pyr, stride_um: float | None = None, tile_cells: int = 16,
                  cache_bytes: int = 256 * 2**20, batch_size: int = 256, min_tissue: float = 0.05,
                  mode: str = "dense", precision: str = "auto"):
-        from ..data.patches import tissue_mask
-        from ..errors import HistoExprError
-
         if mode not in MODES:
             raise HistoExprError(f"unknown prediction mode {mode!r}; use dense or patch")
         self.model, self.pyr, self.mode, self.requested_mode = model, pyr, mode, mode
@@ -105,7 +105,6 @@ class RegionPredictor:
 
     def cell_tissue(self, centres: np.ndarray) -> np.ndarray:
         """Tissue fraction of the central half of each cell's window."""
-        from ..data.patches import sample_mask, tissue_fraction_map
 
         if self._cell_fraction is None:
             radius = self.model.window_um / 2 / self.pyr.world_mpp / 2
@@ -178,7 +177,6 @@ class RegionPredictor:
             return []
         rows = sorted({t[0] for t in tiles})
         cols = {t[1] for t in tiles}
-        from ..models.dense import grid_geometry
 
         k = max(grid_geometry(self.pyr, b, self.grid.stride)[1] for b in self.model.dense_branches())
         span = self.grid.tile_cells * k  # feature cells per tile side

@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HistoExprError
+from ..files import atomic_write_json
 from ..io.prediction_store import PREDICTION_ATTR as ATTR
+from ..io.slides import open_slide
 from .grid import Grid
 from .region import RegionPredictor
 
@@ -101,8 +103,6 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
     import anndata as ad
     import pandas as pd
 
-    from ..files import atomic_write_json
-    from ..io.slides import open_slide
     from ..models.expression import ExpressionModel
 
     if not hasattr(model, "predict"):

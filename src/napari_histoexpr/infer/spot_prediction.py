@@ -7,7 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UnknownGeneError
+from ..data.gene_values import log1p_normalised, shared_genes
+from ..data.patches import extract_patches
+from ..data.section_data import spot_diameter_um, spots_on_tissue
+from ..errors import HistoExprError, UnknownGeneError
+from ..io.visium_hd import comparison_spots
+from ..metrics import named_values, pearson_columns
 
 
 @dataclass
@@ -27,13 +32,9 @@ class SpotPrediction:
     square: bool = False  # square footprints (Visium HD)
 
     def pearson(self) -> np.ndarray:
-        from ..metrics import pearson_columns
-
         return pearson_columns(self.pred, self.meas)
 
     def pearson_by_gene(self) -> dict[str, float | None]:
-        from ..metrics import named_values
-
         return named_values(self.genes, self.pearson())
 
 
@@ -47,10 +48,6 @@ def predict_at_spots(model, pyr, adata, name: str = "section", min_tissue: float
     spot's patch as in training. ``keep_patches`` also returns the patches (for baselines).
     Visium HD bins are first summed over squares of the model's window
     (:func:`~napari_histoexpr.io.visium_hd.comparison_spots`), the scale then stated in ``scale``."""
-    from ..data.gene_values import log1p_normalised, shared_genes
-    from ..data.patches import extract_patches
-    from ..data.section_data import spot_diameter_um, spots_on_tissue
-    from ..errors import HistoExprError
 
     if mode not in ("dense", "patch"):
         raise HistoExprError(f"unknown prediction mode {mode!r}; use dense or patch")
@@ -58,7 +55,6 @@ def predict_at_spots(model, pyr, adata, name: str = "section", min_tissue: float
         # a window of a fractional number of feature cells: no exact dense pooling; a sub-spot model's
         # spot value is its cells' mean over the spot's disk on the spot's own patch, as in training
         mode = "patch"
-    from ..io.visium_hd import comparison_spots
 
     adata, scale = comparison_spots(adata, model.window_um, pyr.world_mpp)
     genes = shared_genes(model.genes, adata)

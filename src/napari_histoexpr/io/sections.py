@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Generator
 
 from ..errors import NoTissueImageError, SpotDataWarning
+from ..steps import drain
 from .legacy_st import place_on_frame
 from .manifest import Section
 from .slides import SlidePyramid, open_slide
@@ -83,7 +84,6 @@ def open_steps(slide: PathLike, spots: PathLike = None, counts: PathLike = None,
 def open_section(slide: PathLike, spots: PathLike = None, counts: PathLike = None, clusters: PathLike = None,
                  mpp: float | None = None, bin_um: float | None = None) -> tuple:
     """:func:`open_steps` run to completion: ``(SlidePyramid | None, AnnData | None)``."""
-    from ..steps import drain
 
     return drain(open_steps(slide, spots, counts, clusters, mpp, bin_um))
 

@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HistoExprError, SpotDataError
+from .prediction_store import open_prediction
+from .slides import SlidePyramid
+from .spotdata import nearest_neighbour_distance, spot_anndata
 
 HINT = "pip install 'napari-histoexpr[spatialdata]'"
 ATTR = "napari_histoexpr"
@@ -113,7 +116,6 @@ def _prediction_image(path, mpp: float):
     from spatialdata.models import Image2DModel
     from spatialdata.transformations import Scale, Sequence, Translation
 
-    from .prediction_store import open_prediction
 
     try:
         g, a = open_prediction(path)
@@ -143,7 +145,6 @@ def read_store(path: str | os.PathLike):
     sd = _sd()
     from spatialdata.transformations import get_transformation
 
-    from .spotdata import nearest_neighbour_distance
 
     path = Path(path)
     try:
@@ -199,7 +200,6 @@ def read_store(path: str | os.PathLike):
     idx = np.array([order.get(v, -1) for v in rows.obs[inst]]) if inst in rows.obs else np.arange(rows.n_obs)
     if (idx < 0).any():
         raise SpotDataError(f"{path.name}: {(idx < 0).sum()} table rows name no shape of {region!r}")
-    from .spotdata import spot_anndata
 
     info = dict(rows.uns.get("histoexpr", {}))
     info.update(platform=info.get("platform", "spatialdata"), source=str(path), spot_diameter_px=diam)
@@ -238,7 +238,6 @@ def _pyramid(levels: list, ds0: float, path: str, mpp, mpp_source):
     """A lazily read :class:`SlidePyramid` over a store's RGB image levels (8-bit; other types scaled)."""
     import dask.array as da
 
-    from .slides import SlidePyramid
 
     out, downs = [], []
     for lv in levels:

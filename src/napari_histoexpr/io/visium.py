@@ -16,7 +16,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import BarcodeJoinError, MissingScalefactorsError, NoTissueImageError, SpotDataError
+from .slides import pyramid_from_array
 from .spotdata import VISIUM_SPOT_UM, join_ids, spot_anndata
+from .visium_hd import binned_outputs, hd_bin_folder, hd_info
 
 
 def read_10x_h5(path: Path):
@@ -141,7 +143,6 @@ def visium_folder(path: str | os.PathLike) -> Path:
 def looks_like_space_ranger(path: str | os.PathLike) -> bool:
     """A folder with Space Ranger's ``spatial/`` (scalefactors or spot positions in it), complete or
     not — reading an incomplete one names what is missing — or a Visium HD run."""
-    from .visium_hd import binned_outputs
 
     p = Path(path)
     if not p.is_dir():
@@ -190,7 +191,6 @@ def read_visium(path: str | os.PathLike, library_id: str | None = None,
                 load_images: bool = True, in_tissue_only: bool = True, bin_um: float | None = None):
     """Read a Space Ranger 1.x/2.x ``outs`` folder, or one bin size of a Visium HD run (``bin_um``,
     default 8 µm; :mod:`.visium_hd`)."""
-    from .visium_hd import hd_bin_folder, hd_info
 
     hd = hd_bin_folder(path, bin_um)
     outs = hd if hd is not None else visium_folder(path)
@@ -262,7 +262,6 @@ def visium_image(adata):
     has downsample ``1/scalef`` so spots (full-res px) overlay it exactly. A blank placeholder image
     is skipped.
     """
-    from .slides import pyramid_from_array
 
     lib, entry = next(iter(adata.uns["spatial"].items()))
     sf = entry["scalefactors"]

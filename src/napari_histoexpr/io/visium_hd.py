@@ -20,6 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import SpotDataError
+from .spotdata import spot_anndata
 
 #: the bin size opened when none is chosen (µm)
 DEFAULT_BIN_UM = 8
@@ -81,7 +82,6 @@ def aggregate_bins(adata, size_um: float, mpp: float, min_fill: float = 0.5):
     """Sum Visium HD bins into non-overlapping ``size_um`` squares (grid anchored at the level-0
     origin); squares less than ``min_fill`` covered by bins are dropped. Returns an AnnData of the
     squares (counts summed, ``obs['n_bins']``, centres in level-0 px, square size)."""
-    from .spotdata import spot_anndata
 
     info = adata.uns["histoexpr"]
     side = size_um / mpp

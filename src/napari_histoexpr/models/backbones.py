@@ -19,6 +19,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import HistoExprError, ModelFileError
+from .artifact import read_tensors
+
 #: total stride of every backbone's feature map (input px per feature cell)
 STRIDE = 32
 
@@ -294,7 +297,6 @@ BACKBONES = {
 
 def build_backbone(name: str) -> nn.Module:
     """A randomly initialised backbone by torchvision name (see :data:`BACKBONES`)."""
-    from ..errors import HistoExprError
 
     try:
         return BACKBONES[name]()
@@ -310,8 +312,6 @@ def load_init_weights(backbone: nn.Module, path: str) -> dict:
     prefixes are stripped, classifier heads are ignored. Returns ``{"loaded": n, "missing": [...]}``;
     raises :class:`~napari_histoexpr.errors.ModelFileError` when nothing matches.
     """
-    from ..errors import ModelFileError
-    from .artifact import read_tensors
 
     sd = read_tensors(path)
     for key in ("state_dict", "model"):

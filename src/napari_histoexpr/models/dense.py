@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data.patches import resize_to
 from ..errors import HistoExprError
 
 #: input px per feature cell of every backbone (see :data:`napari_histoexpr.models.backbones.STRIDE`)
@@ -105,7 +106,6 @@ def dense_step_um(branches: list[DenseBranch], requested_um: float) -> float:
 def read_scaled(pyr, y0: float, x0: float, height: int, width: int, input_per_l0: float) -> np.ndarray:
     """``height x width`` uint8 RGB at ``input_per_l0`` input px per level-0 px, top-left at level-0
     ``(y0, x0)``, read from the finest pyramid level not coarser than needed (white outside)."""
-    from ..data.patches import resize_to
 
     level = pyr.level_for_downsample(1.0 / input_per_l0)
     ds = pyr.downsamples[level]

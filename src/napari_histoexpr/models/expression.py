@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.patches import extract_patches
+from ..errors import ModelFileError
+from ..models.dense import DenseBranch
 from .artifact import load_artifact, load_state_strict, meta_fields
 from .backbones import build_backbone
 from .protocol import DenseMapModel
@@ -132,7 +135,6 @@ class ExpressionModel(DenseMapModel):
 
     def read_patches(self, pyr, centres: np.ndarray) -> np.ndarray:
         """The model's input patches (its window, size and stain normalisation) at level-0 ``centres``."""
-        from ..data.patches import extract_patches
 
         return extract_patches(pyr, centres, self.window_um, self.px, transform=self.patch_transform())
 
@@ -172,7 +174,6 @@ class ExpressionModel(DenseMapModel):
         return y * self.std + self.mean
 
     def dense_branches(self):
-        from ..models.dense import DenseBranch
         from .quantize import NormalisedBody
 
         net = self.net
@@ -185,8 +186,6 @@ class ExpressionModel(DenseMapModel):
 
 
 def build_net(meta: dict) -> ExpressionNet:
-    from ..errors import ModelFileError
-
     try:
         return ExpressionNet(meta["backbone"], len(meta["genes"]), len(meta.get("aux_genes", [])),
                              pixel_mean=tuple(meta["input"]["mean"]), pixel_std=tuple(meta["input"]["std"]))

@@ -7,6 +7,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ..models.dense import DenseJob, compute_cells, dense_at_centres, dense_step_um, read_cells
+
 
 @runtime_checkable
 class MapModel(Protocol):
@@ -123,13 +125,10 @@ class DenseMapModel:
 
     # -- dense mode -------------------------------------------------------------------------------
     def dense_step_um(self, requested_um: float) -> float:
-        from ..models.dense import dense_step_um
-
         return dense_step_um(self.dense_branches(), requested_um)
 
     def read_cells(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float, cells=None):
         """The regions :meth:`compute_cells` needs for a grid of cells (I/O only)."""
-        from ..models.dense import read_cells
 
         return read_cells(pyr, self.branches_for(pyr), x0, y0, rows, cols, step_l0, self.patch_transform(),
                           cells=cells)
@@ -138,14 +137,11 @@ class DenseMapModel:
         """A :class:`~napari_histoexpr.models.dense.DenseJob` for a grid of cells: computed block by
         block, the windows of the cells in ``first`` (``(row0, row1, col0, col1)``) first, each cell
         released when its window is done."""
-        from ..models.dense import DenseJob
 
         return DenseJob(pyr, self.branches_for(pyr), x0, y0, rows, cols, step_l0, self.device, cells, first,
                         self.patch_transform(), self.scale_output)
 
     def compute_cells(self, regions) -> np.ndarray:
-        from ..models.dense import compute_cells
-
         return self.scale_output(compute_cells(regions, self.device))
 
     def predict_cells(self, pyr, x0: float, y0: float, rows: int, cols: int, step_l0: float,
@@ -155,7 +151,6 @@ class DenseMapModel:
 
     def predict_centres_dense(self, pyr, centres: np.ndarray) -> np.ndarray:
         """``(N, outputs)`` at arbitrary centres (e.g. spots), from the region's feature map."""
-        from ..models.dense import dense_at_centres
 
         return self.scale_output(dense_at_centres(pyr, self.branches_for(pyr), centres, self.device,
                                                   self.patch_transform()))

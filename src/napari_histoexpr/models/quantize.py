@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.patches import tissue_mask
 from ..errors import HistoExprError
+from ..models.dense import read_scaled
 from .catalog import PRECISIONS  # auto: the device's float arithmetic (bf16 where native, else fp32); int8
 
 #: calibration: this many windows of tissue, each this many input px a side
@@ -94,8 +96,6 @@ def calibration_windows(pyr, input_per_l0: float, n: int = CALIBRATION_WINDOWS, 
     tissue spread over the slide (every ``len(tissue) / n``-th tissue pixel of its coarse mask, in
     raster order: the same windows every time). The whole slide's middle if it has no tissue.
     ``mask``: the slide's ``(tissue mask, downsample)`` if already made."""
-    from ..data.patches import tissue_mask
-    from ..models.dense import read_scaled
 
     mask, ds = mask if mask is not None else tissue_mask(pyr)
     ys, xs = np.nonzero(mask)

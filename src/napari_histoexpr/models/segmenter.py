@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.patches import extract_patches
+from ..models.dense import DenseBranch
 from .artifact import load_artifact, load_state_strict, meta_fields
 from .backbones import build_backbone
 from .protocol import DenseMapModel
@@ -76,8 +78,6 @@ class Segmenter(DenseMapModel):
 
     # -- the two modes (implemented once in DenseMapModel): one branch per patch size -----------------
     def read_centres(self, pyr, centres: np.ndarray) -> list[np.ndarray]:
-        from ..data.patches import extract_patches
-
         return [extract_patches(pyr, centres, w, self.px, transform=self.patch_transform()) for w in self.windows]
 
     def compute_centres(self, patches: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
@@ -85,7 +85,6 @@ class Segmenter(DenseMapModel):
                        axis=0)
 
     def dense_branches(self):
-        from ..models.dense import DenseBranch
         from .quantize import NormalisedBody
 
         def branch(net, window):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import HistoExprError
 from ..files import atomic_write_bytes
 
 
@@ -62,8 +63,6 @@ def save_regions(path: str | os.PathLike, regions) -> Path:
 
 
 def load_regions(path: str | os.PathLike) -> list[tuple[np.ndarray, str]]:
-    from ..errors import HistoExprError
-
     try:
         return from_geojson(json.loads(Path(path).read_text()))
     except (OSError, json.JSONDecodeError) as e:

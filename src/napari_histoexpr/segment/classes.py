@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..data.gene_values import find_gene, log1p_normalised
 from ..errors import HistoExprError
 
 BACKGROUND = "background"
@@ -23,8 +24,6 @@ OTHER = "other tissue"
 
 
 def classes_from_genes(adata, genes: list[str], quantile: float = 0.5) -> pd.Series:
-    from ..data.gene_values import find_gene, log1p_normalised
-
     names = [find_gene(adata, g) for g in genes]
     x = log1p_normalised(adata, names)
     z = (x - x.mean(0)) / (x.std(0) + 1e-9)

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import HistoExprError, ModelFileError
+from ..errors import HistoExprError, ModelFileError, UnknownGeneError
+from ..infer.grid import Grid, grid_layer_geometry
+from ..models.artifact import load_artifact, load_state_strict, meta_fields, save_artifact
 from .cohort import CohortSlide, patient_folds
+from .features import features_path, load_features
 
 
 @dataclass
@@ -30,7 +33,6 @@ class Bag:
 def load_bags(slides: list[CohortSlide], features_dir: str | os.PathLike) -> list[Bag]:
     """The cached features of every slide (``histoexpr features`` writes them); one named error for
     the slides that have none, and for features made by different encoders."""
-    from .features import features_path
 
     missing = [s.id for s in slides if not features_path(features_dir, s.id).exists()]
     if missing:
@@ -50,8 +52,6 @@ def load_bags(slides: list[CohortSlide], features_dir: str | os.PathLike) -> lis
 
 
 def bag_from_features(path: str | os.PathLike, slide_id: str | None = None) -> Bag:
-    from .features import load_features
-
     f, c, a = load_features(path)
     return Bag(slide_id or Path(path).stem, f, c, float(a["tile_um"]), float(a["world_mpp"]), a)
 
@@ -116,7 +116,6 @@ def choose_bulk_genes(B, n: int = 250, genes: list[str] | None = None) -> list[s
     """The requested genes (named error for unknown ones) or the ``n`` most variable log1p genes."""
     import difflib
 
-    from ..errors import UnknownGeneError
 
     if genes:
         for g in genes:
@@ -153,15 +152,12 @@ def tile_raster(bag: Bag, values: np.ndarray) -> tuple[np.ndarray, dict]:
     row = np.floor(bag.coords[:, 1] / step).astype(int)
     img = np.full((row.max() + 1 if len(row) else 1, col.max() + 1 if len(col) else 1), np.nan, np.float32)
     img[row, col] = values
-    from ..infer.grid import Grid, grid_layer_geometry
 
     return img, grid_layer_geometry(Grid(step, *img.shape), bag.world_mpp)
 
 
 # ---- model files -----------------------------------------------------------------------------------
 def save_model(out: str | os.PathLike, kind: str, net, projector: Projector, meta: dict) -> Path:
-    from ..models.artifact import save_artifact
-
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
     state.update(projector.state())
     return save_artifact(out, state, dict(meta, kind=kind))
@@ -169,7 +165,6 @@ def save_model(out: str | os.PathLike, kind: str, net, projector: Projector, met
 
 def load_model_parts(model_dir: str | os.PathLike, kind: str, build: Callable[[dict], object]):
     """``(net, projector, meta)`` from a model folder of this ``kind``."""
-    from ..models.artifact import load_artifact, load_state_strict, meta_fields
 
     state, meta = load_artifact(model_dir, kind=kind)
     try:

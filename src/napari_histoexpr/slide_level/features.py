@@ -13,7 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.patches import extract_patches, tissue_fraction_at, tissue_mask
 from ..errors import HistoExprError
+from ..infer.distributed import run_on_cluster
+from ..io.slides import open_slide
+from ..models.artifact import META
+from ..steps import drain
 
 ATTR = "histoexpr_features"
 
@@ -30,7 +35,6 @@ class Encoder:
     def __init__(self, source: str = "resnet18", device: str = "auto", seed: int = 0):
         import torch
 
-        from ..models.artifact import META
         from ..models.backbones import BACKBONES, build_backbone, load_init_weights
         from ..models.expression import ExpressionModel
         from ..models.runtime import resolve_device
@@ -73,7 +77,6 @@ class Encoder:
 
 def tile_centres(pyr, tile_um: float, min_tissue: float = 0.5) -> np.ndarray:
     """Level-0 ``(x, y)`` centres of the tissue tiles of a ``tile_um`` grid."""
-    from ..data.patches import tissue_fraction_at, tissue_mask
 
     step = tile_um / pyr.world_mpp
     h, w = pyr.level0_shape
@@ -89,8 +92,6 @@ def extract_features_steps(encoder: Encoder, slide, out: str | os.PathLike, tile
     """Encode every tissue tile of ``slide`` into ``out`` (a .zarr folder); resumes a partial run."""
     import zarr
 
-    from ..data.patches import extract_patches
-    from ..io.slides import open_slide
 
     pyr = open_slide(slide) if isinstance(slide, (str, os.PathLike)) else slide
     out = Path(out)
@@ -154,7 +155,6 @@ def _features_task(source, slide, out, tile_um, px, device, seed) -> dict:
     import dask
 
     from ..models.runtime import worker_device
-    from ..steps import drain
 
     with dask.config.set(scheduler="threads"):
         enc = Encoder(source, worker_device(device), seed)
@@ -169,7 +169,6 @@ def extract_cohort_steps(slides, source: str, out_dir: str | os.PathLike, tile_u
 
     In this process by default (one encoder, slide after slide); on dask.distributed with
     ``scheduler`` (an address) or ``cluster=True`` (a LocalCluster, one worker per GPU)."""
-    from ..infer.distributed import run_on_cluster
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 
 from ..errors import ModelFileError
+from ..models.artifact import META
 
 
 def load_slide_model(model_dir: str | os.PathLike, device: str = "auto"):
     """A HE2RNA, G-HANet or multi-task model, by the kind its model.json names."""
-    from ..models.artifact import META
 
     p = Path(model_dir)
     p = p.parent if p.is_file() else p

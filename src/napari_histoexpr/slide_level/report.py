@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write_bytes, atomic_write_json
 from ..metrics import kaplan_meier, logrank_test
 
 
@@ -23,7 +24,6 @@ def _figure(w=9.0, h=4.0, n=2):
 def _save(plt, fig, path: Path) -> str:
     import io
 
-    from ..files import atomic_write_bytes
 
     fig.tight_layout()
     buf = io.BytesIO()
@@ -34,8 +34,6 @@ def _save(plt, fig, path: Path) -> str:
 
 
 def _write(report: dict, out: str | os.PathLike, figures: list[str]) -> Path:
-    from ..files import atomic_write_json
-
     report = dict(report, figures=figures)
     atomic_write_json(Path(out) / "report.json", report)
     return Path(out) / "report.json"

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..metrics import pearson_columns
+
 FILE = "baselines.safetensors"
 META = "baselines.json"
 ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
@@ -64,7 +66,6 @@ def fit_baselines(out: Path, cfg, train_secs, val_secs, genes: list[str], device
     import torch
     from safetensors.torch import save_file
 
-    from ..metrics import pearson_columns
 
     refit = not val_secs
     if refit:  # no held-out set: choose alpha on one training section, then refit on all of them

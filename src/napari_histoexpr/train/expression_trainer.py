@@ -19,9 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.section_data import DEFAULT_SPOT_UM, SectionData
+from ..data.patches import augment_batch
+from ..data.section_data import DEFAULT_SPOT_UM, SectionData, prepare_sections_steps
 from ..errors import TrainingError
+from ..files import atomic_torch_save, atomic_write_json
+from ..io.manifest import as_sections
 from ..metrics import pearson_columns
+from ..models.artifact import save_artifact
+from .loop import epoch_batches, fit_epoch, make_optimizer, pixel_stats, raw_throughput, split_validation, warmup_cosine
 
 
 @dataclass
@@ -122,21 +127,9 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
 
     import torch
 
-    from ..data.patches import augment_batch
-    from ..files import atomic_torch_save, atomic_write_json
-    from ..models.artifact import save_artifact
     from ..models.backbones import load_init_weights
     from ..models.expression import KIND, ExpressionNet
     from ..models.runtime import predict_batches, resolve_device, uses_amp
-    from .loop import (
-        epoch_batches,
-        fit_epoch,
-        make_optimizer,
-        pixel_stats,
-        raw_throughput,
-        split_validation,
-        warmup_cosine,
-    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -329,8 +322,6 @@ def subspot_geometry(cell_um: float, footprint_um: float) -> tuple[float, int]:
 def train_from_manifest_steps(manifest, out_dir, cfg: TrainConfig, resume: bool = False
                               ) -> Generator[dict, None, dict]:
     """Open the sections of ``manifest`` (a CSV path or Sections), then train (events as in train_steps)."""
-    from ..data.section_data import prepare_sections_steps
-    from ..io.manifest import as_sections
 
     geometry = None
     if cfg.subspot_um:

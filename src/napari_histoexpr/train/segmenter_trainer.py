@@ -25,7 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.patches import augment_batch, extract_patches, macenko_normaliser, tissue_fraction_at, tissue_mask
 from ..errors import TrainingError
+from ..files import atomic_write_json
+from ..io.sections import load_section
+from ..models.artifact import load_artifact, save_artifact
+from ..segment.classes import BACKGROUND, apply_regions, classes_from_clusters, spot_classes
+from .expression_trainer import TrainConfig, train_from_manifest_steps
+from .loop import epoch_batches, fit_epoch, pixel_stats, split_validation
 
 FEATURES = ("expression", "scratch")
 
@@ -56,7 +63,6 @@ class SegConfig:
 
 def background_points(pyr, n: int, rng, margin_px: float) -> np.ndarray:
     """``n`` level-0 ``(x, y)`` points off tissue (whole patch on glass), inside the slide."""
-    from ..data.patches import tissue_fraction_at, tissue_mask
 
     mask, ds = tissue_mask(pyr)
     h, w = pyr.level0_shape
@@ -87,14 +93,6 @@ def prepare_seg_sections(sections, cfg: SegConfig, regions: dict | None = None, 
     (Macenko-normalised to ``stain`` when the encoder was trained so)."""
     import anndata as ad
 
-    from ..data.patches import extract_patches, macenko_normaliser, tissue_fraction_at, tissue_mask
-    from ..io.sections import load_section
-    from ..segment.classes import (
-        BACKGROUND,
-        apply_regions,
-        classes_from_clusters,
-        spot_classes,
-    )
 
     opened = []
     for i, sec in enumerate(sections):
@@ -139,7 +137,6 @@ def encoder_steps(sections, out_dir, cfg: SegConfig) -> Generator[dict, None, Pa
     """The expression model whose backbone the segmenter uses: ``cfg.encoder``, or one trained now on
     ``sections`` (all genes + aux genes of the same spots) into ``OUT/encoder`` — a normal expression
     model folder, usable in the "Predicted expression" panel too."""
-    from .expression_trainer import TrainConfig, train_from_manifest_steps
 
     if cfg.encoder:
         return Path(cfg.encoder)
@@ -158,7 +155,6 @@ def segmenter_steps(sections, out_dir, cfg: SegConfig, regions: dict | None = No
     the sections' classes and patches, the segmenter. Returns the training summary."""
     from dataclasses import replace
 
-    from ..models.artifact import load_artifact
 
     if cfg.features not in FEATURES:
         raise TrainingError(f"unknown segmenter features {cfg.features!r}; choose one of {', '.join(FEATURES)}")
@@ -193,12 +189,8 @@ def train_segmenter_steps(sections: list[SegSection], out_dir, cfg: SegConfig) -
     artifact; returns a summary."""
     import torch
 
-    from ..files import atomic_write_json
-    from ..models.artifact import save_artifact
     from ..models.runtime import resolve_device
     from ..models.segmenter import KIND
-    from ..segment.classes import BACKGROUND
-    from .loop import split_validation
 
     out = Path(out_dir)
     device = resolve_device(cfg.device)
@@ -258,9 +250,7 @@ def _train_from_scratch(tr, va, labels: Labels, cfg: SegConfig, device) -> Gener
     balanced accuracy. Returns ``(nets, val_bal_acc, val_probs)`` keyed by window."""
     import torch
 
-    from ..data.patches import augment_batch
     from ..models.segmenter import PatchClassifier
-    from .loop import pixel_stats
 
     ytr, yva, vmask = labels.train, labels.val, labels.val >= 0
     weights = torch.tensor(labels.weights, device=device)
@@ -289,7 +279,6 @@ def _fit_classifier(net, Xtr, ytr_t, Xva, yva, vmask, weights, opt, sched, augme
     import torch
 
     from ..models.segmenter import class_probabilities
-    from .loop import epoch_batches, fit_epoch
 
     correct = [0]
     n_classes = net.head.out_features
@@ -361,8 +350,6 @@ def _train_on_encoder(tr, va, labels: Labels, cfg: SegConfig, device) -> Generat
     fine-tuned. Returns ``(nets, val_bal_acc, val_probs, features_info)`` keyed by the window."""
     import torch
 
-    from ..data.patches import augment_batch
-    from ..models.artifact import load_artifact
     from ..models.runtime import for_inference, predict_batches
     from ..models.segmenter import PatchClassifier, class_probabilities
 

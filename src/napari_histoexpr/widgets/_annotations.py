@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..segment.annotations import load_regions, save_regions, sidecar_path
 from .layers import find_layer
 
 GT_KEY = "seg:truth"
@@ -15,7 +16,6 @@ def truth_layer(viewer, pyr, classes: list[str]):
     Returns ``(layer, classes including any restored ones, number of restored regions, sidecar)``."""
     import pandas as pd
 
-    from ..segment.annotations import load_regions, sidecar_path
 
     path = sidecar_path(pyr.path)
     layer = find_layer(viewer, GT_KEY)
@@ -48,8 +48,6 @@ def drawn_regions(viewer, pyr) -> list:
 
 
 def autosave(viewer, pyr) -> None:
-    from ..segment.annotations import save_regions
-
     layer = find_layer(viewer, GT_KEY)
     if layer is not None:
         save_regions(layer.metadata["histoexpr"]["sidecar"], drawn_regions(viewer, pyr))

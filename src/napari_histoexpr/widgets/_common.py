@@ -7,6 +7,8 @@ import functools
 import time
 
 from ..errors import HistoExprError
+from ..infer.region import MODES
+from ..models.catalog import PRECISIONS, view_precision_default
 
 
 def notify_error(e) -> None:
@@ -205,7 +207,6 @@ def mode_choice():
     """The prediction-mode choice of the panels that predict on a grid (expression view, segmenter)."""
     from magicgui.widgets import ComboBox
 
-    from ..infer.region import MODES
 
     box = ComboBox(label="mode", choices=list(MODES), value=MODES[0])
     box.tooltip = ("dense: one backbone pass per region, pooled per cell (fast); "
@@ -217,7 +218,6 @@ def precision_choice():
     """The precision choice of those panels: int8 by default on CPUs where it is the fast choice."""
     from magicgui.widgets import ComboBox
 
-    from ..models.catalog import PRECISIONS, view_precision_default
 
     box = ComboBox(label="precision", choices=list(PRECISIONS), value=view_precision_default())
     box.tooltip = ("int8 (dense mode, CPU): the backbone quantised and calibrated on the slide, ~1.7x "

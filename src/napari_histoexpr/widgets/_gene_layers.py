@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+from ..data.gene_values import percentile_limits
+from ..layerdata import grid_image_kwargs
 from ._common import timed
 from .layers import find_layer
 
@@ -87,7 +89,6 @@ class GeneLayers:
         """What brings the gene's layer to the current raster (none if it shows it already): adding
         the layer, or setting an existing one's data, geometry and metadata (another model, or
         another grid: the same layer shows the new raster, even where the grid is the old one's)."""
-        from ..layerdata import grid_image_kwargs
 
         layer, data = self.gene_layer(gene), self.raster.plane(gene)
         if self._shows_raster(layer, gene):
@@ -125,8 +126,6 @@ class GeneLayers:
             self._contrast(layer, g)
 
     def _contrast(self, layer, gene, force: bool = True):
-        from ..data.gene_values import percentile_limits
-
         lo, hi = percentile_limits(self.raster.plane(gene), self._lo.value, max(self._hi.value, self._lo.value + 0.5))
         old = layer.contrast_limits
         if force or abs(lo - old[0]) + abs(hi - old[1]) > 0.02 * max(hi - lo, 1e-6):

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 from ..errors import HistoExprError
+from ..segment.classes import class_spec
 
 CLASS_SOURCES = ("genes", "leiden clusters", "k-means clusters", "spot labels (clusters file)")
 
 
 def class_spec_of(source: str, genes: str, quantile: float, resolution: float, k: int) -> dict:
     """The class spec of the panel's settings (genes: comma-separated names)."""
-    from ..segment.classes import class_spec
 
     if source == CLASS_SOURCES[0]:
         names = [g.strip() for g in (genes or "").split(",") if g.strip()]

@@ -11,6 +11,8 @@ import weakref
 from pathlib import Path
 
 from ..errors import HistoExprError
+from ..io.manifest import Section
+from ..layerdata import slide_layer_data
 from .layers import find_layer, upsert_layer
 
 SLIDE_KEY = "slide"
@@ -78,7 +80,6 @@ class Session:
 
     def show_slide(self, pyr, files: dict | None = None):
         """Add or update the slide layer; ``files`` (image, spots, counts, mpp) names the section."""
-        from ..layerdata import slide_layer_data
 
         layer = upsert_layer(self.viewer, slide_layer_data(pyr), SLIDE_KEY)
         attach_core(layer, pyr)
@@ -94,7 +95,6 @@ class Session:
 
     def section(self, name: str = "viewer"):
         """The open section (slide + spots files) as a manifest Section, or ``None``."""
-        from ..io.manifest import Section
 
         layer = self.slide_layer
         info = (layer.metadata.get("histoexpr", {}) if layer is not None else {}).get("section")

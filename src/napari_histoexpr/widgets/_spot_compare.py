@@ -6,8 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import HistoExprError
+from ..infer.spot_prediction import predict_at_spots
+from ..layerdata import residual_layer_data
+from ..metrics import pearson_columns
 from ._common import fill_table, fmt, start_worker
-from .layers import find_layer
+from .layers import find_layer, upsert_layer
 
 
 class SpotComparison:
@@ -21,7 +24,6 @@ class SpotComparison:
 
     def compare_spots(self):
         """Predict at every measured spot (as in evaluation), add residual layers and the r table."""
-        from ..infer.spot_prediction import predict_at_spots
 
         try:
             if self.model is None:
@@ -35,9 +37,6 @@ class SpotComparison:
         return self._spot_worker
 
     def _on_spots(self, sp):
-        from ..layerdata import residual_layer_data
-        from .layers import upsert_layer
-
         if self._closed:
             return
         self.spot_pred = sp
@@ -69,7 +68,6 @@ class SpotComparison:
 
     def table_rows(self) -> list[tuple[str, float, float, int]]:
         """``(gene, r over spots in view, r over the section, spots in view)`` per selected gene."""
-        from ..metrics import pearson_columns
 
         sp = self.spot_pred
         if sp is None:

@@ -28,6 +28,8 @@ from magicgui.widgets import (
 
 from ..errors import HistoExprError
 from ..infer.live_view import LiveView
+from ..infer.region import predictor_with_raster
+from ..layerdata import visible_box
 from ..models.catalog import DEVICES
 from ._common import PanelMixin, make_table, mode_choice, precision_choice, start_worker, timed
 from ._gene_layers import GeneLayers
@@ -145,7 +147,6 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
     def build_predictor(self):
         """The predictor for the open slide; ``None`` while one is being built in a worker (the
         tissue mask reads the slide: never on the Qt thread), after which the view is predicted."""
-        from ..infer.region import predictor_with_raster
 
         if self.model is None:
             raise HistoExprError("load a model first")
@@ -204,8 +205,6 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
 
     # -- view-following inference -------------------------------------------------------------------
     def view_box(self):  # the level-0 box in view
-        from ..layerdata import visible_box
-
         cam = self._viewer.scene.camera
         return visible_box(cam.center, cam.zoom, self._viewer.canvas.size, self.predictor.pyr.world_mpp)
 

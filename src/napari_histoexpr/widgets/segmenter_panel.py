@@ -22,15 +22,21 @@ from magicgui.widgets import (
 )
 
 from ..errors import HistoExprError
+from ..infer.grid import grid_layer_geometry
+from ..io.manifest import as_sections
+from ..layerdata import class_points_layer_data, visible_box
 from ..models.catalog import DEVICES
+from ..segment.annotations import rasterise
+from ..segment.classes import spot_classes
+from ..segment.maps import dice_scores, segment_region
 from ..train.expression_trainer import epoch_line
-from ..train.segmenter_trainer import FEATURES, SegConfig
+from ..train.segmenter_trainer import FEATURES, SegConfig, segmenter_steps
 from . import _annotations as gt
 from ._common import PanelMixin, fill_table, make_table, mode_choice, notify_error, precision_choice, start_worker
 from ._plots import LossCurve
 from ._seg_classes import CLASS_SOURCES, class_spec_of
 from ._session import Session
-from .layers import find_layer
+from .layers import find_layer, upsert_layer
 from .train_expression import SOURCES, chosen_sections
 
 MAP_KEY = "seg:map"
@@ -115,9 +121,6 @@ class SegmenterPanel(PanelMixin, Container):
 
     def show_classes(self):
         """Colour the open section's spots by their transcriptome class (categorical Points layer)."""
-        from ..layerdata import class_points_layer_data
-        from ..segment.classes import spot_classes
-        from .layers import upsert_layer
 
         try:
             adata, slide = self.session.require_spots(), self.session.require_slide()
@@ -142,9 +145,6 @@ class SegmenterPanel(PanelMixin, Container):
                          epochs=int(self._epochs.value), device=self._device.value)
 
     def train(self):
-        from ..io.manifest import as_sections
-        from ..train.segmenter_trainer import segmenter_steps
-
         if self._worker is not None:
             return None
         try:
@@ -202,8 +202,6 @@ class SegmenterPanel(PanelMixin, Container):
 
     def segment(self, view: bool = True):
         """Segment the visible region or the whole slide in a worker; the Labels layer fills in."""
-        from ..layerdata import visible_box
-        from ..segment.maps import segment_region
 
         try:
             if self.model is None:
@@ -222,9 +220,6 @@ class SegmenterPanel(PanelMixin, Container):
         return self._worker
 
     def _on_segment_event(self, ev):
-        from ..infer.grid import grid_layer_geometry
-        from .layers import upsert_layer
-
         if self._closed:
             return
         if ev["stage"] == "ready":
@@ -279,9 +274,6 @@ class SegmenterPanel(PanelMixin, Container):
         self.update_dice()
 
     def dice(self) -> dict | None:
-        from ..segment.annotations import rasterise
-        from ..segment.maps import dice_scores
-
         regions = self.regions()
         if self.seg_labels is None or self.model is None or not regions:
             return None

@@ -23,7 +23,11 @@ from magicgui.widgets import (
 )
 
 from ..errors import HistoExprError
+from ..io.slides import open_slide
 from ..models.catalog import DEVICES
+from ..slide_level.bags import bag_from_features, tile_raster
+from ..slide_level.features import Encoder, extract_features_steps
+from ..slide_level.registry import load_slide_model
 from ._common import PanelMixin, start_worker
 from ._session import Session
 from .layers import find_layer, upsert_layer
@@ -89,8 +93,6 @@ class SlideLevelPanel(PanelMixin, Container):
 
     # -- model ---------------------------------------------------------------------------------------
     def load_model(self, path=None):
-        from ..slide_level.registry import load_slide_model
-
         model = self._load_model_folder(load_slide_model, path, "choose a slide-level model folder")
         if model is None:
             return None
@@ -118,7 +120,6 @@ class SlideLevelPanel(PanelMixin, Container):
     # -- slide and features ------------------------------------------------------------------------------
     def slide(self):
         """The slide open in the viewer (opened by this plugin), else the one chosen here (opened now)."""
-        from ..io.slides import open_slide
 
         pyr = self.session.slide()
         if pyr is not None:
@@ -132,8 +133,6 @@ class SlideLevelPanel(PanelMixin, Container):
 
     def compute(self):
         """Tile features of the open slide (cached) -> the model's per-tile maps, in a worker."""
-        from ..slide_level.bags import bag_from_features
-        from ..slide_level.features import Encoder, extract_features_steps
 
         if self._worker is not None:
             return None
@@ -231,7 +230,6 @@ class SlideLevelPanel(PanelMixin, Container):
     # -- layers ----------------------------------------------------------------------------------------
     def show_map(self, name: str | None = None):
         """Show (or update in place) the heatmap layer with the chosen map."""
-        from ..slide_level.bags import tile_raster
 
         if name is not None:
             self._map.value = name

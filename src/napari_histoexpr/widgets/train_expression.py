@@ -23,7 +23,7 @@ from magicgui.widgets import (
 
 from ..errors import HistoExprError
 from ..models.catalog import BACKBONE_NAMES, DEVICES
-from ..train.expression_trainer import TrainConfig, epoch_line, summary_line
+from ..train.expression_trainer import TrainConfig, epoch_line, summary_line, train_from_manifest_steps
 from ._common import PanelMixin, start_worker
 from ._plots import LossCurve
 from ._session import Session
@@ -98,7 +98,6 @@ class TrainExpressionWidget(PanelMixin, Container):
 
     def start(self, *_):
         """Start training in a worker; returns it (or None after a notified error)."""
-        from ..train.expression_trainer import train_from_manifest_steps
 
         if self._worker is not None:
             return None

@@ -20,7 +20,7 @@ from .commands import (
     cmd_segment_train,
     cmd_train,
 )
-from .progress import drain, progress
+from .console import drain, progress
 from .slide_level_commands import add_parsers as add_slide_level_parsers
 
 __all__ = ["build_parser", "drain", "main", "progress"]

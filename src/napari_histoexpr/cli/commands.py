@@ -16,7 +16,7 @@ from ..segment.classes import parse_classes_arg
 from ..train.expression_trainer import TrainConfig, summary_line, train_from_manifest_steps
 from ..train.segmenter_trainer import SegConfig, segmenter_steps
 from ..viewer_app import show_demo  # the CLI's one GUI import: the demo window
-from .progress import drain, progress
+from .console import drain, progress
 
 
 def cmd_info(args) -> int:

@@ -13,8 +13,8 @@ from ..slide_level.ghanet import default_groups, evaluate_ghanet_steps, read_gro
 from ..slide_level.he2rna import evaluate_he2rna_steps, train_he2rna
 from ..slide_level.multitask import evaluate_multitask_steps, train_multitask
 from ..slide_level.report import write_bulk_report, write_multitask_report, write_survival_report
-from .progress import drain as drain_with
-from .progress import progress
+from .console import drain as drain_with
+from .console import progress
 
 
 def _show(ev: dict) -> None:

@@ -1,6 +1,7 @@
 """Classes for a morphology segmenter, taken from the transcriptome (headless).
 
 Three sources, all giving one label per spot (``adata.obs["seg_class"]``, categorical):
+
 - **genes**: the user names marker genes; a spot whose strongest marker (by z-score of log1p
   normalised expression) is at or above that gene's ``quantile`` becomes "<GENE> high", other
   tissue spots "other tissue";
@@ -8,6 +9,7 @@ Three sources, all giving one label per spot (``adata.obs["seg_class"]``, catego
   highly variable genes, PCA), or an existing per-spot label column (the manifest's ``clusters``);
 - **regions** drawn by the user (polygons in level-0 px) assign or override classes of the spots
   inside them.
+
 "Background" is always class 0 and is sampled off tissue with the tissue mask.
 """
 

@@ -17,9 +17,9 @@ REPAINT_GAP_S = 0.3
 
 
 class GeneLayers:
-    """For a panel with ``_viewer``, ``predictor``, ``raster``, ``selected_genes()``,
-    ``predict_view()``, ``gui_timings`` and the style widgets ``_current``, ``_cmap``, ``_opacity``,
-    ``_lo``, ``_hi``."""
+    """For a panel with ``_viewer``, ``predictor`` and ``raster`` (its live view's,
+    :class:`~napari_histoexpr.infer.live_view.LiveView`), ``selected_genes()``, ``predict_view()``,
+    ``gui_timings`` and the style widgets ``_current``, ``_cmap``, ``_opacity``, ``_lo``, ``_hi``."""
 
     _pending_steps: list | None = None  # a new raster's layer steps not run yet (None: none under way)
     _last_repaint = 0.0  # when tiles streaming in were last drawn (0: the next tiles are drawn at once)

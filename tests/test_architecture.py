@@ -17,7 +17,8 @@ PKG = Path(napari_histoexpr.__file__).parent
 TORCH_OR_GUI = ("napari_histoexpr.widgets", "napari_histoexpr.viewer_app", "napari_histoexpr.models.backbones",
                 "napari_histoexpr.models.expression", "napari_histoexpr.models.segmenter",
                 "napari_histoexpr.models.slide_nets", "napari_histoexpr.models.runtime",
-                "napari_histoexpr.models.quantize")
+                "napari_histoexpr.models.quantize", "napari_histoexpr.models.vit",
+                "napari_histoexpr.models.encoder_files")
 
 
 def core_modules() -> list[str]:

@@ -65,3 +65,8 @@ class SpotDataWarning(UserWarning):
 
 class TrainingError(HistoExprError, RuntimeError):
     """Training cannot run with the given data or settings (too few spots, no genes, …)."""
+
+
+class EncoderFileError(ModelFileError):
+    """A pretrained encoder's weights file is missing, truncated, needs code to unpickle, or fits no
+    known encoder layout; the message says what was expected."""

@@ -119,7 +119,7 @@ class GeneLayers:
 
     def _style_current(self, *_):
         g = self._current.value
-        layer = self.gene_layer(g) if g else None
+        layer = self.gene_layer(g) if g and self.raster is not None else None
         if layer is not None:
             layer.opacity = float(self._opacity.value)
             layer.colormap = self._cmap.value
@@ -138,6 +138,8 @@ class GeneLayers:
         changes), and their contrast only where it moved noticeably (each change redraws napari's
         layer controls). A repaint still pending would draw nothing new: it is dropped."""
         self._repaint.stop()
+        if self.raster is None:  # another model is being set up: nothing of the old one to draw
+            return
         for g in self.selected_genes():
             layer = self._gene_layer(g)
             if layer is not None and layer.visible:  # napari refreshes a hidden layer when it is shown

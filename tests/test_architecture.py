@@ -45,10 +45,11 @@ def test_cli_help_needs_no_torch():
 
 def test_offered_names_match_the_models():
     from napari_histoexpr.models.backbones import BACKBONES
-    from napari_histoexpr.models.catalog import BACKBONE_NAMES, DEVICES
+    from napari_histoexpr.models.catalog import BACKBONE_NAMES, DEVICES, ENCODER_NAMES
+    from napari_histoexpr.models.encoder_files import ENCODERS
     from napari_histoexpr.models.runtime import resolve_device
 
-    assert tuple(BACKBONES) == BACKBONE_NAMES
+    assert tuple(BACKBONES) == BACKBONE_NAMES and tuple(ENCODERS) == ENCODER_NAMES
     assert str(resolve_device("cpu")) == "cpu"
     for dev in DEVICES[1:]:
         try:

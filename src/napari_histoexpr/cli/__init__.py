@@ -16,6 +16,7 @@ from .commands import (
     cmd_export,
     cmd_info,
     cmd_predict,
+    cmd_relink,
     cmd_segment_evaluate,
     cmd_segment_train,
     cmd_train,
@@ -26,7 +27,7 @@ from .slide_level_commands import add_parsers as add_slide_level_parsers
 __all__ = ["build_parser", "drain", "main", "progress"]
 
 from ..models.catalog import BACKBONE_NAMES as BACKBONES
-from ..models.catalog import DEVICES, PRECISIONS
+from ..models.catalog import DEVICES, ENCODER_NAMES, HEADS, PRECISIONS
 from ..segment.classes import CLASSES_HELP
 from ..train.expression_trainer import TrainConfig
 from ..train.segmenter_trainer import FEATURES, SegConfig
@@ -126,7 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--device", default=TC.device, help=DEVICE_HELP)
     t.add_argument("--seed", type=int, default=TC.seed)
+    t.add_argument("--encoder", default=None, metavar="PATH",
+                   help="instead of training a CNN, fit a head on the frozen features of this pretrained encoder "
+                        "(a weights file or a Hugging Face folder: UNI, Virchow2, H-optimus, Phikon, ...; see "
+                        "docs/encoders.md); patches are cut at the encoder's own window and size")
+    t.add_argument("--encoder-name", default=None, choices=ENCODER_NAMES,
+                   help="which encoder the file holds, where its shapes fit several (checked against the file)")
+    t.add_argument("--head", default="ridge", choices=HEADS,
+                   help="with --encoder: ridge (standardise, PCA 256, ridge with alpha by inner cross-validation; "
+                        "the HEST-Benchmark protocol) or mlp (one hidden layer of 256)")
+    t.add_argument("--features-cache", default=None, metavar="DIR",
+                   help="with --encoder: where frozen features are kept and reused (default: encoder-features "
+                        "beside --out)")
     t.set_defaults(func=cmd_train)
+    rl = sub.add_parser("relink", help="point a model fitted on a pretrained encoder at the encoder file's new place")
+    rl.add_argument("--model", required=True, help="model folder")
+    rl.add_argument("--encoder", required=True, help="the same encoder file (its SHA-256 is checked) where it is now")
+    rl.set_defaults(func=cmd_relink)
 
     e = sub.add_parser("evaluate", help="per-gene Pearson of a model on held-out sections")
     e.add_argument("--model", required=True)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ..datasets import make_demo
+from ..encoders.head_training import HeadConfig, relink_encoder, train_head_steps
 from ..evaluation import evaluate_segmenter_steps, evaluate_steps
 from ..infer.distributed import predict_many
 from ..io.manifest import read_manifest
@@ -92,7 +93,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
-    """Train an expression model on the sections of a manifest."""
+    """Train an expression model on the sections of a manifest (or, with ``--encoder``, fit a head on a
+    pretrained encoder's frozen features)."""
+    if args.encoder:
+        return _train_head(args)
 
     genes = [g.strip() for g in args.gene_list.split(",") if g.strip()] if args.gene_list else None
     cfg = TrainConfig(backbone=args.backbone, n_genes=args.genes, genes=genes, max_aux=args.aux_genes,
@@ -107,6 +111,25 @@ def cmd_train(args) -> int:
     summary = drain(train_from_manifest_steps(args.manifest, args.out, cfg, resume=args.resume))
     progress(f"model written to {args.out} ({summary_line(summary)})")
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    return 0
+
+
+def _train_head(args) -> int:
+    genes = [g.strip() for g in args.gene_list.split(",") if g.strip()] if args.gene_list else None
+    cfg = HeadConfig(encoder=args.encoder, encoder_name=args.encoder_name, head=args.head, n_genes=args.genes,
+                     genes=genes, device=args.device, batch_size=args.batch_size, features_cache=args.features_cache,
+                     seed=args.seed)
+    summary = drain(train_head_steps(args.manifest, args.out, cfg))
+    progress(f"model written to {args.out} ({summary['head']} head on {summary['encoder']}, fitted in "
+             f"{summary['head_fit_s']:.1f} s)")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_relink(args) -> int:
+    """Point a model folder at its encoder file's new place (the same file: SHA-256 checked)."""
+    enc = relink_encoder(args.model, args.encoder)
+    progress(f"{args.model}: encoder {enc['name']} now read from {enc['path']}")
     return 0
 
 

@@ -68,6 +68,8 @@ class DenseBranch:
     #: largest block of feature cells the body runs at once (each block pays a context margin: the
     #: larger, the less work, up to where the body's rate per pixel drops)
     block_feats: int = BLOCK_FEATS
+    #: whether the body has a feature map at all (a vision transformer's embedding does not: patch mode)
+    fully_convolutional: bool = True
 
     @property
     def feature_um(self) -> float:
@@ -80,9 +82,9 @@ class DenseBranch:
 
     @property
     def exact(self) -> bool:
-        """Whether the window is a whole number of feature cells (else dense pooling is not exact and
-        callers use patch mode)."""
-        return self.px % STRIDE == 0
+        """Whether the body is fully convolutional and the window a whole number of feature cells (else
+        dense pooling is not exact and callers use patch mode)."""
+        return self.fully_convolutional and self.px % STRIDE == 0
 
 
 def dense_step_um(branches: list[DenseBranch], requested_um: float) -> float:

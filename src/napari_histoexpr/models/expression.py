@@ -54,6 +54,54 @@ class ExpressionNet(nn.Module):
         return self.head(f), aux
 
 
+class EncoderNet(nn.Module):
+    """A pretrained encoder of the user's (frozen, loaded from its own file) with a head fitted on its
+    features: the same interface as :class:`ExpressionNet` (``backbone``, ``head``, ``pixel_mean``,
+    ``pixel_std``, ``features``; ``(main, None)`` from a forward pass), so every prediction path runs it.
+    ``head`` is ``"ridge"`` (one linear layer: PCA and ridge folded together) or ``"mlp"`` (linear,
+    GELU, linear); it maps the encoder's embedding to z-scored targets."""
+
+    def __init__(self, encoder, n_genes: int, head: str = "ridge", hidden: int = 256):
+        super().__init__()
+        self.backbone = encoder.net
+        self.encoder_kind = encoder.kind
+        dim = encoder.dim
+        self.backbone.num_features = dim
+        self.dropout = nn.Identity()
+        self.head = (nn.Linear(dim, n_genes) if head == "ridge" else
+                     nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, n_genes)))
+        self.aux_head = None
+        self.register_buffer("pixel_mean", torch.tensor(encoder.kind.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor(encoder.kind.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    @property
+    def fully_convolutional(self) -> bool:
+        """Whether the encoder has a feature map to pool densely (CNNs; a ViT runs patch by patch)."""
+        return hasattr(self.backbone, "feature_map")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone((x - self.pixel_mean) / self.pixel_std)
+
+    def forward(self, x: torch.Tensor):
+        return self.head(self.features(x)), None
+
+
+def load_encoder_of(meta: dict, where: str, device: str | torch.device = "cpu"):
+    """The encoder a model folder's ``meta["encoder"]`` names (path + SHA-256), checked; a moved or
+    changed file is a named error that says how to point at it."""
+    from .encoder_files import file_sha256, load_encoder
+
+    enc = meta["encoder"]
+    path = Path(enc["path"])
+    relink = f"point the model at it with `histoexpr relink --model {where} --encoder NEW_PATH`"
+    if not path.exists():
+        raise ModelFileError(f"{where}: its encoder file {path} ({enc['name']}) is not there any more; {relink}")
+    if file_sha256(path) != enc["sha256"]:
+        raise ModelFileError(f"{where}: its encoder file {path} changed since the head was fitted (SHA-256 differs); "
+                             f"restore it, or {relink} (the same file elsewhere)")
+    return load_encoder(path, enc["name"] if enc["name"] != "vit" else None, device)
+
+
 def smoothing_kernel(sigma_cells: float) -> np.ndarray:
     """The ``(w, w)`` Gaussian (``sigma_cells``, cut at 2 sigma, sum 1) a sub-spot model averages
     each cell's neighbourhood with; ``[[1]]`` for 0."""
@@ -127,10 +175,19 @@ class ExpressionModel(DenseMapModel):
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: str | None = "auto") -> "ExpressionModel":
+        """A model folder: a network trained here, or a head fitted on a pretrained encoder's features
+        (``meta["encoder"]``: the encoder is loaded from its own file, the folder holds the head)."""
         state, meta = load_artifact(model_dir, kind=KIND)
         with meta_fields(model_dir):
-            net = build_net(meta)
-            load_state_strict(net, state, str(Path(model_dir)))
+            if meta.get("encoder"):
+                enc = load_encoder_of(meta, str(model_dir))
+                net = EncoderNet(enc, len(meta["genes"]), meta["encoder"]["head"],
+                                 int(meta["encoder"].get("hidden", 256)))
+                load_state_strict(net.head, {k[len("head."):]: v for k, v in state.items()},
+                                  str(Path(model_dir)))
+            else:
+                net = build_net(meta)
+                load_state_strict(net, state, str(Path(model_dir)))
             return cls(net, meta, resolve_device(device))
 
     def read_patches(self, pyr, centres: np.ndarray) -> np.ndarray:
@@ -177,6 +234,9 @@ class ExpressionModel(DenseMapModel):
         from .quantize import NormalisedBody
 
         net = self.net
+        if not getattr(net, "fully_convolutional", True):  # a ViT encoder: patch mode only
+            return [DenseBranch(body=net.features, head=net.head, px=self.px, window_um=self.window_um,
+                                fully_convolutional=False)]
         body = NormalisedBody(net.backbone, net.pixel_mean, net.pixel_std)
         if self.subspot is not None:  # one feature cell per grid cell (its smoothing window), training context
             kern = smoothing_kernel(self.smooth_cells)

@@ -155,13 +155,16 @@ def segmenter_steps(sections, out_dir, cfg: SegConfig, regions: dict | None = No
     the sections' classes and patches, the segmenter. Returns the training summary."""
     from dataclasses import replace
 
-
     if cfg.features not in FEATURES:
         raise TrainingError(f"unknown segmenter features {cfg.features!r}; choose one of {', '.join(FEATURES)}")
     stain = None
     if cfg.features == "expression":
         enc = yield from encoder_steps(sections, out_dir, cfg)
         _, meta = load_artifact(enc, kind="expression")
+        if meta.get("encoder"):
+            raise TrainingError(f"{enc} is a head on a pretrained encoder ({meta['encoder']['name']}); the segmenter "
+                                "takes the backbone of an expression model trained here (histoexpr train without "
+                                "--encoder), or none (--features scratch)")
         cfg = replace(cfg, encoder=str(enc), windows_um=(float(meta["window_um"]),), px=int(meta["input_px"]),
                       backbone=str(meta["backbone"]))
         stain = meta.get("stain_norm")

@@ -1,6 +1,8 @@
-"""The "Train expression model" dock panel: sections, genes, backbone, epochs, device -> a model folder.
+"""The "Train expression model" dock panel: sections, genes, backbone, epochs, device -> a model folder;
+or, with a pretrained encoder file chosen, a head fitted on its frozen features in seconds.
 
-Training runs in a napari worker over :func:`napari_histoexpr.train.expression_trainer.train_from_manifest_steps`;
+Training runs in a napari worker over :func:`napari_histoexpr.train.expression_trainer.train_from_manifest_steps`
+(or :func:`napari_histoexpr.encoders.head_training.train_head_steps`);
 the panel only shows its events (a live loss curve, progress in the activity dock) and can cancel
 it: the checkpoint of the last finished epoch and the model saved so far stay on disk.
 """
@@ -21,8 +23,9 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from ..encoders.head_training import HeadConfig, train_head_steps
 from ..errors import HistoExprError
-from ..models.catalog import BACKBONE_NAMES, DEVICES
+from ..models.catalog import BACKBONE_NAMES, DEVICES, HEADS
 from ..train.expression_trainer import TrainConfig, epoch_line, summary_line, train_from_manifest_steps
 from ._common import PanelMixin, start_worker
 from ._plots import LossCurve
@@ -49,7 +52,8 @@ class TrainExpressionWidget(PanelMixin, Container):
 
     SETTINGS = {"source": "_source", "manifest": "_manifest", "n_genes": "_n_genes", "genes": "_genes",
                 "backbone": "_backbone", "epochs": "_epochs", "batch_size": "_batch", "lr": "_lr",
-                "window_um": "_window", "px": "_px", "aux": "_aux", "device": "_device", "out": "_out"}
+                "window_um": "_window", "px": "_px", "aux": "_aux", "device": "_device", "out": "_out",
+                "encoder": "_encoder", "head": "_head"}
 
     def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
         d = TrainConfig()
@@ -69,14 +73,20 @@ class TrainExpressionWidget(PanelMixin, Container):
         self._px = SpinBox(label="patch px", value=d.px, min=16, max=1024)
         self._aux = CheckBox(label="auxiliary head", value=d.max_aux > 0)
         self._device = ComboBox(label="device", choices=list(DEVICES), value=d.device)
+        self._encoder = FileEdit(label="pretrained encoder", mode="r", nullable=True)
+        self._encoder.tooltip = ("Optional: a pretrained encoder's weights file (UNI, Virchow2, H-optimus, ...; for a "
+                                 "Hugging Face folder pick its config.json). A head is then fitted on its frozen "
+                                 "features at the encoder's own window and size (backbone, epochs, window and px "
+                                 "are not used)")
+        self._head = ComboBox(label="head", choices=list(HEADS), value="ridge")
         self._out = FileEdit(label="save to", mode="d", nullable=True)
         self._train_btn = PushButton(text="Train")
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
         self._status = Label(value="Choose sections and a folder to save the model.")
         super().__init__(widgets=[
             self._source, self._manifest, self._n_genes, self._genes, self._backbone, self._epochs,
-            self._batch, self._lr, self._window, self._px, self._aux, self._device, self._out,
-            self._train_btn, self._cancel_btn, self._status,
+            self._batch, self._lr, self._window, self._px, self._aux, self._device, self._encoder, self._head,
+            self._out, self._train_btn, self._cancel_btn, self._status,
         ])
         self.curve = LossCurve()
         self.native.layout().addWidget(self.curve.canvas)
@@ -96,16 +106,27 @@ class TrainExpressionWidget(PanelMixin, Container):
                            window_um=float(self._window.value), px=int(self._px.value),
                            device=self._device.value)
 
-    def start(self, *_):
-        """Start training in a worker; returns it (or None after a notified error)."""
+    def head_config(self) -> HeadConfig | None:
+        """The head to fit when a pretrained encoder is chosen (else ``None``)."""
+        path = Path(str(self._encoder.value)) if self._encoder.value else None
+        if path is None or str(path) in ("", "."):
+            return None
+        if path.name == "config.json":  # a Hugging Face folder
+            path = path.parent
+        cfg = self.config()
+        return HeadConfig(encoder=str(path), head=self._head.value, n_genes=cfg.n_genes, genes=cfg.genes,
+                          device=cfg.device)
 
+    def start(self, *_):
+        """Start training (or fitting a head on a pretrained encoder) in a worker; returns it (or None
+        after a notified error)."""
         if self._worker is not None:
             return None
         try:
             sections = self._sections()
             if not self._out.value:
                 raise HistoExprError("choose a folder to save the model to")
-            cfg = self.config()
+            cfg = self.head_config() or self.config()
         except HistoExprError as e:
             return self._fail(e)
         self.curve.reset()
@@ -113,7 +134,8 @@ class TrainExpressionWidget(PanelMixin, Container):
         self._train_btn.enabled = False
         self._cancel_btn.enabled = True
         self._status.value = "preparing patches…"
-        self._worker = start_worker(train_from_manifest_steps, sections, Path(self._out.value), cfg,
+        steps = train_head_steps if isinstance(cfg, HeadConfig) else train_from_manifest_steps
+        self._worker = start_worker(steps, sections, Path(self._out.value), cfg,
                                     desc="Training expression model", yielded=self._on_event,
                                     returned=self._on_done, errored=self._on_error, finished=self._on_finished)
         return self._worker
@@ -142,7 +164,9 @@ class TrainExpressionWidget(PanelMixin, Container):
         self.summary = summary
         if self._closed:
             return
-        self._status.value = f"saved to {self._out.value}: {summary_line(summary)}"
+        line = (f"{summary['head']} head on {summary['encoder']} fitted in {summary['head_fit_s']:.1f} s"
+                if "head" in summary else summary_line(summary))
+        self._status.value = f"saved to {self._out.value}: {line}"
 
     def _on_error(self, exc: Exception):
         from napari.utils.notifications import show_error

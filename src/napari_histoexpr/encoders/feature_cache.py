@@ -1,0 +1,91 @@
+"""Frozen encoder features of a section's spots, computed once and kept on disk.
+
+Layout: ``CACHE/<key>/<section>-<spots>.zarr`` where ``key`` digests what makes features differ (the
+encoder file's SHA-256 and name, input px, window µm, normalisation, stain normalisation) and
+``spots`` digests the spot centres, so another window, encoder or spot set never reuses a cache. The
+store holds ``features`` ``(N, dim)`` float32 in chunks of :data:`CHUNK` spots and ``done`` (one flag
+per chunk); a chunk's flag is written after its features, so a run killed at any point (even
+``kill -9``) resumes with the chunks it finished and computes the rest, with the same output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Generator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HistoExprError
+
+#: spots per chunk (one model batch or a few; each chunk is resumable on its own)
+CHUNK = 128
+
+
+def cache_key(encoder, stain: dict | None = None) -> str:
+    """What makes an encoder's features differ, digested."""
+    k = encoder.kind
+    what = {"sha256": encoder.sha256, "name": k.name, "px": k.px, "window_um": k.window_um, "mean": list(k.mean),
+            "std": list(k.std), "tokens": k.tokens, "stain": stain}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def store_path(cache_dir, encoder, section: str, xy: np.ndarray, stain: dict | None = None) -> Path:
+    spots = hashlib.sha256(np.ascontiguousarray(np.asarray(xy, np.float64)).tobytes()).hexdigest()[:12]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in section)
+    return Path(cache_dir) / cache_key(encoder, stain) / f"{safe}-{spots}.zarr"
+
+
+def spot_features_steps(encoder, section: str, patches: np.ndarray, xy: np.ndarray, cache_dir, device,
+                        batch_size: int = 64, stain: dict | None = None) -> Generator[dict, None, np.ndarray]:
+    """``(N, dim)`` features of ``patches`` (uint8, the encoder's px, at the spots ``xy``) from the cache,
+    computing the chunks it lacks; yields progress events."""
+    import torch
+    import zarr
+
+    from ..models.runtime import predict_batches
+
+    n, dim = len(patches), encoder.dim
+    device = torch.device(device)
+    path = store_path(cache_dir, encoder, section, xy, stain)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n_chunks = max(1, -(-n // CHUNK))
+    try:
+        g = zarr.open_group(str(path), mode="a")
+        ok = ("features" in g and g["features"].shape == (n, dim) and "done" in g
+              and g["done"].shape == (n_chunks,))
+    except Exception:  # a store left unreadable by a kill while it was being created: start it again
+        ok, g = False, None
+    if not ok:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+        g = zarr.open_group(str(path), mode="w")
+        g.create_array("features", shape=(n, dim), chunks=(CHUNK, dim), dtype="float32")
+        g.create_array("done", shape=(n_chunks,), chunks=(n_chunks,), dtype="uint8", fill_value=0)
+        g.attrs["histoexpr_features"] = {"encoder": encoder.kind.name, "sha256": encoder.sha256, "section": section,
+                                         "px": encoder.kind.px, "window_um": encoder.kind.window_um, "n": n}
+    done = np.asarray(g["done"][:]).astype(bool)
+    todo = np.nonzero(~done)[0]
+    net = encoder.net.to(device).eval()
+    fn = lambda x: net((x - _t(encoder.kind.mean, x)) / _t(encoder.kind.std, x))  # noqa: E731
+    for k, c in enumerate(todo):
+        lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+        with torch.inference_mode():
+            f = predict_batches(fn, patches[lo:hi], device, batch_size, dim)
+        if not np.isfinite(f).all():
+            raise HistoExprError(f"{encoder.kind.name} gave non-finite features for {section}; is the file intact?")
+        g["features"][lo:hi] = f.astype(np.float32)
+        g["done"][c] = 1  # after the features: a kill between the two recomputes this chunk
+        yield {"stage": "features", "done": k + 1, "total": len(todo),
+               "msg": f"{section}: features {hi}/{n} ({encoder.kind.name})"}
+    if not len(todo):
+        yield {"stage": "features", "msg": f"{section}: {n} features from the cache"}
+    return np.asarray(g["features"][:], np.float32)
+
+
+def _t(values, x):
+    import torch
+
+    return torch.tensor(values, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

@@ -1,0 +1,128 @@
+"""An expression model made of a pretrained encoder and a head fitted on its frozen features: the spots
+of every manifest section are cut at the encoder's own window and size, their features come from the
+cache (computed once), genes are chosen as for a network trained here, and the head is fitted in
+seconds. The result is a normal model folder (``model.json`` + ``model.safetensors``) that names its
+encoder by path and SHA-256 and holds only the head; predict, evaluate, the live view and the
+segmenter load it as any other (:meth:`~napari_histoexpr.models.expression.ExpressionModel.load`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data.section_data import prepare_sections_steps
+from ..errors import TrainingError
+from ..files import atomic_write_json
+from ..io.manifest import as_sections
+from ..models.catalog import HEADS
+from ..train.expression_trainer import choose_genes
+from .feature_cache import spot_features_steps
+from .heads import fit_mlp_head, fit_ridge_head
+
+
+@dataclass
+class HeadConfig:
+    encoder: str = ""  # the weights file or Hugging Face folder
+    encoder_name: str | None = None  # one of ENCODERS where the file's shapes fit several
+    head: str = "ridge"
+    n_genes: int = 250
+    genes: list[str] | None = None
+    min_tissue: float = 0.3
+    device: str = "auto"
+    batch_size: int = 64
+    features_cache: str | None = None  # default: a "features" folder beside the model folder
+    hidden: int = 256
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def default_cache(out_dir) -> Path:
+    return Path(out_dir).resolve().parent / "encoder-features"
+
+
+def train_head_steps(manifest, out_dir: str | os.PathLike, cfg: HeadConfig) -> Generator[dict, None, dict]:
+    """Fit ``cfg.head`` on ``cfg.encoder``'s features of the spots of ``manifest``; yields progress,
+    returns the summary (also written to ``training.json``)."""
+    from ..models.artifact import save_artifact
+    from ..models.encoder_files import load_encoder
+    from ..models.expression import KIND
+    from ..models.runtime import resolve_device
+
+    if cfg.head not in HEADS:
+        raise TrainingError(f"unknown head {cfg.head!r}; use {' or '.join(HEADS)}")
+    device = resolve_device(cfg.device)
+    yield {"stage": "encoder", "msg": f"loading the encoder {cfg.encoder}"}
+    enc = load_encoder(cfg.encoder, cfg.encoder_name, device)
+    kind = enc.kind
+    data, _, _ = yield from prepare_sections_steps(as_sections(manifest), kind.window_um, kind.px, cfg.min_tissue)
+    if sum(len(s) for s in data) < 8:
+        raise TrainingError("too few spots under tissue to fit a head (need at least 8)")
+    cache = Path(cfg.features_cache) if cfg.features_cache else default_cache(out_dir)
+    t0 = time.perf_counter()
+    feats = []
+    for s in data:
+        feats.append((yield from spot_features_steps(enc, s.name, s.patches, s.xy, cache, device, cfg.batch_size)))
+    t_feat = time.perf_counter() - t0
+    genes, _, hvg = choose_genes(data, cfg.n_genes, 0, 1.0, cfg.genes)
+    F = np.concatenate(feats)
+    Yraw = np.concatenate([s.select(genes) for s in data])
+    mean, std = Yraw.mean(0), Yraw.std(0) + 1e-6
+    Y = (Yraw - mean) / std
+    groups = np.concatenate([[i] * len(s) for i, s in enumerate(data)])
+    yield {"stage": "head", "msg": f"fitting a {cfg.head} head on {len(F)} spots x {F.shape[1]} features"}
+    t1 = time.perf_counter()
+    if cfg.head == "ridge":
+        state, info = fit_ridge_head(F, Y, groups)
+    else:
+        state, info = fit_mlp_head(F, Y, groups, hidden=cfg.hidden, seed=cfg.seed)
+    t_head = time.perf_counter() - t1
+    out = Path(out_dir)
+    meta = {
+        "kind": KIND, "backbone": f"encoder:{kind.name}", "genes": genes, "aux_genes": [], "hvg50": hvg,
+        "window_um": kind.window_um, "input_px": kind.px,
+        "input": {"mean": list(kind.mean), "std": list(kind.std), "range": "rgb uint8 / 255"},
+        "target": {"transform": "log1p(counts / total * 1e4), z-scored per gene", "mean": mean.tolist(),
+                   "std": std.tolist()},
+        "encoder": {"path": str(Path(cfg.encoder).resolve()), "sha256": enc.sha256, "name": kind.name,
+                    "head": cfg.head, "hidden": cfg.hidden, "dim": enc.dim, "tokens": kind.tokens,
+                    "um_per_px": kind.um_per_px},
+        "training": {"sections": [s.name for s in data], "n_spots": int(len(F)), "validation": None,
+                     "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}},
+        "metrics": info,
+    }
+    save_artifact(out, {f"head.{k}": v for k, v in state.items()}, meta)
+    summary = {"encoder": kind.name, "head": cfg.head, "spots": int(len(F)), "genes": len(genes),
+               "features_s": round(t_feat, 2), "head_fit_s": round(t_head, 2), **info}
+    atomic_write_json(out / "training.json", summary)
+    yield {"stage": "done", "msg": f"{cfg.head} head on {kind.name} in {t_head:.1f} s "
+                                   f"(inner-CV mean r {info.get('inner_cv_mean_r', info.get('held_out_mean_r')):.3f})"}
+    return summary
+
+
+def relink_encoder(model_dir, encoder_path) -> dict:
+    """Point a model folder at its encoder's new place: the file must be the one the head was fitted on
+    (same SHA-256). Returns the updated ``meta["encoder"]``."""
+    import json
+
+    from ..errors import ModelFileError
+    from ..models.artifact import META
+    from ..models.encoder_files import file_sha256
+
+    model_dir, path = Path(model_dir), Path(encoder_path)
+    meta = json.loads((model_dir / META).read_text())
+    enc = meta.get("encoder")
+    if not enc:
+        raise ModelFileError(f"{model_dir}: not a model fitted on a pretrained encoder (nothing to relink)")
+    if not path.exists():
+        raise ModelFileError(f"encoder file not found: {path}")
+    if file_sha256(path) != enc["sha256"]:
+        raise ModelFileError(f"{path} is not the encoder this head was fitted on ({enc['name']}, SHA-256 "
+                             f"{enc['sha256'][:12]}…); a head only fits the features of its own encoder file")
+    enc["path"] = str(path.resolve())
+    atomic_write_json(model_dir / META, meta)
+    return enc

@@ -57,3 +57,18 @@ def trained(cohort, tmp_path_factory):
               "--patience", "16", "--device", "cpu", "--seed", "0"])
     assert rc == 0
     return out
+
+
+def expression_panel_on(viewer, qtbot, demo, **settings):
+    """A generated section opened by the "Slide & spots" panel and a docked "Predicted expression"
+    panel configured with ``settings`` (no model loaded yet)."""
+    from napari_histoexpr.widgets.expression_view import ExpressionPanel
+    from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
+
+    w = SlideSpotsWidget(viewer).open(slide=str(demo.slide), spots=str(demo.spots))
+    with qtbot.waitSignal(w.finished, timeout=60_000):
+        pass
+    panel = ExpressionPanel(viewer)
+    viewer.window.add_dock_widget(panel)
+    panel.configure(**settings)
+    return panel

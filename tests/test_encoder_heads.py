@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PLANTED
+from conftest import PLANTED, expression_panel_on
 
 GENES = ["ERBB2", "KRT8", "COL1A1", "COL1A2", "PTPRC", "CD74"]
 
@@ -169,18 +169,8 @@ def test_moved_or_changed_encoder_is_named_and_relink_fixes_it(head_models, enco
 
 
 def test_expression_panel_loads_an_encoder_head(make_napari_viewer, qtbot, cohort, head_models):
-    from napari_histoexpr.widgets.expression_view import ExpressionPanel
-    from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
-
-    viewer = make_napari_viewer(show=True)
-    spots = SlideSpotsWidget(viewer)
-    d = cohort["demos"][3]
-    w = spots.open(slide=str(d.slide), spots=str(d.spots))
-    with qtbot.waitSignal(w.finished, timeout=60_000):
-        pass
-    panel = ExpressionPanel(viewer)
-    viewer.window.add_dock_widget(panel)
-    panel.configure(device="cpu", stride_um=50.0)
+    panel = expression_panel_on(make_napari_viewer(show=True), qtbot, cohort["demos"][3], device="cpu",
+                                stride_um=50.0)
     panel.load_model(head_models[("vit", "ridge")], genes=["ERBB2"])
     qtbot.waitUntil(lambda: panel.predictor is not None and not panel.busy, timeout=120_000)
     assert panel.predictor.mode == "patch" and panel.last_request_tiles

@@ -244,19 +244,12 @@ def test_cli_predict_many_slides_on_local_cluster(trained, cohort, tmp_path):
 # ---------------------------------------------------------------------------------------------------
 @pytest.fixture
 def panel_on_section(make_napari_viewer, qtbot, cohort, trained):
-    from napari_histoexpr.widgets.expression_view import ExpressionPanel
-    from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
+    from conftest import expression_panel_on
 
     viewer = make_napari_viewer(show=True)
     viewer.window.resize(1000, 800)
-    spots = SlideSpotsWidget(viewer)
     d = cohort["demos"][3]
-    w = spots.open(slide=str(d.slide), spots=str(d.spots))
-    with qtbot.waitSignal(w.finished, timeout=60_000):
-        pass
-    panel = ExpressionPanel(viewer)
-    viewer.window.add_dock_widget(panel)
-    panel.configure(device="cpu", stride_um=25.0)
+    panel = expression_panel_on(viewer, qtbot, d, device="cpu", stride_um=25.0)
     panel.load_model(trained, genes=["ERBB2", "COL1A1"])
     _wait_idle(qtbot, panel)  # following the view: the model predicted it as soon as it was loaded
     assert panel.predictor is not None and view_predicted(panel)

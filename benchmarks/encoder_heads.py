@@ -95,6 +95,11 @@ def her2st(data: Path, out: Path, device: str) -> dict:
         secs.append(sd)
         feats.append(f)
         pyr.close()
+    from dataclasses import replace
+
+    common = set.intersection(*(set(s.genes) for s in secs))
+    shared = [g for g in secs[0].genes if g in common]
+    secs = [replace(s, expr=s.select(shared), genes=shared) for s in secs]
     genes, _, _ = choose_genes(secs, 250, 0, 1.0)
     Y = [s.select(genes) for s in secs]
     F, Yall = np.concatenate(feats), np.concatenate(Y)

@@ -37,21 +37,27 @@ def _mean_r(pred: np.ndarray, y: np.ndarray) -> float:
     return float(np.nan_to_num(pearson_columns(pred, y)).mean())
 
 
-def _pca_ridge(F, Y, alpha, k):
-    """Standardise -> PCA(k) -> ridge on ``F``; returns the folded ``(W, b)``: ``F @ W + b``."""
+def _projection(F, k):
+    """Standardisation and PCA(k) of ``F`` (fitted once per fold; the ridge strengths share it)."""
     from sklearn.decomposition import PCA
-    from sklearn.linear_model import Ridge
 
     mu, sd = F.mean(0), F.std(0) + 1e-6
     z = (F - mu) / sd
-    k = int(min(k, len(F) - 1, F.shape[1]))
-    pca = PCA(n_components=k, svd_solver="full").fit(z)
-    p = pca.transform(z)
-    r = Ridge(alpha=alpha, solver="cholesky").fit(p, Y)
+    pca = PCA(n_components=int(min(k, len(F) - 1, F.shape[1])), svd_solver="full").fit(z)
+    return mu, sd, pca, pca.transform(z)
+
+
+def _ridge(p, Y, alpha):
+    from sklearn.linear_model import Ridge
+
+    return Ridge(alpha=alpha, solver="cholesky").fit(p, Y)
+
+
+def _folded(mu, sd, pca, r):
+    """Standardise -> PCA -> ridge as one ``(W, b)``: ``F @ W + b``."""
     C = pca.components_.T @ r.coef_.T  # (dim, genes): z -> y
     W = C / sd[:, None]
-    b = r.intercept_ - (pca.mean_ @ C) - (mu / sd) @ C
-    return W, b
+    return W, r.intercept_ - (pca.mean_ @ C) - (mu / sd) @ C
 
 
 def fit_ridge_head(F: np.ndarray, Y: np.ndarray, groups, alphas=ALPHAS, components: int = PCA_COMPONENTS
@@ -61,20 +67,21 @@ def fit_ridge_head(F: np.ndarray, Y: np.ndarray, groups, alphas=ALPHAS, componen
 
     F, Y = np.asarray(F, np.float64), np.asarray(Y, np.float64)
     folds = _folds(groups, len(F))
-    scores = {}
-    for a in alphas:
-        rs = []
-        for tr, te in folds:
-            W, b = _pca_ridge(F[tr], Y[tr], a, components)
-            rs.append(_mean_r(F[te] @ W + b, Y[te]))
-        scores[a] = float(np.mean(rs))
+    rs = {a: [] for a in alphas}
+    for tr, te in folds:
+        mu, sd, pca, p = _projection(F[tr], components)
+        for a in alphas:
+            W, b = _folded(mu, sd, pca, _ridge(p, Y[tr], a))
+            rs[a].append(_mean_r(F[te] @ W + b, Y[te]))
+    scores = {a: float(np.mean(v)) for a, v in rs.items()}
     alpha = max(scores, key=scores.get)
-    W, b = _pca_ridge(F, Y, alpha, components)
+    mu, sd, pca, p = _projection(F, components)
+    W, b = _folded(mu, sd, pca, _ridge(p, Y, alpha))
     state = {"weight": torch.from_numpy(np.ascontiguousarray(W.T, np.float32)),
              "bias": torch.from_numpy(np.asarray(b, np.float32))}
     return state, {"head": "ridge", "alpha": alpha, "inner_cv_mean_r": scores[alpha],
                    "inner_cv_mean_r_by_alpha": {f"{a:g}": s for a, s in scores.items()},
-                   "pca_components": int(min(components, len(F) - 1, F.shape[1])), "folds": len(folds)}
+                   "pca_components": int(pca.n_components_), "folds": len(folds)}
 
 
 def fit_mlp_head(F: np.ndarray, Y: np.ndarray, groups, hidden: int = 256, epochs: int = 200, lr: float = 1e-3,

@@ -65,7 +65,8 @@ def expression_panel_on(viewer, qtbot, demo, **settings):
     from napari_histoexpr.widgets.expression_view import ExpressionPanel
     from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
 
-    w = SlideSpotsWidget(viewer).open(slide=str(demo.slide), spots=str(demo.spots))
+    spots = SlideSpotsWidget(viewer)  # kept referenced until its worker has added the layers
+    w = spots.open(slide=str(demo.slide), spots=str(demo.spots))
     with qtbot.waitSignal(w.finished, timeout=60_000):
         pass
     panel = ExpressionPanel(viewer)

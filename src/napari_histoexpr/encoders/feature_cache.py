@@ -68,12 +68,11 @@ def spot_features_steps(encoder, section: str, patches: np.ndarray, xy: np.ndarr
                                          "px": encoder.kind.px, "window_um": encoder.kind.window_um, "n": n}
     done = np.asarray(g["done"][:]).astype(bool)
     todo = np.nonzero(~done)[0]
-    net = encoder.net.to(device).eval()
-    fn = lambda x: net((x - _t(encoder.kind.mean, x)) / _t(encoder.kind.std, x))  # noqa: E731
+    encoder.net.to(device).eval()
     for k, c in enumerate(todo):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         with torch.inference_mode():
-            f = predict_batches(fn, patches[lo:hi], device, batch_size, dim)
+            f = predict_batches(encoder.embed, patches[lo:hi], device, batch_size, dim)
         if not np.isfinite(f).all():
             raise HistoExprError(f"{encoder.kind.name} gave non-finite features for {section}; is the file intact?")
         g["features"][lo:hi] = f.astype(np.float32)
@@ -83,9 +82,3 @@ def spot_features_steps(encoder, section: str, patches: np.ndarray, xy: np.ndarr
     if not len(todo):
         yield {"stage": "features", "msg": f"{section}: {n} features from the cache"}
     return np.asarray(g["features"][:], np.float32)
-
-
-def _t(values, x):
-    import torch
-
-    return torch.tensor(values, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

@@ -157,6 +157,59 @@ def test_every_catalogued_vit_is_recognised_from_its_shapes(name):
     assert got == ([n for n in ENCODERS if n in twins] if name in twins else [name]), got
 
 
+class _OpenClipPooler(torch.nn.Module):
+    """open_clip's AttentionalPooler as its source states it, on torch.nn.MultiheadAttention (the
+    reference for the product's own pooler)."""
+
+    def __init__(self, dim, context_dim, heads, n_queries):
+        super().__init__()
+        self.query = torch.nn.Parameter(torch.randn(n_queries, dim))
+        self.attn = torch.nn.MultiheadAttention(dim, heads, kdim=context_dim, vdim=context_dim)
+        self.ln_q = torch.nn.LayerNorm(dim)
+        self.ln_k = torch.nn.LayerNorm(context_dim)
+
+    def forward(self, x):
+        x = self.ln_k(x).permute(1, 0, 2)  # NLD -> LND
+        q = self.ln_q(self.query).unsqueeze(1).repeat(1, x.shape[1], 1)
+        return self.attn(q, x, x, need_weights=False)[0].permute(1, 0, 2)
+
+
+def test_conch_layout_coca_image_tower_matches_its_reference(tmp_path):
+    """A CoCa checkpoint in open_clip's layout (CONCH's): the embedding is the contrastive pooler over
+    every trunk token, then its layer norm (encode_image(proj_contrast=False, normalize=False)); the
+    trunk is a transformers DINOv2 written in timm's names, the pooler torch's MultiheadAttention. The
+    text tower and the caption pooler in the file are not read; CONCH's full size is recognised."""
+    from napari_histoexpr.models.vit import CoCaVisual
+
+    trunk = _dinov2(0, False)
+    torch.manual_seed(3)
+    pool, pool_caption, ln = _OpenClipPooler(64, 128, 8, 1), _OpenClipPooler(32, 128, 8, 4), torch.nn.LayerNorm(64)
+    with torch.no_grad():
+        ln.weight.uniform_(0.5, 1.5)
+        ln.bias.uniform_(-0.5, 0.5)
+    state = {f"visual.trunk.{k}": v for k, v in _to_timm(trunk, 0, True).items()}
+    state.update({f"visual.attn_pool_contrast.{k}": v for k, v in pool.state_dict().items()})
+    state.update({f"visual.attn_pool_caption.{k}": v for k, v in pool_caption.state_dict().items()})
+    state.update({f"visual.ln_contrast.{k}": v for k, v in ln.state_dict().items()})
+    state.update({"visual.proj_contrast": torch.randn(64, 64), "text.token_embedding.weight": torch.randn(50, 32),
+                  "logit_scale": torch.tensor(2.0)})
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    enc = load_encoder(tmp_path / "pytorch_model.bin")
+    assert enc.kind.layout == "open_clip-coca" and enc.dim == 64 and enc.cell_dim == 128 and enc.kind.px == 56
+    assert enc.kind.mean == ENCODERS["conch"].mean and "not CONCH's size" in enc.info["note"]
+    x = _pixels(2, px=56)
+    with torch.no_grad():
+        want = ln(pool(trunk(pixel_values=x).last_hidden_state)[:, 0])
+        np.testing.assert_allclose(enc.net(x).numpy(), want.numpy(), atol=3e-5, rtol=1e-4)
+        tokens = trunk(pixel_values=x).last_hidden_state[:, 1:].transpose(1, 2).reshape(2, 128, 4, 4)
+        np.testing.assert_allclose(enc.net.patch_tokens(x).numpy(), tokens.numpy(), atol=3e-5, rtol=1e-4)
+    with torch.device("meta"):  # CONCH's own size: ViT-B/16 at 448 px, a 512-wide pooler
+        full = {f"visual.{k}": v for k, v in CoCaVisual(ENCODERS["conch"].vit, 512).state_dict().items()}
+    full["text.token_embedding.weight"] = torch.empty(32007, 768, device="meta")
+    assert [k.name for k in matching_kinds(full)] == ["conch"]
+    assert ENCODERS["conch"].window_um == 112.0
+
+
 def test_torchvision_resnet_checkpoints(tmp_path):
     from napari_histoexpr.models.backbones import build_backbone
 

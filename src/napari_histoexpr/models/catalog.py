@@ -8,7 +8,7 @@ BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "densenet121", "efficientn
                   "efficientnet_b2", "efficientnet_b3", "efficientnet_b4")
 #: the pretrained encoders a weights file can be named as (``models.encoder_files.ENCODERS``)
 ENCODER_NAMES = ("uni", "uni2-h", "virchow2", "h-optimus-0", "h-optimus-1", "gigapath", "dino-vit-s16", "dino-vit-s8",
-                 "phikon", "phikon-v2", "resnet50-imagenet", "resnet18-ssl")
+                 "conch", "phikon", "phikon-v2", "resnet50-imagenet", "resnet18-ssl")
 #: heads fitted on an encoder's frozen features
 HEADS = ("ridge", "mlp")
 #: ``auto`` = CUDA, then Apple ``mps``, then CPU

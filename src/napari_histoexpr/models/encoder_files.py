@@ -16,7 +16,10 @@ Layouts:
 - ``hf-vit`` / ``hf-dinov2``: a Hugging Face folder (``config.json`` + ``model.safetensors``) of a
   ``ViTModel`` (Phikon) or ``Dinov2Model`` (Phikon-v2), converted to the same module;
 - ``torchvision-resnet``: a torchvision ResNet state dict, bare or with ``model.`` / ``module.`` /
-  ``backbone.`` / ``encoder.`` prefixes (Lightning's ``state_dict``), run by the project's own ResNet.
+  ``backbone.`` / ``encoder.`` prefixes (Lightning's ``state_dict``), run by the project's own ResNet;
+- ``open_clip-coca``: a CoCa model's checkpoint in open_clip's layout (CONCH's ``pytorch_model.bin``):
+  its image tower ``visual.trunk`` (a timm ViT) + ``visual.attn_pool_contrast`` + ``visual.ln_contrast``
+  is run by :class:`~napari_histoexpr.models.vit.CoCaVisual`; the text tower is not read.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ import torch
 from torch import nn
 
 from ..errors import EncoderFileError
-from .vit import ViT, ViTSpec, spec_from_state
+from .vit import CoCaVisual, ViT, ViTSpec, spec_from_state
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 
 
 @dataclass(frozen=True)
@@ -41,12 +45,13 @@ class EncoderKind:
     """A known encoder: its architecture and preprocessing, and where its weights come from."""
 
     name: str
-    layout: str  # timm-vit, hf-vit, hf-dinov2, torchvision-resnet
+    layout: str  # timm-vit, hf-vit, hf-dinov2, torchvision-resnet, open_clip-coca
     px: int = 224  # input px
     um_per_px: float = 0.5  # the slide resolution it was trained at (20x)
     mean: tuple = IMAGENET[0]
     std: tuple = IMAGENET[1]
-    vit: ViTSpec | None = None  # timm-vit: the full architecture (hf layouts read theirs from config.json)
+    vit: ViTSpec | None = None  # timm-vit, open_clip-coca: the (trunk's) architecture; hf: from config.json
+    pooled_dim: int | None = None  # open_clip-coca: the attentional pooler's width (the embedding)
     backbone: str | None = None  # torchvision-resnet: resnet18 / resnet50
     tokens: str = "class token"
     source: str = ""
@@ -59,7 +64,7 @@ class EncoderKind:
 
     @property
     def dim(self) -> int | None:
-        return self.vit.embed_dim if self.vit else None
+        return self.pooled_dim or (self.vit.embed_dim if self.vit else None)
 
 
 def _vit(dim, depth, heads, patch, hidden, **kw) -> ViTSpec:
@@ -99,6 +104,11 @@ ENCODERS: dict[str, EncoderKind] = {k.name: k for k in (
                 std=(0.21716536, 0.26081574, 0.20723464), vit=_vit(384, 12, 6, 8, 1536),
                 source="Lunit benchmark-ssl-pathology (DINO ViT-S/8)", license="see its repository",
                 file="a .pth / .safetensors timm state dict (ViT-S/8)"),
+    EncoderKind("conch", "open_clip-coca", px=448, um_per_px=0.25, mean=OPENAI_CLIP[0], std=OPENAI_CLIP[1],
+                vit=ViTSpec(dim=768, depth=12, heads=12, patch=16, img=448, hidden=3072), pooled_dim=512,
+                tokens="attentional pool of every token (512; encode_image(proj_contrast=False, normalize=False))",
+                source="MahmoodLab/CONCH (Hugging Face, gated)", license="CC-BY-NC-ND 4.0, non-commercial research",
+                file="pytorch_model.bin (the open_clip CoCa checkpoint; only its visual.* tensors are read)"),
     EncoderKind("phikon", "hf-vit", source="owkin/phikon (Hugging Face)", license="Owkin non-commercial",
                 file="a folder: config.json + model.safetensors (transformers ViTModel, ViT-B/16)"),
     EncoderKind("phikon-v2", "hf-dinov2", source="owkin/phikon-v2 (Hugging Face)", license="Owkin non-commercial",
@@ -132,12 +142,33 @@ class Encoder:
         std = torch.tensor(self.kind.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Embeddings of ``x`` (``(N, 3, px, px)`` in [0, 1])."""
+    def _check(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.kind.px or x.shape[-2] != self.kind.px:
             raise EncoderFileError(f"{self.kind.name} takes {self.kind.px} x {self.kind.px} px inputs, "
                                    f"got {x.shape[-2]} x {x.shape[-1]}")
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings of ``x`` (``(N, 3, px, px)`` in [0, 1])."""
+        self._check(x)
         return self.net(self.normalise(x))
+
+    @property
+    def cells(self) -> int:
+        """Side of :meth:`cell_map`'s grid: a ViT's patch tokens per side, a CNN's feature cells (32 px)."""
+        patch = getattr(getattr(self.net, "spec", None), "patch", None)
+        return self.kind.px // (patch or 32)
+
+    @property
+    def cell_dim(self) -> int:
+        """Channels of :meth:`cell_map` (a ViT's token width; Virchow2's embedding is twice that)."""
+        spec = getattr(self.net, "spec", None)
+        return spec.dim if spec is not None else self.dim
+
+    def cell_map(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, dim, cells, cells)``: a ViT's patch tokens, or a CNN's last feature map, of ``x``."""
+        self._check(x)
+        z = self.normalise(x)
+        return self.net.patch_tokens(z) if hasattr(self.net, "patch_tokens") else self.net.feature_map(z)
 
 
 def file_sha256(path: Path) -> str:
@@ -236,6 +267,8 @@ def layout_of(state: dict, config: dict | None) -> str:
             return f"hf-{kind}"
         raise EncoderFileError(f"config.json says model_type {kind!r}; known Hugging Face encoders are 'vit' "
                                "(Phikon) and 'dinov2' (Phikon-v2)")
+    if "visual.trunk.patch_embed.proj.weight" in state and "visual.attn_pool_contrast.query" in state:
+        return "open_clip-coca"
     if "patch_embed.proj.weight" in state and "blocks.0.attn.qkv.weight" in state:
         return "timm-vit"
     if "conv1.weight" in state and "layer1.0.conv1.weight" in state:
@@ -243,12 +276,30 @@ def layout_of(state: dict, config: dict | None) -> str:
     sample = ", ".join(sorted(state)[:4])
     raise EncoderFileError(f"no known encoder layout in this file (its first tensors: {sample}); expected a timm "
                            "ViT (patch_embed.proj.weight, blocks.N...), a torchvision ResNet (conv1.weight, "
-                           "layer1...) or a Hugging Face folder (config.json + model.safetensors)")
+                           "layer1...), an open_clip CoCa checkpoint (visual.trunk..., CONCH) or a Hugging Face "
+                           "folder (config.json + model.safetensors)")
 
 
 def _vit_shapes(spec: ViTSpec) -> dict:
     with torch.device("meta"):
         return {k: tuple(v.shape) for k, v in ViT(spec).state_dict().items()}
+
+
+#: the prefix of a CoCa checkpoint's image tower, and of its trunk (a timm ViT)
+_VISUAL, _TRUNK = "visual.", "visual.trunk."
+
+
+def _trunk(state: dict) -> dict:
+    """The timm-layout ViT of a state dict: itself, or a CoCa checkpoint's ``visual.trunk``."""
+    if _TRUNK + "patch_embed.proj.weight" not in state:
+        return state
+    return {k[len(_TRUNK):]: v for k, v in state.items() if k.startswith(_TRUNK)}
+
+
+def _coca_shapes(kind: "EncoderKind") -> dict:
+    with torch.device("meta"):
+        net = CoCaVisual(kind.vit, kind.pooled_dim)
+        return {_VISUAL + k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
 def matching_kinds(state: dict, config: dict | None = None) -> list[EncoderKind]:
@@ -266,12 +317,14 @@ def matching_kinds(state: dict, config: dict | None = None) -> list[EncoderKind]
                    if not n.endswith("num_batches_tracked")):
                 out.append(k)
         return out
-    shapes = {k: tuple(v.shape) for k, v in state.items() if k != "pos_embed"}
+    pos = _TRUNK + "pos_embed" if layout == "open_clip-coca" else "pos_embed"
+    shapes = {k: tuple(v.shape) for k, v in state.items() if k != pos}
 
     def fits(kind):  # the position embeddings may cover the prefix tokens or not, at any grid
-        want = {k: v for k, v in _vit_shapes(kind.vit).items() if k != "pos_embed"}
-        return want.items() <= shapes.items() and "pos_embed" in state
-    return [k for k in ENCODERS.values() if k.layout == "timm-vit" and fits(k)]
+        own = _coca_shapes(kind) if layout == "open_clip-coca" else _vit_shapes(kind.vit)
+        want = {k: v for k, v in own.items() if k != pos}
+        return want.items() <= shapes.items() and pos in state
+    return [k for k in ENCODERS.values() if k.layout == layout and fits(k)]
 
 
 def load_encoder(path: str | os.PathLike, name: str | None = None, device="cpu") -> Encoder:
@@ -303,12 +356,19 @@ def load_encoder(path: str | os.PathLike, name: str | None = None, device="cpu")
         kind = EncoderKind("vit", "timm-vit", vit=spec, source="a ViT file of no known encoder")
         info["note"] = (f"not a known encoder: loaded as a ViT-{spec.dim}/{spec.patch} with {spec.heads} heads "
                         "(width / 64), class token, ImageNet normalisation; name it if it is one")
+    elif kind is None and layout_of(state, config) == "open_clip-coca":
+        spec = spec_from_state(_trunk(state))
+        pooled = int(state[_VISUAL + "attn_pool_contrast.query"].shape[-1])
+        kind = replace(ENCODERS["conch"], name="coca", vit=spec, pooled_dim=pooled, px=spec.img,
+                       um_per_px=ENCODERS["conch"].window_um / spec.img, source="a CoCa file of no known encoder")
+        info["note"] = (f"not CONCH's size: loaded as a CoCa image tower (ViT-{spec.dim}/{spec.patch}, {pooled}-wide "
+                        f"pooler, {spec.img} px for CONCH's {ENCODERS['conch'].window_um:g} µm, CLIP normalisation)")
     elif kind is None:
         layout = layout_of(state, config)
         known = ", ".join(k.name for k in ENCODERS.values() if k.layout == layout)
         raise EncoderFileError(f"{path}: a {layout} file that fits none of the known encoders ({known})")
-    if kind.layout == "timm-vit":  # the file says how its position embeddings are laid out
-        found = spec_from_state(state, heads=kind.vit.heads, swiglu=kind.vit.swiglu)
+    if kind.layout in ("timm-vit", "open_clip-coca"):  # the file says how its position embeddings are laid out
+        found = spec_from_state(_trunk(state), heads=kind.vit.heads, swiglu=kind.vit.swiglu)
         kind = replace(kind, vit=replace(kind.vit, pos_on_prefix=found.pos_on_prefix, img=found.img))
     net, dim = _build(kind, state, config, path)
     net = net.to(device).eval()
@@ -320,6 +380,10 @@ def _build(kind: EncoderKind, state: dict, config: dict | None, path: Path) -> t
         net = ViT(kind.vit)
         _load_exact(net, state, path, kind)
         return net, kind.vit.embed_dim
+    if kind.layout == "open_clip-coca":
+        net = CoCaVisual(kind.vit, kind.pooled_dim)
+        _load_exact(net, {k[len(_VISUAL):]: v for k, v in state.items() if k.startswith(_VISUAL)}, path, kind)
+        return net, kind.pooled_dim
     if kind.layout.startswith("hf-"):
         spec, converted = hf_to_timm(state, config, path)
         net = ViT(spec)

@@ -207,3 +207,68 @@ def spec_from_state(state: dict, heads: int | None = None, swiglu: bool | None =
                    img=grid * patch, hidden=int(fc1.shape[0]), swiglu=swiglu, registers=regs,
                    layerscale="blocks.0.ls1.gamma" in state, pos_on_prefix=on_prefix, class_token=cls,
                    qkv_bias="blocks.0.attn.qkv.bias" in state)
+
+
+class _PoolAttention(nn.Module):
+    """Multi-head attention of learned queries over tokens of another width, with the parameter names
+    ``torch.nn.MultiheadAttention`` gives it when ``kdim``/``vdim`` differ from the embedding
+    (``q_proj_weight``, ``k_proj_weight``, ``v_proj_weight``, ``in_proj_bias``, ``out_proj``)."""
+
+    def __init__(self, dim: int, kdim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q_proj_weight = nn.Parameter(torch.zeros(dim, dim))
+        self.k_proj_weight = nn.Parameter(torch.zeros(dim, kdim))
+        self.v_proj_weight = nn.Parameter(torch.zeros(dim, kdim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        bq, bk, bv = self.in_proj_bias.chunk(3)
+        n, h = q.shape[0], self.heads
+
+        def split(t):
+            return t.reshape(n, t.shape[1], h, -1).transpose(1, 2)
+
+        y = F.scaled_dot_product_attention(split(F.linear(q, self.q_proj_weight, bq)),
+                                           split(F.linear(kv, self.k_proj_weight, bk)),
+                                           split(F.linear(kv, self.v_proj_weight, bv)))
+        return self.out_proj(y.transpose(1, 2).reshape(n, q.shape[1], -1))
+
+
+class AttentionalPooler(nn.Module):
+    """open_clip's attentional pooler (CoCa): ``n_queries`` learned queries (``query``, layer-normed by
+    ``ln_q``) attend over the layer-normed (``ln_k``) tokens."""
+
+    def __init__(self, dim: int, context_dim: int, heads: int, n_queries: int = 1):
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(n_queries, dim))
+        self.attn = _PoolAttention(dim, context_dim, heads)
+        self.ln_q = nn.LayerNorm(dim)
+        self.ln_k = nn.LayerNorm(context_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        q = self.ln_q(self.query).unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        return self.attn(q, self.ln_k(tokens))
+
+
+class CoCaVisual(nn.Module):
+    """The image tower of a CoCa model in open_clip's layout (CONCH): a timm ViT ``trunk`` whose every
+    token (after the final norm) is pooled by ``attn_pool_contrast`` (one query) and ``ln_contrast``:
+    the embedding CONCH gives with ``encode_image(proj_contrast=False, normalize=False)``, the one
+    its authors recommend for linear probes. The caption pooler and the projections are not used."""
+
+    def __init__(self, spec: ViTSpec, embed_dim: int = 512, pool_heads: int = 8):
+        super().__init__()
+        self.spec = spec
+        self.trunk = ViT(spec)
+        self.attn_pool_contrast = AttentionalPooler(embed_dim, spec.dim, pool_heads, 1)
+        self.ln_contrast = nn.LayerNorm(embed_dim)
+        self.num_features = embed_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln_contrast(self.attn_pool_contrast(self.trunk.tokens(x))[:, 0])
+
+    def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's patch tokens as a feature map ``(N, dim, H / patch, W / patch)``."""
+        return self.trunk.patch_tokens(x)

@@ -59,16 +59,24 @@ def trained(cohort, tmp_path_factory):
     return out
 
 
+def open_section(viewer, qtbot, demo):
+    """A generated section opened by the "Slide & spots" panel (returned: keep it referenced while the
+    viewer is in use; its worker adds the layers)."""
+    from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
+
+    spots = SlideSpotsWidget(viewer)
+    w = spots.open(slide=str(demo.slide), spots=str(demo.spots))
+    with qtbot.waitSignal(w.finished, timeout=60_000):
+        pass
+    return spots
+
+
 def expression_panel_on(viewer, qtbot, demo, **settings):
     """A generated section opened by the "Slide & spots" panel and a docked "Predicted expression"
     panel configured with ``settings`` (no model loaded yet)."""
     from napari_histoexpr.widgets.expression_view import ExpressionPanel
-    from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
 
-    spots = SlideSpotsWidget(viewer)  # kept referenced until its worker has added the layers
-    w = spots.open(slide=str(demo.slide), spots=str(demo.spots))
-    with qtbot.waitSignal(w.finished, timeout=60_000):
-        pass
+    open_section(viewer, qtbot, demo)
     panel = ExpressionPanel(viewer)
     viewer.window.add_dock_widget(panel)
     panel.configure(**settings)

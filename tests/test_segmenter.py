@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import open_section
 from napari_histoexpr.cli import main as cli
 from napari_histoexpr.segment.annotations import (
     from_geojson,
@@ -148,14 +149,10 @@ def test_segmenter_dice_on_unseen_section(route, request, cohort, tmp_path):
 
 def test_panel_segments_and_dice_from_drawn_regions(make_napari_viewer, qtbot, segmenter, cohort):
     from napari_histoexpr.widgets.segmenter_panel import SegmenterPanel
-    from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
 
     viewer = make_napari_viewer()
-    sp = SlideSpotsWidget(viewer)
     d = cohort["demos"][3]
-    w = sp.open(slide=str(d.slide), spots=str(d.spots))
-    with qtbot.waitSignal(w.finished, timeout=60_000):
-        pass
+    sp = open_section(viewer, qtbot, d)  # noqa: F841 (kept while the viewer is used)
     sidecar = sidecar_path(d.slide)
     sidecar.unlink(missing_ok=True)
     panel = SegmenterPanel(viewer)

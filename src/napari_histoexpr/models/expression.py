@@ -24,6 +24,7 @@ from ..errors import ModelFileError
 from ..models.dense import DenseBranch
 from .artifact import load_artifact, load_state_strict, meta_fields
 from .backbones import build_backbone
+from .encoder_net import EncoderNet, load_encoder_of
 from .protocol import DenseMapModel
 from .runtime import for_inference, predict_batches, resolve_device
 
@@ -48,58 +49,14 @@ class ExpressionNet(nn.Module):
         """Backbone features of a float batch ``(N, 3, H, W)`` in [0, 1]."""
         return self.backbone((x - self.pixel_mean) / self.pixel_std)
 
+    def cell_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's feature map ``(N, C, H / 32, W / 32)`` of a float batch in [0, 1]."""
+        return self.backbone.feature_map((x - self.pixel_mean) / self.pixel_std)
+
     def forward(self, x: torch.Tensor):
         f = self.dropout(self.features(x))
         aux = self.aux_head(f) if self.aux_head is not None else None
         return self.head(f), aux
-
-
-class EncoderNet(nn.Module):
-    """A pretrained encoder of the user's (frozen, loaded from its own file) with a head fitted on its
-    features: the same interface as :class:`ExpressionNet` (``backbone``, ``head``, ``pixel_mean``,
-    ``pixel_std``, ``features``; ``(main, None)`` from a forward pass), so every prediction path runs it.
-    ``head`` is ``"ridge"`` (one linear layer: PCA and ridge folded together) or ``"mlp"`` (linear,
-    GELU, linear); it maps the encoder's embedding to z-scored targets."""
-
-    def __init__(self, encoder, n_genes: int, head: str = "ridge", hidden: int = 256):
-        super().__init__()
-        self.backbone = encoder.net
-        self.encoder_kind = encoder.kind
-        dim = encoder.dim
-        self.backbone.num_features = dim
-        self.dropout = nn.Identity()
-        self.head = (nn.Linear(dim, n_genes) if head == "ridge" else
-                     nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, n_genes)))
-        self.aux_head = None
-        self.register_buffer("pixel_mean", torch.tensor(encoder.kind.mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("pixel_std", torch.tensor(encoder.kind.std, dtype=torch.float32).view(1, 3, 1, 1))
-
-    @property
-    def fully_convolutional(self) -> bool:
-        """Whether the encoder has a feature map to pool densely (CNNs; a ViT runs patch by patch)."""
-        return hasattr(self.backbone, "feature_map")
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone((x - self.pixel_mean) / self.pixel_std)
-
-    def forward(self, x: torch.Tensor):
-        return self.head(self.features(x)), None
-
-
-def load_encoder_of(meta: dict, where: str, device: str | torch.device = "cpu"):
-    """The encoder a model folder's ``meta["encoder"]`` names (path + SHA-256), checked; a moved or
-    changed file is a named error that says how to point at it."""
-    from .encoder_files import file_sha256, load_encoder
-
-    enc = meta["encoder"]
-    path = Path(enc["path"])
-    relink = f"point the model at it with `histoexpr relink --model {where} --encoder NEW_PATH`"
-    if not path.exists():
-        raise ModelFileError(f"{where}: its encoder file {path} ({enc['name']}) is not there any more; {relink}")
-    if file_sha256(path) != enc["sha256"]:
-        raise ModelFileError(f"{where}: its encoder file {path} changed since the head was fitted (SHA-256 differs); "
-                             f"restore it, or {relink} (the same file elsewhere)")
-    return load_encoder(path, enc["name"] if enc["name"] != "vit" else None, device)
 
 
 def smoothing_kernel(sigma_cells: float) -> np.ndarray:
@@ -138,7 +95,7 @@ def footprint_weights(cells: int, cell_um: float, disks: np.ndarray, supersample
 def pooled_features(net: ExpressionNet, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``(N, C)`` features of a batch pooled over its feature cells with ``weights``: one
     ``(cells, cells)`` map for the whole batch, or one per image ``(N, cells, cells)``."""
-    fmap = net.backbone.feature_map((x - net.pixel_mean) / net.pixel_std)
+    fmap = net.cell_map(x)
     spec = "nchw,hw->nc" if weights.dim() == 2 else "nchw,nhw->nc"
     return torch.einsum(spec, fmap.float(), weights.to(fmap.device))
 
@@ -182,7 +139,7 @@ class ExpressionModel(DenseMapModel):
             if meta.get("encoder"):
                 enc = load_encoder_of(meta, str(model_dir))
                 net = EncoderNet(enc, len(meta["genes"]), meta["encoder"]["head"],
-                                 int(meta["encoder"].get("hidden", 256)))
+                                 int(meta["encoder"].get("hidden", 256)), on_cells=bool(meta.get("subspot")))
                 load_state_strict(net.head, {k[len("head."):]: v for k, v in state.items()},
                                   str(Path(model_dir)))
             else:
@@ -212,9 +169,34 @@ class ExpressionModel(DenseMapModel):
         return y if features else y * self.std + self.mean
 
     # -- the two modes (implemented once in DenseMapModel) -------------------------------------------
-    read_centres = read_patches
+    @property
+    def token_tiles(self) -> bool:
+        """A sub-spot head on a ViT's patch tokens: its maps are read tile by tile (:meth:`read_centres`)."""
+        return self.subspot is not None and not getattr(self.net, "fully_convolutional", True)
 
-    def compute_centres(self, patches: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def read_centres(self, pyr, centres: np.ndarray):
+        """Patch mode: each centre's own patch; for a ViT's token map, the tiles of a grid of the model's
+        window fixed on the slide (so every view sees the same tiles) that hold the centres, and each
+        centre's token in its tile."""
+        if not self.token_tiles:
+            return self.read_patches(pyr, centres)
+        centres = np.asarray(centres, float).reshape(-1, 2)
+        tile = self.window_um / pyr.world_mpp
+        ij = np.floor(centres / tile).astype(np.int64)
+        tiles, inverse = np.unique(ij, axis=0, return_inverse=True)
+        token = np.clip(np.floor((centres - ij * tile) / (tile / self.cells)).astype(np.int64), 0, self.cells - 1)
+        patches = extract_patches(pyr, (tiles + 0.5) * tile, self.window_um, self.px, transform=self.patch_transform())
+        return patches, inverse.ravel(), token
+
+    def compute_centres(self, patches, batch_size: int = 256) -> np.ndarray:
+        if self.token_tiles:  # every token of each tile through the head, then each centre's own token
+            tiles, inverse, token = patches
+            if not len(inverse):
+                return np.zeros((0, len(self.genes)), np.float32)
+            head = self.net.head
+            maps = predict_batches(lambda x: head(self.net.cell_map(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2),
+                                   tiles, self.device, batch_size, len(self.genes))
+            return self.scale_output(maps[inverse, :, token[:, 1], token[:, 0]])
         if self.subspot is None:
             return self.predict(patches, batch_size)
         # patch mode of a sub-spot map: each cell's own patch (its training context), its centre cell

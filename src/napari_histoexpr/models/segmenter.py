@@ -1,5 +1,8 @@
 """The morphology segmenter's network (a patch classifier) and a saved segmenter loaded for dense
-prediction (one classifier per patch size; their probabilities averaged)."""
+prediction (one classifier per patch size; their probabilities averaged).
+
+A segmenter fitted on a pretrained encoder (``meta["encoder"]``: path, SHA-256, name) holds only its
+class head; the encoder is read from its own file, CNNs run densely and ViTs patch by patch."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from ..data.patches import extract_patches
 from ..models.dense import DenseBranch
 from .artifact import load_artifact, load_state_strict, meta_fields
 from .backbones import build_backbone
+from .encoder_net import EncoderNet, load_encoder_of
 from .protocol import DenseMapModel
 from .runtime import for_inference, predict_batches, resolve_device
 
@@ -32,6 +36,16 @@ class PatchClassifier(nn.Module):
 
     def forward(self, x):
         return self.head(self.dropout(self.backbone((x - self.pixel_mean) / self.pixel_std)))
+
+
+class EncoderClassifier(EncoderNet):
+    """A pretrained encoder (frozen) + a linear class head: :class:`PatchClassifier`'s interface."""
+
+    def __init__(self, encoder, n_classes: int):
+        super().__init__(encoder, n_classes, "ridge")
+
+    def forward(self, x):
+        return self.head(self.features(x))
 
 
 def class_probabilities(net: nn.Module, patches: np.ndarray, device, batch_size: int = 256) -> np.ndarray:
@@ -69,6 +83,10 @@ class Segmenter(DenseMapModel):
         dev = resolve_device(device)
         nets = []
         with meta_fields(model_dir):
+            if meta.get("encoder"):  # a class head on a pretrained encoder's features
+                net = EncoderClassifier(load_encoder_of(meta, str(model_dir)), len(meta["classes"]))
+                load_state_strict(net.head, {k[len("w0.head."):]: v for k, v in state.items()}, str(model_dir))
+                return cls([for_inference(net, dev)], meta, dev)
             for i in range(len(meta["windows_um"])):
                 net = PatchClassifier(meta["backbone"], len(meta["classes"]))
                 load_state_strict(net, {k[len(f"w{i}."):]: v for k, v in state.items() if k.startswith(f"w{i}.")},
@@ -88,6 +106,9 @@ class Segmenter(DenseMapModel):
         from .quantize import NormalisedBody
 
         def branch(net, window):
+            if not getattr(net, "fully_convolutional", True):  # a ViT encoder: patch mode only
+                return DenseBranch(body=net.features, head=lambda f: torch.softmax(net.head(f).float(), 1),
+                                   px=self.px, window_um=window, fully_convolutional=False)
             return DenseBranch(body=NormalisedBody(net.backbone, net.pixel_mean, net.pixel_std),
                                head=lambda f: torch.softmax(net.head(f).float(), 1), px=self.px, window_um=window)
 

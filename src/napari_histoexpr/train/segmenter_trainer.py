@@ -7,6 +7,11 @@ Two routes (``SegConfig.features``):
   an expression model is first trained on the same sections, as a user would) gets a class head:
   a class-balanced softmax regression on its frozen features (L2 strength chosen on the validation
   section, then refitted on all sections), optionally fine-tuned end to end (``finetune``).
+  ``encoder`` may also be a pretrained encoder (a weights file or Hugging Face folder, see
+  :mod:`napari_histoexpr.models.encoder_files`, or a model folder of a head fitted on one): the
+  patches are cut at the encoder's own window and size, its frozen features come from the feature
+  cache (:mod:`napari_histoexpr.infer.feature_cache`, computed once per section), and only the class
+  head is fitted and saved, so retraining after a drawn region takes seconds.
 * ``"scratch"`` — patch classifiers (one per patch size) trained from scratch on the spot classes
   alone; the model keeps the best by validation balanced accuracy, or the ensemble (mean of
   probabilities) when that is better.
@@ -28,8 +33,9 @@ import numpy as np
 from ..data.patches import augment_batch, extract_patches, macenko_normaliser, tissue_fraction_at, tissue_mask
 from ..errors import TrainingError
 from ..files import atomic_write_json
+from ..infer.feature_cache import default_cache, spot_features_steps
 from ..io.sections import load_section
-from ..models.artifact import load_artifact, save_artifact
+from ..models.artifact import META, load_artifact, save_artifact
 from ..segment.classes import BACKGROUND, apply_regions, classes_from_clusters, spot_classes
 from .expression_trainer import TrainConfig, train_from_manifest_steps
 from .loop import epoch_batches, fit_epoch, pixel_stats, split_validation
@@ -41,7 +47,9 @@ FEATURES = ("expression", "scratch")
 class SegConfig:
     classes: dict = field(default_factory=lambda: {"source": "column", "column": "cluster"})
     features: str = "expression"  # "expression" (an expression model's backbone) or "scratch"
-    encoder: str | None = None  # expression model folder; None: train one on the same sections first
+    encoder: str | None = None  # expression model folder or pretrained encoder; None: train one here first
+    encoder_name: str | None = None  # a pretrained encoder's name where its file's shapes fit several
+    features_cache: str | None = None  # pretrained encoder: where features are kept (default: beside the output)
     encoder_config: dict = field(default_factory=dict)  # TrainConfig fields for that expression model
     finetune: bool = False  # expression route: also fine-tune the backbone (else frozen)
     finetune_lr: float = 1e-4
@@ -78,10 +86,12 @@ class SegSection:
     xy: np.ndarray
     labels: np.ndarray  # class names (object)
     patches: dict  # window_um -> (N, px, px, 3)
+    features: np.ndarray | None = None  # (N, dim) a pretrained encoder's frozen features, when one is used
 
     def subset(self, index: np.ndarray, name: str | None = None) -> "SegSection":
         return SegSection(name or self.name, self.xy[index], self.labels[index],
-                          {w: p[index] for w, p in self.patches.items()})
+                          {w: p[index] for w, p in self.patches.items()},
+                          None if self.features is None else self.features[index])
 
     def __len__(self) -> int:
         return len(self.xy)
@@ -149,6 +159,19 @@ def encoder_steps(sections, out_dir, cfg: SegConfig) -> Generator[dict, None, Pa
     return enc
 
 
+def pretrained_encoder(path, name: str | None = None, device="cpu"):
+    """The pretrained encoder ``path`` holds or names (a weights file or Hugging Face folder, or a model
+    folder of a head fitted on one), or ``None`` for an expression model folder trained here."""
+    from ..models.encoder_files import load_encoder
+    from ..models.encoder_net import load_encoder_of
+
+    p = Path(path)
+    if p.is_dir() and (p / META).exists():
+        _, meta = load_artifact(p, kind="expression")
+        return load_encoder_of(meta, str(p), device) if meta.get("encoder") else None
+    return load_encoder(p, name, device)
+
+
 def segmenter_steps(sections, out_dir, cfg: SegConfig, regions: dict | None = None
                     ) -> Generator[dict, None, dict]:
     """All of ``histoexpr segment train`` (and the panel's Train): the encoder when the route needs one,
@@ -157,19 +180,31 @@ def segmenter_steps(sections, out_dir, cfg: SegConfig, regions: dict | None = No
 
     if cfg.features not in FEATURES:
         raise TrainingError(f"unknown segmenter features {cfg.features!r}; choose one of {', '.join(FEATURES)}")
-    stain = None
+    from ..models.runtime import resolve_device
+
+    stain, pre = None, None
     if cfg.features == "expression":
         enc = yield from encoder_steps(sections, out_dir, cfg)
-        _, meta = load_artifact(enc, kind="expression")
-        if meta.get("encoder"):
-            raise TrainingError(f"{enc} is a head on a pretrained encoder ({meta['encoder']['name']}); the segmenter "
-                                "takes the backbone of an expression model trained here (histoexpr train without "
-                                "--encoder), or none (--features scratch)")
-        cfg = replace(cfg, encoder=str(enc), windows_um=(float(meta["window_um"]),), px=int(meta["input_px"]),
-                      backbone=str(meta["backbone"]))
-        stain = meta.get("stain_norm")
+        pre = pretrained_encoder(enc, cfg.encoder_name, resolve_device(cfg.device))
+        if pre is not None:
+            if cfg.finetune:
+                raise TrainingError(f"{pre.kind.name} is a pretrained encoder: the segmenter keeps it frozen and fits "
+                                    "its class head (seconds); fine-tuning is for a backbone trained here")
+            cfg = replace(cfg, encoder=str(enc), windows_um=(pre.kind.window_um,), px=pre.kind.px,
+                          backbone=f"encoder:{pre.kind.name}")
+        else:
+            _, meta = load_artifact(enc, kind="expression")
+            cfg = replace(cfg, encoder=str(enc), windows_um=(float(meta["window_um"]),), px=int(meta["input_px"]),
+                          backbone=str(meta["backbone"]))
+            stain = meta.get("stain_norm")
     data = yield from prepare_seg_sections(sections, cfg, regions, stain)
-    return (yield from train_segmenter_steps(data, out_dir, cfg))
+    if pre is not None:  # frozen features, once per section (the cache survives retraining)
+        cache = Path(cfg.features_cache) if cfg.features_cache else default_cache(out_dir)
+        win = cfg.windows_um[0]
+        for s in data:
+            s.features = yield from spot_features_steps(pre, s.name, s.patches[win], s.xy, cache,
+                                                        resolve_device(cfg.device), cfg.batch_size)
+    return (yield from train_segmenter_steps(data, out_dir, cfg, pre))
 
 
 def balanced_accuracy(pred: np.ndarray, true: np.ndarray, n_classes: int) -> float:
@@ -187,9 +222,11 @@ def balanced_accuracy(pred: np.ndarray, true: np.ndarray, n_classes: int) -> flo
         return float(balanced_accuracy_score(true[keep], pred[keep]))
 
 
-def train_segmenter_steps(sections: list[SegSection], out_dir, cfg: SegConfig) -> Generator[dict, None, dict]:
-    """Train the segmenter of ``cfg.features`` on prepared sections; yields events; saves the
-    artifact; returns a summary."""
+def train_segmenter_steps(sections: list[SegSection], out_dir, cfg: SegConfig, pretrained=None
+                          ) -> Generator[dict, None, dict]:
+    """Train the segmenter of ``cfg.features`` on prepared sections (with ``pretrained``, an
+    :class:`~napari_histoexpr.models.encoder_files.Encoder` whose features the sections hold, only a
+    class head on them); yields events; saves the artifact; returns a summary."""
     import torch
 
     from ..models.runtime import resolve_device
@@ -209,7 +246,9 @@ def train_segmenter_steps(sections: list[SegSection], out_dir, cfg: SegConfig) -
     yield {"stage": "data", "msg": f"{len(ytr)} training / {int((yva >= 0).sum())} validation samples, "
            f"classes {classes} (counts {counts.astype(int).tolist()})"}
     labels = Labels(ytr, yva, classes, counts.sum() / np.maximum(counts, 1) / len(classes))
-    if cfg.features == "expression":
+    if pretrained is not None:
+        nets, results, val_probs, extra = yield from _train_on_pretrained(tr, va, labels, pretrained, cfg)
+    elif cfg.features == "expression":
         nets, results, val_probs, extra = yield from _train_on_encoder(tr, va, labels, cfg, device)
     else:
         nets, results, val_probs = yield from _train_from_scratch(tr, va, labels, cfg, device)
@@ -221,12 +260,17 @@ def train_segmenter_steps(sections: list[SegSection], out_dir, cfg: SegConfig) -
     mode = "ensemble" if len(nets) > 1 and ens_acc > results[best_win] else "best"
     used = list(nets) if mode == "ensemble" else [best_win]
     state = {f"w{i}.{k}": v for i, w in enumerate(used) for k, v in nets[w].state_dict().items()}
+    if pretrained is not None:  # the head alone: the encoder stays in its own file
+        state = {f"w0.head.{k}": v for k, v in nets[used[0]].head.state_dict().items()}
     meta = {"kind": KIND, "backbone": cfg.backbone, "classes": classes, "windows_um": used, "px": cfg.px,
             "mode": mode, "class_spec": cfg.classes, "features": extra, "smooth_um": float(cfg.smooth_um),
             "stain_norm": extra.get("stain_norm"),
             "validation": {"section": val_name, "bal_acc_by_window": {str(k): v for k, v in results.items()},
                            "bal_acc_ensemble": ens_acc},
             "training": {"sections": [s.name for s in tr], "config": {k: v for k, v in asdict(cfg).items()}}}
+    if pretrained is not None:
+        meta["encoder"] = {"path": str(Path(pretrained.path).resolve()), "sha256": pretrained.sha256,
+                           "name": pretrained.kind.name, "dim": pretrained.dim, "tokens": pretrained.kind.tokens}
     save_artifact(out, state, meta)
     summary = {"mode": mode, "windows_um": used, "val_bal_acc": max(ens_acc, results[best_win]) if mode == "ensemble"
                else results[best_win], "classes": classes, "by_window": results, "ensemble": ens_acc,
@@ -372,13 +416,7 @@ def _train_on_encoder(tr, va, labels: Labels, cfg: SegConfig, device) -> Generat
     fva = predict_batches(body, Xva, device, 128, net.backbone.num_features)
     ytr, yva = labels.train, labels.val
     vmask = yva >= 0
-    scores = {}
-    for l2 in HEAD_L2:
-        w, b = fit_softmax_head(ftr, ytr, n_classes, labels.weights, l2)
-        scores[l2] = balanced_accuracy((fva[vmask] @ w.T + b).argmax(1), yva[vmask], n_classes)
-        yield {"stage": "head", "msg": f"class head, L2 {l2:g}: validation balanced accuracy {scores[l2]:.3f}"}
-    l2 = max(scores, key=scores.get)  # first (weakest) of ties
-    w, b = fit_softmax_head(ftr, ytr, n_classes, labels.weights, l2)
+    w, b, l2, scores = yield from _class_head_steps(ftr, fva, labels)
     with torch.no_grad():
         net.head.weight.copy_(torch.from_numpy(w))
         net.head.bias.copy_(torch.from_numpy(b))
@@ -399,10 +437,58 @@ def _train_on_encoder(tr, va, labels: Labels, cfg: SegConfig, device) -> Generat
         info.update(finetuned=True, finetune_val_bal_acc=ft_best)
         best, probs = ft_best, ft_probs
     else:  # the head alone: refit on every labelled sample (validation too) with the chosen L2
-        f_all = np.concatenate([ftr, fva[vmask]])
-        y_all = np.concatenate([ytr, yva[vmask]])
-        w, b = fit_softmax_head(f_all, y_all, n_classes, labels.weights, l2)
+        w, b = _refit_on_all(ftr, fva, labels, l2)
         with torch.no_grad():
             net.head.weight.copy_(torch.from_numpy(w))
             net.head.bias.copy_(torch.from_numpy(b))
     return {win: net.cpu()}, {win: best}, {win: probs}, info
+
+
+def _class_head_steps(ftr: np.ndarray, fva: np.ndarray, labels: Labels) -> Generator[dict, None, tuple]:
+    """The class head on frozen features: each of :data:`HEAD_L2` fitted on the training samples and
+    scored on the validation ones. Returns ``(W, b, l2, scores)`` of the best (the weakest of ties)."""
+    n_classes, vmask = len(labels.classes), labels.val >= 0
+    scores = {}
+    for l2 in HEAD_L2:
+        w, b = fit_softmax_head(ftr, labels.train, n_classes, labels.weights, l2)
+        scores[l2] = balanced_accuracy((fva[vmask] @ w.T + b).argmax(1), labels.val[vmask], n_classes)
+        yield {"stage": "head", "msg": f"class head, L2 {l2:g}: validation balanced accuracy {scores[l2]:.3f}"}
+    l2 = max(scores, key=scores.get)
+    w, b = fit_softmax_head(ftr, labels.train, n_classes, labels.weights, l2)
+    return w, b, l2, scores
+
+
+def _refit_on_all(ftr: np.ndarray, fva: np.ndarray, labels: Labels, l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """The class head refitted with ``l2`` on every labelled sample, validation ones too."""
+    vmask = labels.val >= 0
+    return fit_softmax_head(np.concatenate([ftr, fva[vmask]]), np.concatenate([labels.train, labels.val[vmask]]),
+                            len(labels.classes), labels.weights, l2)
+
+
+def _train_on_pretrained(tr, va, labels: Labels, encoder, cfg: SegConfig) -> Generator[dict, None, tuple]:
+    """A class head on a pretrained encoder's frozen features (which the sections hold): L2 by
+    validation balanced accuracy, then refitted on every labelled sample. Returns
+    ``(nets, val_bal_acc, val_probs, features_info)`` keyed by the encoder's window."""
+    import time
+
+    import torch
+
+    from ..models.segmenter import EncoderClassifier
+
+    t0 = time.perf_counter()
+    ftr = np.concatenate([s.features for s in tr])
+    fva = np.concatenate([s.features for s in va])
+    w, b, l2, scores = yield from _class_head_steps(ftr, fva, labels)
+    logits = fva @ w.T + b
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    w, b = _refit_on_all(ftr, fva, labels, l2)
+    net = EncoderClassifier(encoder, len(labels.classes))
+    with torch.no_grad():
+        net.head.weight.copy_(torch.from_numpy(w))
+        net.head.bias.copy_(torch.from_numpy(b))
+    win = cfg.windows_um[0]
+    info = {"source": "pretrained", "encoder": encoder.kind.name, "encoder_sha256": encoder.sha256, "head_l2": l2,
+            "head_val_bal_acc": scores, "finetuned": False, "stain_norm": None,
+            "head_fit_s": round(time.perf_counter() - t0, 2)}
+    return {win: net}, {win: scores[l2]}, {win: probs}, info

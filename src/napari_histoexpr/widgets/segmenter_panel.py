@@ -45,7 +45,7 @@ MAP_KEY = "seg:map"
 class SegmenterPanel(PanelMixin, Container):
     SETTINGS = {"classes_from": "_source", "genes": "_genes", "quantile": "_quantile", "k": "_k",
                 "resolution": "_resolution", "train_on": "_sections", "use_regions": "_use_regions",
-                "manifest": "_manifest", "features": "_features", "encoder": "_encoder",
+                "manifest": "_manifest", "features": "_features", "encoder": "_encoder", "pretrained": "_pretrained",
                 "finetune": "_finetune", "windows_um": "_windows", "px": "_px", "epochs": "_epochs",
                 "device": "_device", "out": "_out", "segmenter": "_model_edit", "draw_class": "_gt_class",
                 "mode": "_mode", "precision": "_precision"}
@@ -71,6 +71,10 @@ class SegmenterPanel(PanelMixin, Container):
                                   "trained on the same sections first) + a class head; scratch: patch "
                                   "classifiers trained on the classes alone (patch sizes, patch px)")
         self._encoder = FileEdit(label="encoder", mode="d", nullable=True)
+        self._pretrained = FileEdit(label="pretrained encoder", mode="r", nullable=True)
+        self._pretrained.tooltip = ("Optional, instead of the encoder folder: a pretrained encoder's weights file "
+                                    "(UNI, Virchow2, ...). Its features are cached; retraining after a drawn region "
+                                    "fits only the class head (seconds)")
         self._finetune = CheckBox(label="fine-tune the encoder", value=d.finetune)
         self._windows = LineEdit(label="patch sizes µm", value=",".join(f"{w:g}" for w in d.windows_um))
         self._px = SpinBox(label="patch px", value=d.px, min=16, max=512)
@@ -89,8 +93,8 @@ class SegmenterPanel(PanelMixin, Container):
         self._status = Label(value="Pick how classes come from the transcriptome.")
         super().__init__(widgets=[
             self._source, self._genes, self._quantile, self._k, self._resolution, self._show_btn,
-            self._sections, self._use_regions, self._manifest, self._features, self._encoder, self._finetune,
-            self._windows, self._px, self._epochs,
+            self._sections, self._use_regions, self._manifest, self._features, self._encoder, self._pretrained,
+            self._finetune, self._windows, self._px, self._epochs,
             self._device, self._out, self._train_btn, self._cancel_btn, self._model_edit, self._load_btn, self._mode,
             self._precision, self._seg_view_btn, self._seg_slide_btn, self._gt_class, self._gt_btn, self._status,
         ])
@@ -140,7 +144,7 @@ class SegmenterPanel(PanelMixin, Container):
             raise HistoExprError(f"patch sizes must be numbers in µm, e.g. 50,100 "
                                  f"(got {self._windows.value!r})") from None
         return SegConfig(classes=self.class_spec(), features=self._features.value,
-                         encoder=str(self._encoder.value) if self._encoder.value else None,
+                         encoder=next((str(v) for v in (self._pretrained.value, self._encoder.value) if v), None),
                          finetune=bool(self._finetune.value), windows_um=windows, px=int(self._px.value),
                          epochs=int(self._epochs.value), device=self._device.value)
 

@@ -23,32 +23,49 @@ from ..errors import HistoExprError
 CHUNK = 128
 
 
-def cache_key(encoder, stain: dict | None = None) -> str:
-    """What makes an encoder's features differ, digested."""
+def default_cache(out_dir) -> Path:
+    """Where a model folder's features are kept unless told: ``encoder-features`` beside it (shared by
+    every model fitted in the same parent folder)."""
+    return Path(out_dir).resolve().parent / "encoder-features"
+
+
+def cache_key(encoder, stain: dict | None = None, pool: np.ndarray | None = None) -> str:
+    """What makes an encoder's features differ, digested (``pool``: the cell weights of a pooled
+    feature, see :func:`spot_features_steps`)."""
     k = encoder.kind
     what = {"sha256": encoder.sha256, "name": k.name, "px": k.px, "window_um": k.window_um, "mean": list(k.mean),
             "std": list(k.std), "tokens": k.tokens, "stain": stain}
+    if pool is not None:
+        what["pool"] = hashlib.sha256(np.ascontiguousarray(pool, np.float32).tobytes()).hexdigest()
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def store_path(cache_dir, encoder, section: str, xy: np.ndarray, stain: dict | None = None) -> Path:
+def store_path(cache_dir, encoder, section: str, xy: np.ndarray, stain: dict | None = None,
+               pool: np.ndarray | None = None) -> Path:
     spots = hashlib.sha256(np.ascontiguousarray(np.asarray(xy, np.float64)).tobytes()).hexdigest()[:12]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in section)
-    return Path(cache_dir) / cache_key(encoder, stain) / f"{safe}-{spots}.zarr"
+    return Path(cache_dir) / cache_key(encoder, stain, pool) / f"{safe}-{spots}.zarr"
 
 
 def spot_features_steps(encoder, section: str, patches: np.ndarray, xy: np.ndarray, cache_dir, device,
-                        batch_size: int = 64, stain: dict | None = None) -> Generator[dict, None, np.ndarray]:
+                        batch_size: int = 64, stain: dict | None = None, pool: np.ndarray | None = None
+                        ) -> Generator[dict, None, np.ndarray]:
     """``(N, dim)`` features of ``patches`` (uint8, the encoder's px, at the spots ``xy``) from the cache,
-    computing the chunks it lacks; yields progress events."""
+    computing the chunks it lacks; yields progress events. The feature is the encoder's embedding, or
+    with ``pool`` (``(cells, cells)`` weights) the weighted mean of its cell map (a ViT's patch tokens,
+    a CNN's feature cells: :meth:`~napari_histoexpr.models.encoder_files.Encoder.cell_map`)."""
     import torch
     import zarr
 
     from ..models.runtime import predict_batches
 
-    n, dim = len(patches), encoder.dim
+    n, dim = len(patches), (encoder.dim if pool is None else encoder.cell_dim)
     device = torch.device(device)
-    path = store_path(cache_dir, encoder, section, xy, stain)
+    path = store_path(cache_dir, encoder, section, xy, stain, pool)
+    fn = encoder.embed
+    if pool is not None:
+        w = torch.as_tensor(np.asarray(pool, np.float32), device=device)
+        fn = lambda x: torch.einsum("nchw,hw->nc", encoder.cell_map(x).float(), w)  # noqa: E731
     path.parent.mkdir(parents=True, exist_ok=True)
     n_chunks = max(1, -(-n // CHUNK))
     try:
@@ -72,7 +89,7 @@ def spot_features_steps(encoder, section: str, patches: np.ndarray, xy: np.ndarr
     for k, c in enumerate(todo):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         with torch.inference_mode():
-            f = predict_batches(encoder.embed, patches[lo:hi], device, batch_size, dim)
+            f = predict_batches(fn, patches[lo:hi], device, batch_size, dim)
         if not np.isfinite(f).all():
             raise HistoExprError(f"{encoder.kind.name} gave non-finite features for {section}; is the file intact?")
         g["features"][lo:hi] = f.astype(np.float32)

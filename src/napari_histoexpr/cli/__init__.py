@@ -21,13 +21,13 @@ from .commands import (
     cmd_segment_train,
     cmd_train,
 )
-from .console import drain, progress
+from .console import add_encoder_options, drain, progress
 from .slide_level_commands import add_parsers as add_slide_level_parsers
 
 __all__ = ["build_parser", "drain", "main", "progress"]
 
 from ..models.catalog import BACKBONE_NAMES as BACKBONES
-from ..models.catalog import DEVICES, ENCODER_NAMES, HEADS, PRECISIONS
+from ..models.catalog import DEVICES, HEADS, PRECISIONS
 from ..segment.classes import CLASSES_HELP
 from ..train.expression_trainer import TrainConfig
 from ..train.segmenter_trainer import FEATURES, SegConfig
@@ -131,14 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of training a CNN, fit a head on the frozen features of this pretrained encoder "
                         "(a weights file or a Hugging Face folder: UNI, Virchow2, H-optimus, Phikon, ...; see "
                         "docs/encoders.md); patches are cut at the encoder's own window and size")
-    t.add_argument("--encoder-name", default=None, choices=ENCODER_NAMES,
-                   help="which encoder the file holds, where its shapes fit several (checked against the file)")
+    add_encoder_options(t)
     t.add_argument("--head", default="ridge", choices=HEADS,
                    help="with --encoder: ridge (standardise, PCA 256, ridge with alpha by inner cross-validation; "
                         "the HEST-Benchmark protocol) or mlp (one hidden layer of 256)")
-    t.add_argument("--features-cache", default=None, metavar="DIR",
-                   help="with --encoder: where frozen features are kept and reused (default: encoder-features "
-                        "beside --out)")
+    t.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
+                   help="with --encoder and the ridge head: then fine-tune the encoder with the head for N epochs "
+                        "(the best held-out epoch kept, the frozen start included; the fine-tuned encoder is "
+                        "written into --out). Default 0: the encoder stays frozen")
+    t.add_argument("--finetune-lr", type=float, default=1e-5,
+                   help="peak learning rate of the encoder and head when fine-tuning (one-cycle; default 1e-5)")
+    t.add_argument("--subspot-tokens", action="store_true",
+                   help="with --encoder: fit the head on the mean of the encoder's patch tokens (a ViT; a CNN's "
+                        "feature cells) inside each spot, so maps have one value per token (8 µm for a /16 ViT "
+                        "at 0.5 µm/px) while spots are predicted as they were measured")
     t.set_defaults(func=cmd_train)
     rl = sub.add_parser("relink", help="point a model fitted on a pretrained encoder at the encoder file's new place")
     rl.add_argument("--model", required=True, help="model folder")
@@ -186,7 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="expression (default): the backbone of an expression model (--encoder, else one is "
                          "trained on the same sections first, into OUT/encoder) with a class head; scratch: "
                          "patch classifiers trained on the classes alone (--windows-um, --px, --backbone)")
-    st.add_argument("--encoder", default=None, help="expression model folder whose backbone gives the features")
+    st.add_argument("--encoder", default=None, metavar="PATH",
+                    help="an expression model folder whose backbone gives the features, or a pretrained encoder "
+                         "(weights file or Hugging Face folder, or a model folder of a head fitted on one): its "
+                         "frozen features are cached and only the class head is fitted (seconds)")
+    add_encoder_options(st)
     st.add_argument("--encoder-epochs", type=int, default=None,
                     help="epochs of the expression model trained when no --encoder is given "
                          f"(default: histoexpr train's, {TC.epochs})")

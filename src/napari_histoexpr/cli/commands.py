@@ -118,7 +118,8 @@ def _train_head(args) -> int:
     genes = [g.strip() for g in args.gene_list.split(",") if g.strip()] if args.gene_list else None
     cfg = HeadConfig(encoder=args.encoder, encoder_name=args.encoder_name, head=args.head, n_genes=args.genes,
                      genes=genes, device=args.device, batch_size=args.batch_size, features_cache=args.features_cache,
-                     seed=args.seed)
+                     seed=args.seed, subspot=args.subspot_tokens, finetune_epochs=args.finetune_epochs,
+                     finetune_lr=args.finetune_lr)
     summary = drain(train_head_steps(args.manifest, args.out, cfg))
     progress(f"model written to {args.out} ({summary['head']} head on {summary['encoder']}, fitted in "
              f"{summary['head_fit_s']:.1f} s)")
@@ -160,6 +161,7 @@ def cmd_segment_train(args) -> int:
     """Train a transcriptome-supervised segmenter on the sections of a manifest."""
 
     cfg = SegConfig(classes=parse_classes_arg(args.classes), features=args.features, encoder=args.encoder,
+                    encoder_name=args.encoder_name, features_cache=args.features_cache,
                     encoder_config={} if args.encoder_epochs is None else {"epochs": args.encoder_epochs},
                     finetune=args.finetune, smooth_um=args.smooth_um,
                     windows_um=tuple(float(w) for w in args.windows_um.split(",")),

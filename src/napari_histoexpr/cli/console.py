@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..models.catalog import ENCODER_NAMES
 from ..steps import drain as run_steps
 
 
@@ -35,3 +36,13 @@ def show_event(ev: dict) -> None:
         progress(f"{ev['section']}: {ev['n_spots']} spots, mean r {ev['mean_r']:.3f}")
     elif "msg" in ev:
         progress(ev["msg"])
+
+
+def add_encoder_options(p, cache: bool = True) -> None:
+    """``--encoder-name`` (and ``--features-cache``) of a command that takes a pretrained encoder."""
+    p.add_argument("--encoder-name", default=None, choices=ENCODER_NAMES,
+                   help="which pretrained encoder the file holds, where its shapes fit several (checked against it)")
+    if cache:
+        p.add_argument("--features-cache", default=None, metavar="DIR",
+                       help="with a pretrained encoder: where its frozen features are kept and reused "
+                            "(default: encoder-features beside --out)")

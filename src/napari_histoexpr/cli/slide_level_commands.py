@@ -13,8 +13,8 @@ from ..slide_level.ghanet import default_groups, evaluate_ghanet_steps, read_gro
 from ..slide_level.he2rna import evaluate_he2rna_steps, train_he2rna
 from ..slide_level.multitask import evaluate_multitask_steps, train_multitask
 from ..slide_level.report import write_bulk_report, write_multitask_report, write_survival_report
+from .console import add_encoder_options, progress
 from .console import drain as drain_with
-from .console import progress
 
 
 def _show(ev: dict) -> None:
@@ -66,7 +66,8 @@ def _reported(path, shown: dict) -> int:
 
 def cmd_features(args) -> int:
     res = _drain(extract_cohort_steps(read_cohort(args.cohort), args.encoder, args.out, args.tile_um, args.px,
-                                      args.device, args.seed, args.scheduler, args.cluster, progress))
+                                      args.device, args.seed, args.scheduler, args.cluster, progress,
+                                      args.encoder_name))
     print(json.dumps(res, indent=2))
     return 0
 
@@ -156,11 +157,15 @@ def add_parsers(sub) -> None:
     f = sub.add_parser("features", help="encode the tissue tiles of every cohort slide once (zarr per slide)")
     f.add_argument("--cohort", required=True)
     f.add_argument("--encoder", required=True,
-                   help="an expression model folder, or BACKBONE[:WEIGHTS_FILE] (e.g. resnet50:imagenet.safetensors)")
+                   help="an expression model folder, a pretrained encoder's weights file or Hugging Face folder "
+                        "(UNI, Virchow2, H-optimus, Phikon, ...: docs/encoders.md), or BACKBONE[:WEIGHTS_FILE] "
+                        "(e.g. resnet50:imagenet.safetensors)")
+    add_encoder_options(f, cache=False)
     f.add_argument("--out", required=True, help="features folder (one <id>.zarr per slide; resumable)")
     f.add_argument("--tile-um", type=float, default=None,
-                   help="tile side in µm (default: the model's window, else 112 = 224 px at 0.5 µm/px)")
-    f.add_argument("--px", type=int, default=None, help="tile side in pixels (default: the model's, else 224)")
+                   help="tile side in µm (default: the model's or encoder's window, else 112 = 224 px at 0.5 µm/px)")
+    f.add_argument("--px", type=int, default=None,
+                   help="tile side in pixels (default: the model's or encoder's, else 224)")
     f.add_argument("--device", default="auto")
     f.add_argument("--seed", type=int, default=0, help="seed of a randomly initialised encoder")
     f.add_argument("--scheduler", default=None, help="dask.distributed scheduler address")

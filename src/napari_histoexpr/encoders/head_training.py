@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.section_data import prepare_sections_steps
+from ..data.section_data import DEFAULT_SPOT_UM, prepare_sections_steps
 from ..errors import TrainingError
 from ..files import atomic_write_json
+from ..infer.feature_cache import default_cache, spot_features_steps
 from ..io.manifest import as_sections
 from ..models.catalog import HEADS
 from ..train.expression_trainer import choose_genes
-from .feature_cache import spot_features_steps
 from .heads import fit_mlp_head, fit_ridge_head
 
 
@@ -38,11 +38,13 @@ class HeadConfig:
     features_cache: str | None = None  # default: a "features" folder beside the model folder
     hidden: int = 256
     seed: int = 0
+    #: fit the head on the mean of the encoder's cells (a ViT's patch tokens, a CNN's feature cells)
+    #: inside each spot, so that maps give one value per cell (a sub-spot model)
+    subspot: bool = False
+    #: epochs of fine-tuning the encoder with the ridge head (0: the encoder stays frozen)
+    finetune_epochs: int = 0
+    finetune_lr: float = 1e-5
     extra: dict = field(default_factory=dict)
-
-
-def default_cache(out_dir) -> Path:
-    return Path(out_dir).resolve().parent / "encoder-features"
 
 
 def train_head_steps(manifest, out_dir: str | os.PathLike, cfg: HeadConfig) -> Generator[dict, None, dict]:
@@ -50,11 +52,14 @@ def train_head_steps(manifest, out_dir: str | os.PathLike, cfg: HeadConfig) -> G
     returns the summary (also written to ``training.json``)."""
     from ..models.artifact import save_artifact
     from ..models.encoder_files import load_encoder
-    from ..models.expression import KIND
+    from ..models.expression import KIND, footprint_weights
     from ..models.runtime import resolve_device
 
     if cfg.head not in HEADS:
         raise TrainingError(f"unknown head {cfg.head!r}; use {' or '.join(HEADS)}")
+    if cfg.finetune_epochs and (cfg.head != "ridge" or cfg.subspot):
+        raise TrainingError("fine-tuning starts from the ridge head on the encoder's embedding: use --head ridge "
+                            "without --subspot-tokens")
     device = resolve_device(cfg.device)
     yield {"stage": "encoder", "msg": f"loading the encoder {cfg.encoder}"}
     enc = load_encoder(cfg.encoder, cfg.encoder_name, device)
@@ -63,10 +68,20 @@ def train_head_steps(manifest, out_dir: str | os.PathLike, cfg: HeadConfig) -> G
     if sum(len(s) for s in data) < 8:
         raise TrainingError("too few spots under tissue to fit a head (need at least 8)")
     cache = Path(cfg.features_cache) if cfg.features_cache else default_cache(out_dir)
+    pool = subspot = None
+    if cfg.subspot:  # the cells inside a spot's disk, as a sub-spot model is fitted
+        spot_um = next((s.spot_um for s in data if s.spot_um), DEFAULT_SPOT_UM)
+        cells = enc.cells
+        pool = footprint_weights(cells, kind.window_um / cells, [(0.0, 0.0, spot_um / 2)])
+        subspot = {"cell_um": kind.window_um / cells, "cells": cells, "spot_um": spot_um, "smooth_cells": 0.0,
+                   "cells_from": "patch tokens" if hasattr(enc.net, "patch_tokens") else "feature map"}
+        yield {"stage": "encoder", "msg": f"sub-spot head: {cells} x {cells} cells of {kind.window_um / cells:g} µm, "
+                                          f"fitted on the mean of the cells inside each {spot_um:g} µm spot"}
     t0 = time.perf_counter()
     feats = []
     for s in data:
-        feats.append((yield from spot_features_steps(enc, s.name, s.patches, s.xy, cache, device, cfg.batch_size)))
+        feats.append((yield from spot_features_steps(enc, s.name, s.patches, s.xy, cache, device, cfg.batch_size,
+                                                     pool=pool)))
     t_feat = time.perf_counter() - t0
     genes, _, hvg = choose_genes(data, cfg.n_genes, 0, 1.0, cfg.genes)
     F = np.concatenate(feats)
@@ -82,15 +97,36 @@ def train_head_steps(manifest, out_dir: str | os.PathLike, cfg: HeadConfig) -> G
         state, info = fit_mlp_head(F, Y, groups, hidden=cfg.hidden, seed=cfg.seed)
     t_head = time.perf_counter() - t1
     out = Path(out_dir)
+    enc_block = {"path": str(Path(cfg.encoder).resolve()), "sha256": enc.sha256, "name": kind.name}
+    if cfg.finetune_epochs:
+        from safetensors.torch import save_file
+
+        from .finetune import FINETUNED_FILE, finetune_steps
+
+        t2 = time.perf_counter()
+        enc_state, state, ft = yield from finetune_steps(enc, np.concatenate([s.patches for s in data]), Y, groups,
+                                                         state, cfg.finetune_epochs, cfg.finetune_lr, device,
+                                                         seed=cfg.seed)
+        info = {**info, **ft, "finetune_s": round(time.perf_counter() - t2, 1)}
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".{FINETUNED_FILE}.part"
+        save_file(enc_state, str(tmp))
+        os.replace(tmp, out / FINETUNED_FILE)
+        from ..models.encoder_files import file_sha256
+
+        # a converted Hugging Face encoder is written in timm's layout and recognised from it
+        name = kind.name if kind.layout in ("timm-vit", "torchvision-resnet") else "vit"
+        enc_block = {"path": FINETUNED_FILE, "sha256": file_sha256(out / FINETUNED_FILE), "name": name,
+                     "finetuned_from": enc_block}
     meta = {
         "kind": KIND, "backbone": f"encoder:{kind.name}", "genes": genes, "aux_genes": [], "hvg50": hvg,
         "window_um": kind.window_um, "input_px": kind.px,
         "input": {"mean": list(kind.mean), "std": list(kind.std), "range": "rgb uint8 / 255"},
         "target": {"transform": "log1p(counts / total * 1e4), z-scored per gene", "mean": mean.tolist(),
                    "std": std.tolist()},
-        "encoder": {"path": str(Path(cfg.encoder).resolve()), "sha256": enc.sha256, "name": kind.name,
-                    "head": cfg.head, "hidden": cfg.hidden, "dim": enc.dim, "tokens": kind.tokens,
-                    "um_per_px": kind.um_per_px},
+        "encoder": {**enc_block, "head": cfg.head, "hidden": cfg.hidden, "dim": enc.cell_dim if subspot else enc.dim,
+                    "tokens": subspot["cells_from"] if subspot else kind.tokens, "um_per_px": kind.um_per_px},
+        "subspot": subspot,
         "training": {"sections": [s.name for s in data], "n_spots": int(len(F)), "validation": None,
                      "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}},
         "metrics": info,

@@ -29,10 +29,12 @@ def features_path(features_dir: str | os.PathLike, slide_id: str) -> Path:
 
 
 class Encoder:
-    """Backbone features of uint8 patches: a trained expression model's backbone, a user's weights
-    file (torchvision-style), or a randomly initialised backbone (seeded)."""
+    """Backbone features of uint8 patches: a trained expression model's backbone (or, for a head fitted
+    on a pretrained encoder, that encoder), a pretrained encoder's weights file or Hugging Face folder
+    (:func:`~napari_histoexpr.models.encoder_files.load_encoder`: its own tile size, resolution and
+    normalisation), ``BACKBONE:WEIGHTS`` (torchvision-style), or a randomly initialised backbone (seeded)."""
 
-    def __init__(self, source: str = "resnet18", device: str = "auto", seed: int = 0):
+    def __init__(self, source: str = "resnet18", device: str = "auto", seed: int = 0, name: str | None = None):
         import torch
 
         from ..models.backbones import BACKBONES, build_backbone, load_init_weights
@@ -53,6 +55,15 @@ class Encoder:
             self.transform = m.patch_transform()
             self.describe = (f"expression model backbone {p} ({m.meta['backbone']}"
                              f"{', Macenko stain normalisation' if self.transform else ''})")
+        elif p.exists():  # a pretrained encoder's own file or Hugging Face folder
+            from ..models.encoder_files import load_encoder
+
+            enc = load_encoder(p, name, self.device)
+            self.net, self.window_um, self.px = enc.net, enc.kind.window_um, enc.kind.px
+            self.mean = torch.tensor(enc.kind.mean, dtype=torch.float32).view(1, 3, 1, 1)
+            self.std = torch.tensor(enc.kind.std, dtype=torch.float32).view(1, 3, 1, 1)
+            self.describe = f"pretrained encoder {enc.kind.name} ({p.name}, SHA-256 {enc.sha256[:12]})"
+            self.num_features = enc.dim
         else:
             name, _, weights = source.partition(":")
             if name not in BACKBONES:
@@ -67,7 +78,7 @@ class Encoder:
             self.describe = f"{name} ({'weights ' + weights if weights else f'random init, seed {seed}'})"
         self.net = self.net.eval().to(self.device)
         self.mean, self.std = self.mean.to(self.device), self.std.to(self.device)
-        self.dim = int(self.net.num_features)
+        self.dim = int(getattr(self, "num_features", None) or self.net.num_features)
 
     def __call__(self, patches: np.ndarray, batch: int = 256) -> np.ndarray:
         from ..models.runtime import predict_batches
@@ -150,32 +161,35 @@ def tile_geometry(encoder: Encoder, tile_um: float | None = None, px: int | None
     return (float(tile_um or encoder.window_um or DEFAULT_TILE_UM), int(px or encoder.px or DEFAULT_PX))
 
 
-def _features_task(source, slide, out, tile_um, px, device, seed) -> dict:
+def _features_task(source, slide, out, tile_um, px, device, seed, name=None) -> dict:
     """One slide in a dask worker (its lazy slide reads run on the worker's own threads)."""
     import dask
 
     from ..models.runtime import worker_device
 
     with dask.config.set(scheduler="threads"):
-        enc = Encoder(source, worker_device(device), seed)
+        enc = Encoder(source, worker_device(device), seed, name)
         drain(extract_features_steps(enc, slide, out, tile_um, px))
         return {"out": str(out), "tiles": feature_count(out)}
 
 
 def extract_cohort_steps(slides, source: str, out_dir: str | os.PathLike, tile_um: float | None = None,
                          px: int | None = None, device: str = "auto", seed: int = 0, scheduler: str | None = None,
-                         cluster: bool = False, progress=None) -> Generator[dict, None, dict]:
-    """Tile features of every cohort slide into ``out_dir/<id>.zarr`` (resumes partial ones).
+                         cluster: bool = False, progress=None, encoder_name: str | None = None
+                         ) -> Generator[dict, None, dict]:
+    """Tile features of every cohort slide into ``out_dir/<id>.zarr`` (resumes partial ones); a
+    pretrained encoder's tiles are its own window and size unless ``tile_um``/``px`` say otherwise.
 
     In this process by default (one encoder, slide after slide); on dask.distributed with
     ``scheduler`` (an address) or ``cluster=True`` (a LocalCluster, one worker per GPU)."""
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    enc = Encoder(source, device, seed)  # fails fast on a bad encoder; gives the default tiling
+    enc = Encoder(source, device, seed, encoder_name)  # fails fast on a bad encoder; gives the default tiling
     tile_um, px = tile_geometry(enc, tile_um, px)
     if scheduler or cluster:
-        jobs = {s.id: (source, str(s.slide), str(features_path(out_dir, s.id)), tile_um, px, device, seed)
+        jobs = {s.id: (source, str(s.slide), str(features_path(out_dir, s.id)), tile_um, px, device, seed,
+                       encoder_name)
                 for s in slides}
         del enc
         res = run_on_cluster(_features_task, jobs, scheduler, device, progress,

@@ -66,8 +66,8 @@ def her2st(data: Path, out: Path, device: str) -> dict:
     import torch
 
     from napari_histoexpr.data.section_data import prepare_section
-    from napari_histoexpr.encoders.feature_cache import spot_features_steps
     from napari_histoexpr.encoders.heads import fit_mlp_head, fit_ridge_head
+    from napari_histoexpr.infer.feature_cache import spot_features_steps
     from napari_histoexpr.io.manifest import Section
     from napari_histoexpr.io.sections import load_section
     from napari_histoexpr.metrics import pearson_columns

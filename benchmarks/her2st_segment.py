@@ -8,7 +8,10 @@ three of C2–C5, evaluate spot-level Dice on the fourth, all four rotations; pr
 ``--features expression`` (the default route of ``histoexpr segment train``): without
 ``--encoder-pattern`` each fold first trains an expression model on its three sections (as a user
 without an encoder would), whose held-out expression r is reported too; ``scratch`` trains patch
-classifiers on the clusters alone.
+classifiers on the clusters alone. ``--encoder-pattern`` may also name a pretrained encoder's weights
+file (the same for every fold): its features are cached and only a class head is fitted; ``--retrain``
+then trains each fold a second time from the warm cache, as after a drawn region in the panel, and
+reports that time (``retrain_s``: open the sections, cut the patches, read the features, fit the head).
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", default=",".join(SECTIONS))
     ap.add_argument("--smooth-um", type=float, default=None, help="default: segment train's")
     ap.add_argument("--sweep-smooth-um", default="0,200,320,450", help="smoothing widths also scored (µm)")
+    ap.add_argument("--retrain", action="store_true", help="train each fold again (warm feature cache), timed")
     args = ap.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -119,6 +123,11 @@ def main(argv=None) -> int:
                        "mode": summ["mode"], "windows_um": summ["windows_um"], "val_bal_acc": summ["val_bal_acc"],
                        "features": {k: v for k, v in summ["features"].items() if k != "stain_norm"},
                        "train_s": round(t_train, 1), "device": summ["device"]}
+        if args.retrain:
+            t1 = time.perf_counter()
+            again = drain(segmenter_steps(read_manifest(tr), out / f"seg_{held}_again", cfg), lambda ev: None)
+            folds[held].update(retrain_s=round(time.perf_counter() - t1, 2),
+                               retrain_head_fit_s=again["features"].get("head_fit_s"))
         if args.sweep_smooth_um:
             folds[held]["smoothing_sweep"] = smoothing_sweep(seg_dir, te, [float(v) for v in
                                                                           args.sweep_smooth_um.split(",")], args.device)

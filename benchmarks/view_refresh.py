@@ -8,7 +8,12 @@ the view is on screen (debounce included). A 5 ms QTimer measures how long the Q
 kept from running its event loop.
 
     xvfb-run -a python benchmarks/view_refresh.py [--pans 20] [--backbone resnet18] [--device auto]
-        [--modes dense:int8,dense,patch]
+        [--modes dense:int8,dense,patch] [--encoder vit-s16 --modes patch]
+
+``--encoder vit-s16|vit-b16|vit-l16``: the model is a ridge head (250 genes, random weights) on a
+random-initialised ViT file in timm's layout, as ``histoexpr train --encoder`` makes it; ViTs run in
+patch mode only (224 px for 112 µm, the encoder's own window). ``--tokens``: the head as
+``--subspot-tokens`` makes it (one value per 8 µm token, tiles of 112 µm read once for 196 cells).
 
 Every ``MODE[:PRECISION]`` of ``--modes`` is measured in one run, on the same viewer, slide and pans
 (``dense:int8``: dense mode with the int8 body; a plain mode runs precision ``auto``). Dense modes
@@ -68,6 +73,35 @@ def body_rate(pred, block: tuple[int, int, int], seconds: float = 3.0) -> float:
     return img.shape[0] * img.shape[1] * n / (time.perf_counter() - t0) / 1e6
 
 
+def make_vit_head(out: Path, arch: str, n_genes: int = 250, tokens: bool = False) -> Path:
+    """A model folder of a ridge head (random weights) on a random ViT file, as `train --encoder` writes
+    (``tokens``: as `--subspot-tokens` writes it, one value per patch token)."""
+    import torch
+
+    from encoder_heads import write_vit
+    from napari_histoexpr.models.artifact import save_artifact
+    from napari_histoexpr.models.encoder_files import file_sha256, load_encoder
+    from napari_histoexpr.models.expression import KIND
+
+    path = write_vit(out / f"{arch}.safetensors", arch)
+    enc = load_encoder(path)
+    k = enc.kind
+    torch.manual_seed(0)
+    head = torch.nn.Linear(enc.dim, n_genes)
+    genes = [f"G{i}" for i in range(n_genes)]
+    meta = {"kind": KIND, "backbone": f"encoder:{k.name}", "genes": genes, "aux_genes": [], "hvg50": genes[:50],
+            "target": {"mean": [0.0] * n_genes, "std": [1.0] * n_genes}, "window_um": k.window_um,
+            "input_px": k.px, "input": {"mean": list(k.mean), "std": list(k.std)},
+            "encoder": {"path": str(path.resolve()), "sha256": file_sha256(path), "name": k.name, "head": "ridge",
+                        "dim": enc.dim, "tokens": k.tokens},
+            "training": {"sections": [], "validation": None, "config": {}}}
+    if tokens:
+        meta["subspot"] = {"cell_um": k.window_um / enc.cells, "cells": enc.cells, "spot_um": 55.0, "smooth_cells": 0.0,
+                           "cells_from": "patch tokens"}
+    name = f"model_{arch}_{'tokens' if tokens else 'ridge'}"
+    return save_artifact(out / name, {f"head.{n}": v for n, v in head.state_dict().items()}, meta)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pans", type=int, default=20)
@@ -77,6 +111,9 @@ def main(argv=None) -> int:
     ap.add_argument("--window-um", type=float, default=150.0)
     ap.add_argument("--zoom", type=float, default=1.0, help="screen px per µm (1.0: ~1 mm wide view)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--encoder", default=None, choices=("vit-s16", "vit-b16", "vit-l16"),
+                    help="a ridge head on a random ViT of this size instead of a CNN model")
+    ap.add_argument("--tokens", action="store_true", help="with --encoder: a token-level (sub-spot) head")
     ap.add_argument("--modes", default="dense:int8,dense,patch",
                     help="MODE[:PRECISION] settings measured, in this order (precision: auto or int8)")
     ap.add_argument("--out", default="benchmark-output/view")
@@ -92,7 +129,11 @@ def main(argv=None) -> int:
     slide = out / f"slide_{args.size}.tif"
     if not slide.exists():
         make_slide(slide, args.size, 0.5)
-    model_dir = make_model(out / f"model_{args.backbone}", args.backbone, args.px, args.window_um)
+    if args.encoder:
+        model_dir = make_vit_head(out, args.encoder, tokens=args.tokens)
+        args.backbone, args.px, args.window_um = f"encoder:{args.encoder}", 224, 112.0
+    else:
+        model_dir = make_model(out / f"model_{args.backbone}", args.backbone, args.px, args.window_um)
     viewer, panel = open_live_viewer(slide, model_dir, args.device)
     cam = viewer.scene.camera
     cam.zoom = args.zoom

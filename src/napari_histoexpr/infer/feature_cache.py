@@ -47,11 +47,12 @@ def store_path(cache_dir, encoder, section: str, xy: np.ndarray, stain: dict | N
     return Path(cache_dir) / cache_key(encoder, stain, pool) / f"{safe}-{spots}.zarr"
 
 
-def spot_features_steps(encoder, section: str, patches: np.ndarray, xy: np.ndarray, cache_dir, device,
+def spot_features_steps(encoder, section: str, patches, xy: np.ndarray, cache_dir, device,
                         batch_size: int = 64, stain: dict | None = None, pool: np.ndarray | None = None
                         ) -> Generator[dict, None, np.ndarray]:
-    """``(N, dim)`` features of ``patches`` (uint8, the encoder's px, at the spots ``xy``) from the cache,
-    computing the chunks it lacks; yields progress events. The feature is the encoder's embedding, or
+    """``(N, dim)`` features of ``patches`` (uint8, the encoder's px, at the spots ``xy``; or a function
+    that cuts them, called only when the cache lacks a chunk) from the cache, computing the chunks it
+    lacks; yields progress events. The feature is the encoder's embedding, or
     with ``pool`` (``(cells, cells)`` weights) the weighted mean of its cell map (a ViT's patch tokens,
     a CNN's feature cells: :meth:`~napari_histoexpr.models.encoder_files.Encoder.cell_map`)."""
     import torch
@@ -59,7 +60,7 @@ def spot_features_steps(encoder, section: str, patches: np.ndarray, xy: np.ndarr
 
     from ..models.runtime import predict_batches
 
-    n, dim = len(patches), (encoder.dim if pool is None else encoder.cell_dim)
+    n, dim = len(xy), (encoder.dim if pool is None else encoder.cell_dim)
     device = torch.device(device)
     path = store_path(cache_dir, encoder, section, xy, stain, pool)
     fn = encoder.embed
@@ -85,6 +86,8 @@ def spot_features_steps(encoder, section: str, patches: np.ndarray, xy: np.ndarr
                                          "px": encoder.kind.px, "window_um": encoder.kind.window_um, "n": n}
     done = np.asarray(g["done"][:]).astype(bool)
     todo = np.nonzero(~done)[0]
+    if len(todo) and callable(patches):
+        patches = patches()
     encoder.net.to(device).eval()
     for k, c in enumerate(todo):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)

@@ -97,10 +97,12 @@ class SegSection:
         return len(self.xy)
 
 
-def prepare_seg_sections(sections, cfg: SegConfig, regions: dict | None = None, stain: dict | None = None
-                         ) -> Generator[dict, None, list]:
+def prepare_seg_sections(sections, cfg: SegConfig, regions: dict | None = None, stain: dict | None = None,
+                         features=None) -> Generator[dict, None, list]:
     """Open sections, derive spot classes (jointly for clustering), cut patches at every window
-    (Macenko-normalised to ``stain`` when the encoder was trained so)."""
+    (Macenko-normalised to ``stain`` when the encoder was trained so). With ``features`` (a step
+    function ``(section name, slide, xy) -> (N, dim)``, a pretrained encoder's), each section gets its
+    features instead of patches (cut only where they are not cached)."""
     import anndata as ad
 
 
@@ -137,8 +139,12 @@ def prepare_seg_sections(sections, cfg: SegConfig, regions: dict | None = None, 
         xy = np.concatenate([xy, bg]) if len(bg) else xy
         labels = np.concatenate([labels, np.array([BACKGROUND] * len(bg), dtype=object)])
         yield {"stage": "patches", "msg": f"{sec.section}: {keep.sum()} labelled spots + {len(bg)} background"}
-        patches = {w: extract_patches(pyr, xy, w, cfg.px, transform=transform) for w in cfg.windows_um}
-        out.append(SegSection(sec.section, xy, labels, patches))
+        if features is not None:
+            f = yield from features(sec.section, pyr, xy)
+            out.append(SegSection(sec.section, xy, labels, {}, f))
+        else:
+            patches = {w: extract_patches(pyr, xy, w, cfg.px, transform=transform) for w in cfg.windows_um}
+            out.append(SegSection(sec.section, xy, labels, patches))
         pyr.close()
     return out
 
@@ -197,13 +203,15 @@ def segmenter_steps(sections, out_dir, cfg: SegConfig, regions: dict | None = No
             cfg = replace(cfg, encoder=str(enc), windows_um=(float(meta["window_um"]),), px=int(meta["input_px"]),
                           backbone=str(meta["backbone"]))
             stain = meta.get("stain_norm")
-    data = yield from prepare_seg_sections(sections, cfg, regions, stain)
-    if pre is not None:  # frozen features, once per section (the cache survives retraining)
+    features = None
+    if pre is not None:  # frozen features, once per section: a retraining reads them and cuts no patch
         cache = Path(cfg.features_cache) if cfg.features_cache else default_cache(out_dir)
-        win = cfg.windows_um[0]
-        for s in data:
-            s.features = yield from spot_features_steps(pre, s.name, s.patches[win], s.xy, cache,
-                                                        resolve_device(cfg.device), cfg.batch_size)
+
+        def features(name, pyr, xy):
+            return (yield from spot_features_steps(
+                pre, name, lambda: extract_patches(pyr, xy, pre.kind.window_um, pre.kind.px), xy, cache,
+                resolve_device(cfg.device), cfg.batch_size))
+    data = yield from prepare_seg_sections(sections, cfg, regions, stain, features)
     return (yield from train_segmenter_steps(data, out_dir, cfg, pre))
 
 

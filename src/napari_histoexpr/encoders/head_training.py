@@ -41,7 +41,7 @@ class HeadConfig:
     #: fit the head on the mean of the encoder's cells (a ViT's patch tokens, a CNN's feature cells)
     #: inside each spot, so that maps give one value per cell (a sub-spot model)
     subspot: bool = False
-    #: epochs of fine-tuning the encoder with the ridge head (0: the encoder stays frozen)
+    #: how long to fine-tune the encoder with the ridge head, in passes over the spots (0: it stays frozen)
     finetune_epochs: int = 0
     finetune_lr: float = 1e-5
     extra: dict = field(default_factory=dict)

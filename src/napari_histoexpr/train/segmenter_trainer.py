@@ -473,10 +473,30 @@ def _refit_on_all(ftr: np.ndarray, fva: np.ndarray, labels: Labels, l2: float) -
                             len(labels.classes), labels.weights, l2)
 
 
+#: principal components a pretrained encoder's features are whitened to before its class head
+PRETRAINED_PCA = 128
+
+
+def whitened_pca(F: np.ndarray, k: int = PRETRAINED_PCA) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, offset)`` with ``F @ A - offset`` the first ``k`` principal components of the standardised
+    ``F``, each scaled to unit variance (a well-conditioned, low-dimensional input for the class head:
+    its fits take ~1/20 of the time on raw 384-2560-wide features)."""
+    from sklearn.decomposition import PCA
+
+    mu, sd = F.mean(0), F.std(0) + 1e-6
+    z = (F - mu) / sd
+    pca = PCA(n_components=int(min(k, len(F) - 1, F.shape[1])), svd_solver="full").fit(z)
+    P = pca.components_.T / np.sqrt(pca.explained_variance_ + 1e-12)
+    A = P / sd[:, None]
+    return A, (mu / sd + pca.mean_) @ P
+
+
 def _train_on_pretrained(tr, va, labels: Labels, encoder, cfg: SegConfig) -> Generator[dict, None, tuple]:
-    """A class head on a pretrained encoder's frozen features (which the sections hold): L2 by
-    validation balanced accuracy, then refitted on every labelled sample. Returns
-    ``(nets, val_bal_acc, val_probs, features_info)`` keyed by the encoder's window."""
+    """A class head on a pretrained encoder's frozen features (which the sections hold), fitted on
+    their whitened principal components (:func:`whitened_pca`, on every labelled sample's features, no
+    labels used): L2 by validation balanced accuracy, then refitted on every labelled sample, and
+    folded back onto the raw features. Returns ``(nets, val_bal_acc, val_probs, features_info)``
+    keyed by the encoder's window."""
     import time
 
     import torch
@@ -486,17 +506,20 @@ def _train_on_pretrained(tr, va, labels: Labels, encoder, cfg: SegConfig) -> Gen
     t0 = time.perf_counter()
     ftr = np.concatenate([s.features for s in tr])
     fva = np.concatenate([s.features for s in va])
-    w, b, l2, scores = yield from _class_head_steps(ftr, fva, labels)
-    logits = fva @ w.T + b
+    A, offset = whitened_pca(np.concatenate([ftr, fva[labels.val >= 0]]))
+    ptr, pva = ftr @ A - offset, fva @ A - offset
+    w, b, l2, scores = yield from _class_head_steps(ptr, pva, labels)
+    logits = pva @ w.T + b
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
-    w, b = _refit_on_all(ftr, fva, labels, l2)
+    w, b = _refit_on_all(ptr, pva, labels, l2)
+    w, b = (w @ A.T).astype(np.float32), (b - w @ offset).astype(np.float32)
     net = EncoderClassifier(encoder, len(labels.classes))
     with torch.no_grad():
         net.head.weight.copy_(torch.from_numpy(w))
         net.head.bias.copy_(torch.from_numpy(b))
     win = cfg.windows_um[0]
     info = {"source": "pretrained", "encoder": encoder.kind.name, "encoder_sha256": encoder.sha256, "head_l2": l2,
-            "head_val_bal_acc": scores, "finetuned": False, "stain_norm": None,
+            "head_val_bal_acc": scores, "finetuned": False, "stain_norm": None, "pca_components": int(A.shape[1]),
             "head_fit_s": round(time.perf_counter() - t0, 2)}
     return {win: net}, {win: scores[l2]}, {win: probs}, info

@@ -345,7 +345,7 @@ def test_subspot_heads_on_patch_tokens(cohort, encoder_files, tmp_path):
     assert min(np.corrcoef(got[:, k], want[order, k])[0, 1] for k in range(len(GENES))) > 0.99
     assert len(np.unique(np.round(got[:, 0], 4))) > 50  # one value per token, not per tile
     rp = RegionPredictor(model, pyr, mode="dense")
-    assert rp.mode == "patch" and rp.stride_um == pytest.approx(8.0)
+    assert rp.mode == "patch" and rp.stride_um == pytest.approx(8.0) and rp.grid.tile_cells == 14  # one tile
     assert np.isfinite(_predicted(rp, (0, 0, 512, 512)).plane("ERBB2")).sum() > 1000
     pyr.close()
 

@@ -57,7 +57,8 @@ class RegionPredictor:
         if mode == "dense" and not all(b.exact for b in model.dense_branches()):
             mode = self.mode = "patch"  # windows of a fractional number of feature cells: no exact pooling
         self.stride_um = model.dense_step_um(requested) if mode == "dense" else requested
-        self.grid = Grid.for_slide(pyr, self.stride_um, tile_cells)
+        # a model that reads its maps in blocks (a ViT's token tiles) gets grid tiles of one block each
+        self.grid = Grid.for_slide(pyr, self.stride_um, int(getattr(model, "grid_tile_cells", None) or tile_cells))
         if mode == "dense" and abs(self.grid.stride * pyr.world_mpp - self.stride_um) > 1e-6:
             self.mode = "patch"  # a giant slide's grid was coarsened to bound the raster: no exact pooling
         self.cache = TileCache(cache_bytes)

@@ -174,6 +174,12 @@ class ExpressionModel(DenseMapModel):
         """A sub-spot head on a ViT's patch tokens: its maps are read tile by tile (:meth:`read_centres`)."""
         return self.subspot is not None and not getattr(self.net, "fully_convolutional", True)
 
+    @property
+    def grid_tile_cells(self) -> int | None:
+        """Grid tiles of one token tile (``cells`` cells of ``cell_um``: the model's window, on the same
+        slide-fixed grid), so that a region predictor reads and runs every token tile once."""
+        return self.cells if self.token_tiles else None
+
     def read_centres(self, pyr, centres: np.ndarray):
         """Patch mode: each centre's own patch; for a ViT's token map, the tiles of a grid of the model's
         window fixed on the slide (so every view sees the same tiles) that hold the centres, and each

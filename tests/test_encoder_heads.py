@@ -199,6 +199,9 @@ def test_train_panel_fits_a_head_on_a_chosen_encoder(make_napari_viewer, qtbot, 
     assert meta["encoder"]["name"] == "resnet18-ssl" and meta["encoder"]["head"] == "mlp"
     assert panel.summary["head"] == "mlp" and "mlp head on resnet18-ssl fitted in" in panel.status
     assert panel.actions() == {"Train": True, "Cancel": False}
+    panel.configure(encoder=encoder_files["vit"], head="ridge", subspot_tokens=True, finetune_epochs=2)
+    hc = panel.head_config()
+    assert hc.encoder == str(encoder_files["vit"]) and hc.subspot and hc.finetune_epochs == 2
 
 
 def test_segmenter_on_pretrained_encoder_features(cohort, encoder_files, head_models, tmp_path):

@@ -73,7 +73,7 @@ def finetune_steps(encoder, patches: np.ndarray, Y: np.ndarray, groups: np.ndarr
     for epoch in range(1, epochs + 1):
         fit = yield from fit_epoch(net, Xtr, epoch_batches(len(train_idx), batch_size, seed * 100 + epoch), loss_of,
                                    opt, sched, device, lambda x: augment_batch(x, gen), clip=1.0,
-                                   info={"epoch": epoch - 1})
+                                   info={"epoch": epoch - 1, "epochs": epochs, "what": "fine-tuning"})
         r = score()
         if r > best:
             best, best_epoch = r, epoch

@@ -53,7 +53,7 @@ class TrainExpressionWidget(PanelMixin, Container):
     SETTINGS = {"source": "_source", "manifest": "_manifest", "n_genes": "_n_genes", "genes": "_genes",
                 "backbone": "_backbone", "epochs": "_epochs", "batch_size": "_batch", "lr": "_lr",
                 "window_um": "_window", "px": "_px", "aux": "_aux", "device": "_device", "out": "_out",
-                "encoder": "_encoder", "head": "_head"}
+                "encoder": "_encoder", "head": "_head", "subspot_tokens": "_tokens", "finetune_epochs": "_finetune"}
 
     def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
         d = TrainConfig()
@@ -79,6 +79,12 @@ class TrainExpressionWidget(PanelMixin, Container):
                                  "features at the encoder's own window and size (backbone, epochs, window and px "
                                  "are not used)")
         self._head = ComboBox(label="head", choices=list(HEADS), value="ridge")
+        self._tokens = CheckBox(label="token map (sub-spot)", value=False)
+        self._tokens.tooltip = ("With an encoder: fit the head on the mean of its patch tokens inside each spot, so "
+                                "maps have one value per token (8 µm for a /16 ViT)")
+        self._finetune = SpinBox(label="fine-tune epochs", value=0, min=0, max=100)
+        self._finetune.tooltip = ("With an encoder and the ridge head: then fine-tune the encoder for this many "
+                                  "epochs (0: frozen; slow on a CPU). The best held-out epoch is kept")
         self._out = FileEdit(label="save to", mode="d", nullable=True)
         self._train_btn = PushButton(text="Train")
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
@@ -86,7 +92,7 @@ class TrainExpressionWidget(PanelMixin, Container):
         super().__init__(widgets=[
             self._source, self._manifest, self._n_genes, self._genes, self._backbone, self._epochs,
             self._batch, self._lr, self._window, self._px, self._aux, self._device, self._encoder, self._head,
-            self._out, self._train_btn, self._cancel_btn, self._status,
+            self._tokens, self._finetune, self._out, self._train_btn, self._cancel_btn, self._status,
         ])
         self.curve = LossCurve()
         self.native.layout().addWidget(self.curve.canvas)
@@ -115,7 +121,8 @@ class TrainExpressionWidget(PanelMixin, Container):
             path = path.parent
         cfg = self.config()
         return HeadConfig(encoder=str(path), head=self._head.value, n_genes=cfg.n_genes, genes=cfg.genes,
-                          device=cfg.device)
+                          device=cfg.device, subspot=bool(self._tokens.value),
+                          finetune_epochs=int(self._finetune.value))
 
     def start(self, *_):
         """Start training (or fitting a head on a pretrained encoder) in a worker; returns it (or None
@@ -152,7 +159,8 @@ class TrainExpressionWidget(PanelMixin, Container):
         if stage == "step":
             self.curve.add_step(ev["loss"], ev["steps"])
             if ev["step"] % 5 == 0 or ev["step"] == ev["steps"]:
-                self._status.value = (f"epoch {ev['epoch'] + 1}/{self._epochs.value}, step "
+                epochs = ev.get("epochs", self._epochs.value)
+                self._status.value = (f"{ev.get('what', 'epoch')} {ev['epoch'] + 1}/{epochs}, step "
                                       f"{ev['step']}/{ev['steps']}, loss {ev['loss']:.3f}")
         elif stage == "epoch":
             self.curve.add_epoch(ev)

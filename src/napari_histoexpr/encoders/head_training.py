@@ -17,7 +17,7 @@ import numpy as np
 
 from ..data.section_data import DEFAULT_SPOT_UM, prepare_sections_steps
 from ..errors import TrainingError
-from ..files import atomic_write_json
+from ..files import atomic_write_bytes, atomic_write_json
 from ..infer.feature_cache import default_cache, spot_features_steps
 from ..io.manifest import as_sections
 from ..models.catalog import HEADS
@@ -99,7 +99,7 @@ def train_head_steps(manifest, out_dir: str | os.PathLike, cfg: HeadConfig) -> G
     out = Path(out_dir)
     enc_block = {"path": str(Path(cfg.encoder).resolve()), "sha256": enc.sha256, "name": kind.name}
     if cfg.finetune_epochs:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         from .finetune import FINETUNED_FILE, finetune_steps
 
@@ -109,9 +109,7 @@ def train_head_steps(manifest, out_dir: str | os.PathLike, cfg: HeadConfig) -> G
                                                          seed=cfg.seed)
         info = {**info, **ft, "finetune_s": round(time.perf_counter() - t2, 1)}
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".{FINETUNED_FILE}.part"
-        save_file(enc_state, str(tmp))
-        os.replace(tmp, out / FINETUNED_FILE)
+        atomic_write_bytes(out / FINETUNED_FILE, save(enc_state))
         from ..models.encoder_files import file_sha256
 
         # a converted Hugging Face encoder is written in timm's layout and recognised from it

@@ -167,8 +167,12 @@ class Encoder:
     def cell_map(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, dim, cells, cells)``: a ViT's patch tokens, or a CNN's last feature map, of ``x``."""
         self._check(x)
-        z = self.normalise(x)
-        return self.net.patch_tokens(z) if hasattr(self.net, "patch_tokens") else self.net.feature_map(z)
+        return cell_map_of(self.net, self.normalise(x))
+
+
+def cell_map_of(net: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """An encoder network's cell map of a normalised batch: a ViT's patch tokens, a CNN's feature map."""
+    return net.patch_tokens(z) if hasattr(net, "patch_tokens") else net.feature_map(z)
 
 
 def file_sha256(path: Path) -> str:

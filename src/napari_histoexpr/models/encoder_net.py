@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelFileError
+from .encoder_files import cell_map_of
 
 
 class EncoderNet(nn.Module):
@@ -44,8 +45,7 @@ class EncoderNet(nn.Module):
 
     def cell_map(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, cells, cells)``: a ViT's patch tokens, or a CNN encoder's last feature map."""
-        z = (x - self.pixel_mean) / self.pixel_std
-        return self.backbone.patch_tokens(z) if hasattr(self.backbone, "patch_tokens") else self.backbone.feature_map(z)
+        return cell_map_of(self.backbone, (x - self.pixel_mean) / self.pixel_std)
 
     def forward(self, x: torch.Tensor):
         return self.head(self.features(x)), None

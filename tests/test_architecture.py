@@ -18,7 +18,8 @@ TORCH_OR_GUI = ("napari_histoexpr.widgets", "napari_histoexpr.viewer_app", "napa
                 "napari_histoexpr.models.expression", "napari_histoexpr.models.segmenter",
                 "napari_histoexpr.models.slide_nets", "napari_histoexpr.models.runtime",
                 "napari_histoexpr.models.quantize", "napari_histoexpr.models.vit",
-                "napari_histoexpr.models.encoder_files", "napari_histoexpr.models.encoder_net")
+                "napari_histoexpr.models.encoder_files", "napari_histoexpr.models.encoder_net",
+                "napari_histoexpr.models.trust_head")
 
 
 def core_modules() -> list[str]:

@@ -15,10 +15,11 @@ import numpy as np
 
 from .errors import HistoExprError
 from .files import atomic_write_json
-from .infer.spot_prediction import predict_at_spots
+from .infer.slide_trust import slide_ood
+from .infer.spot_prediction import SpotPrediction, predict_at_spots
 from .io.manifest import as_sections
 from .io.sections import load_section
-from .metrics import named_values, pearson_columns, summarise_pearson
+from .metrics import named_values, nanmean_or_none, pearson_columns, risk_coverage, summarise_pearson
 from .segment.classes import spot_classes
 from .segment.maps import dice_scores, label_map, save_map, segment_region, spot_majority
 from .train.baselines import Baselines
@@ -33,6 +34,8 @@ def evaluate_steps(model_dir, manifest, out_dir, device: str = "auto", baselines
 
     model = ExpressionModel.load(model_dir, device)
     model.set_precision(precision, mode)
+    if model.trust is not None:
+        model.set_uncertainty(True)
     genes, hvg50 = model.genes, model.meta.get("hvg50", [])
     base = Baselines(model_dir, model.device) if baselines and Baselines.available(model_dir) else None
     out = Path(out_dir)
@@ -45,11 +48,14 @@ def evaluate_steps(model_dir, manifest, out_dir, device: str = "auto", baselines
         pyr, ad = load_section(sec)
         sp = predict_at_spots(model, pyr, ad, sec.section, mode=mode, keep_patches=base is not None)
         used.add(sp.mode)
+        trust = section_trust(model, pyr, sp, out)
         pyr.close()
         r = sp.pearson()
         per["model"][sec.section] = named_values(sp.genes, r)
         sections_out[sec.section] = {"n_spots": len(sp.spot_ids), "scale": sp.scale,
-                                     "pearson": per["model"][sec.section]}
+                                     "pearson": per["model"][sec.section], "trust": trust}
+        if trust is not None and trust["outside"]:
+            yield {"stage": "warning", "section": sec.section, "msg": f"{sec.section}: {trust['message']}"}
         scatter[sec.section] = (sp.genes, sp.pred, sp.meas)
         if base is not None:
             gi = [genes.index(g) for g in sp.genes]
@@ -62,6 +68,10 @@ def evaluate_steps(model_dir, manifest, out_dir, device: str = "auto", baselines
         yield {"stage": "section", "section": sec.section, "n_spots": len(sp.spot_ids),
                "mean_r": float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")}
     summary, med = summarise_pearson(per["model"], genes, hvg50)
+    trusts = [v["trust"] for v in sections_out.values() if v["trust"] is not None]
+    if trusts:
+        summary["trust"] = {k: nanmean_or_none([t[k] for t in trusts])
+                            for k in ("ood_score", "ood_percentile", "uncertainty_error_spearman")}
     report = {"sections": sections_out, "summary": summary,
               "mode": "/".join(sorted(used)) or mode, "precision": precision if "dense" in used else "auto",
               "model": {"dir": str(model_dir), "backbone": model.meta["backbone"],
@@ -81,6 +91,35 @@ def evaluate_steps(model_dir, manifest, out_dir, device: str = "auto", baselines
     (out / "report.md").write_text(_markdown(report, med))
     yield {"stage": "done", "msg": f"report written to {out}"}
     return report
+
+
+def section_trust(model, pyr, sp: SpotPrediction, out: Path) -> dict | None:
+    """The report's ``trust`` block of a section (``None`` for a model never calibrated): the slide's
+    out-of-distribution score, Spearman's rho of the spots' uncertainty with their absolute error, the
+    risk-coverage curve; the spots' predictions, measurements and uncertainties go to
+    ``out/spots/<section>.h5ad``."""
+    if sp.uncertainty is None:
+        return None
+    import anndata
+    import pandas as pd
+
+    ood = slide_ood(model, pyr)
+    order = np.argsort(sp.uncertainty.mean(1), kind="stable")
+    table = anndata.AnnData(X=sp.pred.astype(np.float32),
+                            obs=pd.DataFrame({"distance": sp.distance.astype(np.float32),
+                                              "mean_uncertainty": sp.uncertainty.mean(1).astype(np.float32)},
+                                             index=sp.spot_ids),
+                            var=pd.DataFrame(index=sp.genes),
+                            layers={"measured": sp.meas.astype(np.float32),
+                                    "uncertainty": sp.uncertainty.astype(np.float32)})
+    table.obsm["spatial"] = np.asarray(sp.xy, float)
+    (out / "spots").mkdir(exist_ok=True)
+    part = out / "spots" / f".{sp.section}.h5ad.part"
+    table.write_h5ad(part)
+    part.replace(out / "spots" / f"{sp.section}.h5ad")
+    return {"ood_score": ood["ood_score"], "ood_percentile": ood["ood_percentile"],
+            "uncertainty_error_spearman": sp.uncertainty_error_spearman(), "outside": ood["outside"],
+            "message": ood["message"], "risk_coverage": risk_coverage(order, sp.pred, sp.meas)}
 
 
 def _json_safe(obj):
@@ -108,10 +147,14 @@ def _markdown(report: dict, med: dict) -> str:
     lines.append(row("model", s))
     for k, v in report.get("baselines", {}).items():
         lines.append(row(f"baseline: {k}", v["summary"]))
-    lines += ["", "| section | spots | mean r |", "|---|---|---|"]
+    lines += ["", "| section | spots | mean r | OOD score | uncertainty-error Spearman | |",
+              "|---|---|---|---|---|---|"]
     for name, sec in report["sections"].items():
         vals = [v for v in sec["pearson"].values() if v is not None]
-        lines.append(f"| {name} | {sec['n_spots']} | {_fmt(np.mean(vals) if vals else float('nan'))} |")
+        t = sec.get("trust") or {}
+        lines.append(f"| {name} | {sec['n_spots']} | {_fmt(np.mean(vals) if vals else float('nan'))} | "
+                     f"{_fmt(t.get('ood_score'))} | {_fmt(t.get('uncertainty_error_spearman'))} | "
+                     f"{'**out of distribution**' if t.get('outside') else ''} |")
     ranked = sorted(((v, g) for g, v in med.items() if np.isfinite(v)), reverse=True)
     lines += ["", "Best genes: " + ", ".join(f"{g} ({v:.2f})" for v, g in ranked[:10]),
               "", "Worst genes: " + ", ".join(f"{g} ({v:.2f})" for v, g in ranked[-10:]), "",

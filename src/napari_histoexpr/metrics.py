@@ -1,4 +1,4 @@
-"""Metrics shared by training, evaluation and the GUI (numpy only)."""
+"""Metrics shared by training, evaluation and the GUI (numpy; scipy for ranks)."""
 
 from __future__ import annotations
 
@@ -104,3 +104,39 @@ def logrank_test(time_a, event_a, time_b, event_b) -> tuple[float, float]:
         return 0.0, 1.0
     chi2 = obs_minus_exp ** 2 / var
     return float(chi2), float(erfc(sqrt(chi2 / 2)))
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
+    """Column-wise ranks with ties averaged (as scipy's ``rankdata``)."""
+    from scipy.stats import rankdata
+
+    return rankdata(a, axis=0)
+
+
+def spearman_mean(score: np.ndarray, target: np.ndarray) -> float | None:
+    """Spearman's rho of ``score`` and ``target`` column by column (``(N, G)`` each; a column constant in
+    either skipped), averaged over the columns; ``None`` when no column counts."""
+    score, target = np.asarray(score, float), np.asarray(target, float)
+    if len(score) < 3:
+        return None
+    rho = pearson_columns(_ranks(score), _ranks(target))
+    rho = rho[np.isfinite(rho)]
+    return float(rho.mean()) if len(rho) else None
+
+
+def risk_coverage(confidence_order: np.ndarray, pred: np.ndarray, true: np.ndarray,
+                  coverages=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)) -> dict:
+    """Mean over genes of Pearson r, and the mean absolute error, on the most confident fraction of the
+    spots, for each coverage: ``confidence_order`` ranks the spots, most confident first (e.g.
+    ``argsort`` of the mean uncertainty). Fractions below 10 spots are skipped."""
+    out = {"coverage": [], "mean_r": [], "mae": []}
+    for c in coverages:
+        n = int(round(c * len(pred)))
+        if n < 10:
+            continue
+        idx = np.asarray(confidence_order)[:n]
+        r = pearson_columns(pred[idx], true[idx])
+        out["coverage"].append(float(c))
+        out["mean_r"].append(float(np.nanmean(r)) if np.isfinite(r).any() else None)
+        out["mae"].append(float(np.abs(pred[idx] - true[idx]).mean()))
+    return out

@@ -11,6 +11,7 @@ import sys
 from .. import __version__
 from ..errors import HistoExprError
 from .commands import (
+    cmd_calibrate,
     cmd_demo,
     cmd_evaluate,
     cmd_export,
@@ -151,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--encoder", required=True, help="the same encoder file (its SHA-256 is checked) where it is now")
     rl.set_defaults(func=cmd_relink)
 
+    ca = sub.add_parser("calibrate", help="fit a model's uncertainty and out-of-distribution score on its "
+                        "training sections (done by train; for models made before it existed)")
+    ca.add_argument("--model", required=True, help="expression model folder (trust.json/.safetensors written into it)")
+    ca.add_argument("--manifest", required=True, help="the sections the model was trained on")
+    ca.add_argument("--device", default="auto", help=DEVICE_HELP)
+    ca.set_defaults(func=cmd_calibrate)
+
     e = sub.add_parser("evaluate", help="per-gene Pearson of a model on held-out sections")
     e.add_argument("--model", required=True)
     e.add_argument("--manifest", required=True)
@@ -179,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-resume", action="store_true", help="start again instead of continuing")
     pr.add_argument("--mode", default="dense", choices=MODES, help=MODE_HELP)
     pr.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+    pr.add_argument("--no-uncertainty", action="store_true",
+                    help="do not write a calibrated model's uncertainty and distance maps")
     pr.set_defaults(func=cmd_predict)
 
     sg = sub.add_parser("segment", help="transcriptome-supervised morphology segmenter")

@@ -8,12 +8,14 @@ from pathlib import Path
 
 from ..datasets import make_demo
 from ..encoders.head_training import HeadConfig, relink_encoder, train_head_steps
+from ..errors import HistoExprError
 from ..evaluation import evaluate_segmenter_steps, evaluate_steps
 from ..infer.distributed import predict_many
 from ..io.manifest import read_manifest
 from ..io.sections import open_steps
 from ..io.spatialdata_store import export_section
 from ..segment.classes import parse_classes_arg
+from ..train.calibration import calibrate_from_manifest_steps
 from ..train.expression_trainer import TrainConfig, summary_line, train_from_manifest_steps
 from ..train.segmenter_trainer import SegConfig, segmenter_steps
 from ..viewer_app import show_demo  # the CLI's one GUI import: the demo window
@@ -134,6 +136,15 @@ def cmd_relink(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    """Fit a model's uncertainty and distance on its training sections (written into the model folder)."""
+    info = drain(calibrate_from_manifest_steps(args.model, args.manifest, args.device))
+    if info is None:
+        raise HistoExprError("too few spots under tissue in these sections to calibrate the model")
+    print(json.dumps({k: info[k] for k in ("section_scores", "far", "n_spots", "sections")}, indent=2))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     """Per-gene Pearson of a model on held-out sections -> report.json/.md + plots."""
 
@@ -152,7 +163,7 @@ def cmd_predict(args) -> int:
     results = predict_many(args.model, args.slide, args.out, scheduler=args.scheduler, device=args.device,
                            stride_um=args.stride_um, batch_size=args.batch_size, workers=args.workers,
                            resume=not args.no_resume, spots=args.spots, progress=progress, mode=args.mode,
-                           precision=args.precision)
+                           precision=args.precision, uncertainty=not args.no_uncertainty)
     print(json.dumps(results, indent=2))
     return 0
 

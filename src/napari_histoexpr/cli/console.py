@@ -34,6 +34,8 @@ def show_event(ev: dict) -> None:
         print(f"\r[histoexpr] {epoch_line(ev)}; {ev['patches_per_s']:.0f} patches/s", file=sys.stderr, flush=True)
     elif stage == "section":
         progress(f"{ev['section']}: {ev['n_spots']} spots, mean r {ev['mean_r']:.3f}")
+    elif stage == "warning":
+        progress(f"WARNING: {ev['msg']}")
     elif "msg" in ev:
         progress(ev["msg"])
 

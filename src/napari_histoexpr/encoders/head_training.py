@@ -64,7 +64,8 @@ def train_head_steps(manifest, out_dir: str | os.PathLike, cfg: HeadConfig) -> G
     yield {"stage": "encoder", "msg": f"loading the encoder {cfg.encoder}"}
     enc = load_encoder(cfg.encoder, cfg.encoder_name, device)
     kind = enc.kind
-    data, _, _ = yield from prepare_sections_steps(as_sections(manifest), kind.window_um, kind.px, cfg.min_tissue)
+    sources = as_sections(manifest)
+    data, _, _ = yield from prepare_sections_steps(sources, kind.window_um, kind.px, cfg.min_tissue)
     if sum(len(s) for s in data) < 8:
         raise TrainingError("too few spots under tissue to fit a head (need at least 8)")
     cache = Path(cfg.features_cache) if cfg.features_cache else default_cache(out_dir)
@@ -130,6 +131,12 @@ def train_head_steps(manifest, out_dir: str | os.PathLike, cfg: HeadConfig) -> G
         "metrics": info,
     }
     save_artifact(out, {f"head.{k}": v for k, v in state.items()}, meta)
+    from ..models.expression import ExpressionModel
+    from ..train.calibration import calibrate_steps
+
+    # the frozen features are the head's input already; a fine-tuned encoder's are computed anew
+    yield from calibrate_steps(ExpressionModel.load(out, cfg.device), out, data,
+                               None if cfg.finetune_epochs else feats, sources=sources)
     summary = {"encoder": kind.name, "head": cfg.head, "spots": int(len(F)), "genes": len(genes),
                "features_s": round(t_feat, 2), "head_fit_s": round(t_head, 2), **info}
     atomic_write_json(out / "training.json", summary)

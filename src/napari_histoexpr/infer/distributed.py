@@ -32,7 +32,7 @@ def tile_progress(progress: Callable[[str], None] | None, label: str = "") -> Ca
                 last[0] = pct // 10
                 progress(f"{label}{ev['done']}/{ev['total']} tiles ({pct} %)")
         elif "msg" in ev:
-            progress(f"{label}{ev['msg']}")
+            progress(f"{'WARNING: ' if ev.get('stage') == 'warning' else ''}{label}{ev['msg']}")
 
     return show
 

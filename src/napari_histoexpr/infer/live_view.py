@@ -69,9 +69,10 @@ class LiveView:
         self.model_changed.emit(model)
 
     def fits(self, pred, mode: str, precision: str, stride_um: float | None) -> bool:
-        """Whether ``pred`` predicts with this view's model in ``mode`` / ``precision`` and at the grid
-        step asked for (``None`` or 0: any)."""
+        """Whether ``pred`` predicts with this view's model in ``mode`` / ``precision``, its current
+        outputs (the uncertainty channels on or off) and at the grid step asked for (``None`` or 0: any)."""
         return (pred is not None and pred.model is self.model and pred.requested_mode == mode
+                and pred.channels == list(self.model.outputs)
                 and pred.requested_precision == precision
                 and (not stride_um or abs(pred.requested_stride_um - stride_um) < 1e-6))
 

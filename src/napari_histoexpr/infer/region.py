@@ -52,6 +52,8 @@ class RegionPredictor:
         if mode not in MODES:
             raise HistoExprError(f"unknown prediction mode {mode!r}; use dense or patch")
         self.model, self.pyr, self.mode, self.requested_mode = model, pyr, mode, mode
+        #: the output channels when built (a model's uncertainty switched on or off needs a new predictor)
+        self.channels = list(model.outputs)
         requested = float(stride_um or getattr(model, "default_step_um", None) or model.window_um / 2)
         self.requested_stride_um = requested
         if mode == "dense" and not all(b.exact for b in model.dense_branches()):

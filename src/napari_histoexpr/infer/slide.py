@@ -5,8 +5,12 @@ Output folder::
     OUT/prediction.zarr/   group attrs["histoexpr_prediction"] = genes, stride, origin, mpp, model, slide
         0/  (genes, rows, cols) float32, NaN off tissue; 1/, 2/ ... 2x2-mean levels for display
         done/ (tile_rows, tile_cols) uint8: tiles already written (resume skips them)
-    OUT/prediction.h5ad    one row per tissue cell: X = predictions, obsm["spatial"] = level-0 (x, y)
-    OUT/summary.json       ("patches": tissue cells predicted; "mode": dense or patch)
+        uncertainty/ (genes, rows, cols) expected absolute error of each prediction (a calibrated model)
+        distance/ (rows, cols) each cell's distance to the training spots (1: like a training section)
+    OUT/prediction.h5ad    one row per tissue cell: X = predictions, obsm["spatial"] = level-0 (x, y),
+                           layers["uncertainty"] and obs["distance"] (a calibrated model)
+    OUT/summary.json       ("patches": tissue cells predicted; "mode": dense or patch; a calibrated
+                           model's "ood_score", "ood_percentile", "outside", "ood_message")
 
 The loader never starves the model: a thread pool reads each tile's block of native slide tiles
 once and cuts its patches (decoders release the GIL) while the model runs on the previous tiles, and
@@ -28,6 +32,7 @@ from ..errors import HistoExprError
 from ..files import atomic_write_json
 from ..io.prediction_store import PREDICTION_ATTR as ATTR
 from ..io.slides import open_slide
+from ..models.trust import ood_summary
 from .grid import Grid
 from .region import RegionPredictor
 
@@ -37,6 +42,7 @@ def _attrs(model, pyr, grid: Grid) -> dict:
             "tile_cells": grid.tile_cells, "world_mpp": pyr.world_mpp, "mpp": pyr.mpp,
             "level0_shape": list(pyr.level0_shape), "slide": str(pyr.path),
             "model": model.meta.get("weights_sha256"), "window_um": model.window_um,
+            "uncertainty": bool(getattr(model, "uncertainty", False)),
             "values": "predicted log1p(counts / total * 1e4)",
             "origin_note": "cell (i, j) is centred at level-0 ((i + 0.5) * stride_px, (j + 0.5) * stride_px)"}
 
@@ -48,8 +54,9 @@ def _open_store(path: Path, attrs: dict, grid: Grid, resume: bool):
         g = zarr.open_group(str(path), mode="a")
         old = dict(g.attrs).get(ATTR)
         if old is not None:
-            keys = ("genes", "stride_px", "rows", "cols", "tile_cells", "model", "slide", "mode", "precision")
-            old = {"precision": "auto", **old}  # written before int8 existed
+            keys = ("genes", "stride_px", "rows", "cols", "tile_cells", "model", "slide", "mode", "precision",
+                    "uncertainty")
+            old = {"precision": "auto", "uncertainty": False, **old}  # written before int8 / uncertainty existed
             if any(old.get(k) != attrs.get(k) for k in keys):
                 raise HistoExprError(f"{path} holds a prediction with another model, slide, stride, mode or "
                                      "precision; use another --out or --no-resume")
@@ -58,6 +65,11 @@ def _open_store(path: Path, attrs: dict, grid: Grid, resume: bool):
     t = grid.tile_cells
     g.create_array("0", shape=(len(attrs["genes"]), grid.rows, grid.cols), chunks=(1, t * 4, t * 4),
                    dtype="float32", fill_value=np.nan)
+    if attrs.get("uncertainty"):
+        g.create_array("uncertainty", shape=(len(attrs["genes"]), grid.rows, grid.cols), chunks=(1, t * 4, t * 4),
+                       dtype="float32", fill_value=np.nan)
+        g.create_array("distance", shape=(grid.rows, grid.cols), chunks=(t * 4, t * 4), dtype="float32",
+                       fill_value=np.nan)
     g.create_array("done", shape=(grid.tile_rows, grid.tile_cols), chunks=(256, 256), dtype="uint8", fill_value=0)
     g.attrs[ATTR] = dict(attrs, complete=False)
     return g
@@ -88,8 +100,11 @@ def _pyramid(g, n_genes: int) -> int:
 
 def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, tile_cells: int = 32,
                         workers: int | None = None, batch_size: int = 256, resume: bool = True, mode: str = "dense",
-                        precision: str = "auto") -> Generator[dict, None, dict]:
+                        precision: str = "auto", uncertainty: bool = True) -> Generator[dict, None, dict]:
     """Predict every tissue tile; yields progress events, returns a summary dict.
+
+    ``uncertainty`` (with a calibrated model): each cell's uncertainty and distance are written too,
+    and the slide's out-of-distribution score (:mod:`..models.trust`) goes into the summary.
 
     ``mode="dense"`` runs the backbone once per tile region (:mod:`.dense`); ``"patch"`` predicts
     every cell's window on its own. Reader threads read the next tiles while the model runs.
@@ -107,6 +122,7 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
 
     if not hasattr(model, "predict"):
         model = ExpressionModel.load(model)
+    model.set_uncertainty(uncertainty and model.trust is not None)
     pyr = open_slide(slide) if isinstance(slide, (str, os.PathLike)) else slide
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,9 +143,14 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
         workers = 1 if model.device.type == "cpu" else 4
     arr = g["0"]
 
+    n_genes = len(model.genes)
+
     def write(ti, tj, vals):  # in the writer thread: values, then the done flag (a crash re-does this tile)
         rs, cs = grid.tile_slices(ti, tj)
-        arr[:, rs, cs] = vals
+        arr[:, rs, cs] = vals[:n_genes]
+        if model.uncertainty:
+            g["uncertainty"][:, rs, cs] = vals[n_genes:2 * n_genes]
+            g["distance"][rs, cs] = vals[2 * n_genes]
         g["done"][ti, tj] = 1
 
     t0 = time.perf_counter()
@@ -167,6 +188,13 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
                                         index=[f"r{r}_c{c}" for r, c in zip(rows, cols)]),
                        var=pd.DataFrame(index=model.genes))
     table.obsm["spatial"] = centres
+    ood = None
+    if model.uncertainty:
+        table.layers["uncertainty"] = g["uncertainty"][:][:, rows, cols].T.astype(np.float32)
+        table.obs["distance"] = g["distance"][:][rows, cols].astype(np.float32)
+        ood = ood_summary(table.obs["distance"].to_numpy(), model.trust.info)
+        if ood["outside"]:
+            yield {"stage": "warning", "msg": f"{Path(str(pyr.path)).name}: {ood['message']}"}
     table.uns["histoexpr"] = {k: v for k, v in attrs.items() if v is not None and k != "genes"}
     tmp = out / ".prediction.h5ad.part"
     table.write_h5ad(tmp)
@@ -178,6 +206,9 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
                "patches_per_s": n_patches / elapsed if elapsed > 0 and n_patches else None,
                "model_seconds": t_model, "device": str(model.device), "levels": n_levels,
                "zarr": str(out / "prediction.zarr"), "h5ad": str(out / "prediction.h5ad")}
+    if ood is not None:
+        summary.update(ood_score=ood["ood_score"], ood_percentile=ood["ood_percentile"], outside=ood["outside"],
+                       ood_message=ood["message"])
     atomic_write_json(out / "summary.json", summary)
     yield {"stage": "done", "msg": f"wrote {out}"}
     return summary

@@ -12,7 +12,7 @@ from ..data.patches import extract_patches
 from ..data.section_data import spot_diameter_um, spots_on_tissue
 from ..errors import HistoExprError, UnknownGeneError
 from ..io.visium_hd import comparison_spots
-from ..metrics import named_values, pearson_columns
+from ..metrics import named_values, pearson_columns, spearman_mean
 
 
 @dataclass
@@ -30,6 +30,16 @@ class SpotPrediction:
     scale: str = "spots"  # what was compared: the spots, or (Visium HD) bins summed over model windows
     spot_um: float | None = None  # side / diameter of what was compared, µm
     square: bool = False  # square footprints (Visium HD)
+    #: (N, G) expected absolute error of each prediction (log1p units), with the model's uncertainty on
+    uncertainty: np.ndarray | None = None
+    distance: np.ndarray | None = None  # (N,) distance of each spot's features to the training spots
+
+    def uncertainty_error_spearman(self) -> float | None:
+        """Spearman's rho between the uncertainty and the absolute error at the spots, per gene (genes
+        whose error or uncertainty is constant skipped), averaged over genes."""
+        if self.uncertainty is None:
+            return None
+        return spearman_mean(self.uncertainty, np.abs(self.pred - self.meas))
 
     def pearson(self) -> np.ndarray:
         return pearson_columns(self.pred, self.meas)
@@ -71,6 +81,10 @@ def predict_at_spots(model, pyr, adata, name: str = "section", min_tissue: float
     info = adata.uns.get("histoexpr", {})
     spot_um = spot_diameter_um(pyr, adata)
     pred = model.predict_centres_dense(pyr, xy[keep]) if mode == "dense" else model.predict(patches, spot_um=spot_um)
-    pred = pred[:, [model.genes.index(g) for g in genes]]
-    return SpotPrediction(name, list(map(str, ad.obs_names)), xy[keep], genes, pred, log1p_normalised(ad, genes),
-                          patches, mode, scale, spot_um, info.get("spot_shape") == "square")
+    gi = [model.genes.index(g) for g in genes]
+    unc = dist = None
+    if getattr(model, "uncertainty", False):
+        unc, dist = pred[:, [len(model.genes) + i for i in gi]], pred[:, 2 * len(model.genes)]
+    return SpotPrediction(name, list(map(str, ad.obs_names)), xy[keep], genes, pred[:, gi],
+                          log1p_normalised(ad, genes), patches, mode, scale, spot_um,
+                          info.get("spot_shape") == "square", unc, dist)

@@ -27,6 +27,8 @@ from .backbones import build_backbone
 from .encoder_net import EncoderNet, load_encoder_of
 from .protocol import DenseMapModel
 from .runtime import for_inference, predict_batches, resolve_device
+from .trust import DISTANCE, uncertainty_channel
+from .trust_head import TrustedHead, load_trust
 
 KIND = "expression"
 
@@ -103,8 +105,13 @@ def pooled_features(net: ExpressionNet, x: torch.Tensor, weights: torch.Tensor) 
 class ExpressionModel(DenseMapModel):
     """A trained expression model loaded from ``MODEL_DIR`` for inference (no code unpickled)."""
 
-    def __init__(self, net: ExpressionNet, meta: dict, device: torch.device):
+    #: whether the outputs include each gene's uncertainty and the distance (:meth:`set_uncertainty`)
+    uncertainty = False
+
+    def __init__(self, net: ExpressionNet, meta: dict, device: torch.device, trust=None):
         self.net = for_inference(net, device)
+        #: the :class:`~napari_histoexpr.models.trust.TrustHead` fitted on the training spots, or ``None``
+        self.trust = trust.to(device) if trust is not None else None
         self.meta = meta
         self.device = device
         self.genes: list[str] = list(meta["genes"])
@@ -122,8 +129,23 @@ class ExpressionModel(DenseMapModel):
 
     @property
     def outputs(self) -> list[str]:
-        """The output channels: the genes."""
-        return self.genes
+        """The output channels: the genes, then (:attr:`uncertainty` on) each gene's uncertainty and the
+        distance to the training spots."""
+        if not self.uncertainty:
+            return self.genes
+        return self.genes + [uncertainty_channel(g) for g in self.genes] + [DISTANCE]
+
+    def set_uncertainty(self, on: bool) -> None:
+        """Add (or drop) the uncertainty channels to every prediction from now on; a named error for a
+        model never calibrated (``histoexpr calibrate``)."""
+        if on and self.trust is None:
+            raise ModelFileError("this model has no uncertainty calibration (trust.json); models trained "
+                                 "before it existed get one with `histoexpr calibrate MODEL --manifest TRAINING`")
+        self.uncertainty = bool(on)
+
+    def _head(self):
+        """The head the maps are read through: the network's, with the trust head beside it when on."""
+        return TrustedHead(self.net.head, self.trust) if self.uncertainty else self.net.head
 
     @property
     def default_step_um(self) -> float:
@@ -145,7 +167,7 @@ class ExpressionModel(DenseMapModel):
             else:
                 net = build_net(meta)
                 load_state_strict(net, state, str(Path(model_dir)))
-            return cls(net, meta, resolve_device(device))
+            return cls(net, meta, resolve_device(device), load_trust(model_dir))
 
     def read_patches(self, pyr, centres: np.ndarray) -> np.ndarray:
         """The model's input patches (its window, size and stain normalisation) at level-0 ``centres``."""
@@ -163,10 +185,11 @@ class ExpressionModel(DenseMapModel):
                                                    [(0.0, 0.0, (spot_um or self.subspot["spot_um"]) / 2)],
                                                    smooth_cells=self.smooth_cells)).to(self.device)
             pool = lambda x: pooled_features(self.net, x, w)  # noqa: E731
-        fn = pool if features else (lambda x: self.net.head(pool(x)))
-        dim = self.net.backbone.num_features if features else len(self.genes)
+        head = self._head()
+        fn = pool if features else (lambda x: head(pool(x)))
+        dim = self.net.backbone.num_features if features else len(self.outputs)
         y = predict_batches(fn, patches, self.device, batch_size, dim)
-        return y if features else y * self.std + self.mean
+        return y if features else self.scale_output(y)
 
     # -- the two modes (implemented once in DenseMapModel) -------------------------------------------
     @property
@@ -199,9 +222,9 @@ class ExpressionModel(DenseMapModel):
             tiles, inverse, token = patches
             if not len(inverse):
                 return np.zeros((0, len(self.genes)), np.float32)
-            head = self.net.head
+            head = self._head()
             maps = predict_batches(lambda x: head(self.net.cell_map(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2),
-                                   tiles, self.device, batch_size, len(self.genes))
+                                   tiles, self.device, batch_size, len(self.outputs))
             return self.scale_output(maps[inverse, :, token[:, 1], token[:, 0]])
         if self.subspot is None:
             return self.predict(patches, batch_size)
@@ -211,26 +234,33 @@ class ExpressionModel(DenseMapModel):
         lo = self.cells // 2 - len(kern) // 2
         w[lo:lo + len(kern), lo:lo + len(kern)] = kern
         wt = torch.from_numpy(w).to(self.device)
-        y = predict_batches(lambda x: self.net.head(pooled_features(self.net, x, wt)), patches, self.device,
-                            batch_size, len(self.genes))
-        return y * self.std + self.mean
+        head = self._head()
+        y = predict_batches(lambda x: head(pooled_features(self.net, x, wt)), patches, self.device,
+                            batch_size, len(self.outputs))
+        return self.scale_output(y)
 
     def scale_output(self, y: np.ndarray) -> np.ndarray:
-        return y * self.std + self.mean
+        """z-scored predictions -> log1p values (the uncertainty channels are in log1p units already)."""
+        g = len(self.genes)
+        if y.shape[-1] == g:
+            return y * self.std + self.mean
+        out = np.array(y, np.float32, copy=True)
+        out[..., :g] = y[..., :g] * self.std + self.mean
+        return out
 
     def dense_branches(self):
         from .quantize import NormalisedBody
 
-        net = self.net
+        net, head = self.net, self._head()
         if not getattr(net, "fully_convolutional", True):  # a ViT encoder: patch mode only
-            return [DenseBranch(body=net.features, head=net.head, px=self.px, window_um=self.window_um,
+            return [DenseBranch(body=net.features, head=head, px=self.px, window_um=self.window_um,
                                 fully_convolutional=False)]
         body = NormalisedBody(net.backbone, net.pixel_mean, net.pixel_std)
         if self.subspot is not None:  # one feature cell per grid cell (its smoothing window), training context
             kern = smoothing_kernel(self.smooth_cells)
-            return [DenseBranch(body=body, head=net.head, px=32 * len(kern), window_um=self.cell_um * len(kern),
+            return [DenseBranch(body=body, head=head, px=32 * len(kern), window_um=self.cell_um * len(kern),
                                 context_px=(self.px - 32) // 2, kernel=kern)]
-        return [DenseBranch(body=body, head=net.head, px=self.px, window_um=self.window_um)]
+        return [DenseBranch(body=body, head=head, px=self.px, window_um=self.window_um)]
 
 
 def build_net(meta: dict) -> ExpressionNet:

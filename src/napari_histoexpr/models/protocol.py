@@ -149,6 +149,14 @@ class DenseMapModel:
         """``(rows, cols, outputs)`` on a regular grid, one backbone pass per region."""
         return self.compute_cells(self.read_cells(pyr, x0, y0, rows, cols, step_l0, cells))
 
+    def features_centres_dense(self, pyr, centres: np.ndarray) -> np.ndarray:
+        """``(N, C)`` pooled features (what the head reads) at arbitrary centres, from the region's
+        feature map as dense predictions read them (a single-branch model)."""
+        from dataclasses import replace
+
+        branches = [replace(b, head=lambda f: f) for b in self.branches_for(pyr)]
+        return dense_at_centres(pyr, branches, centres, self.device, self.patch_transform())
+
     def predict_centres_dense(self, pyr, centres: np.ndarray) -> np.ndarray:
         """``(N, outputs)`` at arbitrary centres (e.g. spots), from the region's feature map."""
 

@@ -121,8 +121,10 @@ def data_digest(sections: list[SectionData], cfg: TrainConfig) -> str:
 
 
 def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: TrainConfig,
-                resume: bool = False) -> Generator[dict, None, dict]:
-    """Train on ``sections`` (already prepared); yields events, returns the summary dict."""
+                resume: bool = False, sources=None) -> Generator[dict, None, dict]:
+    """Train on ``sections`` (already prepared); yields events, returns the summary dict. The model's
+    uncertainty is calibrated at the end (:mod:`.calibration`; ``sources``: the sections' manifest
+    entries, to read the calibration features from the slides as dense maps read them)."""
     import copy
 
     import torch
@@ -307,6 +309,10 @@ def train_steps(sections: list[SectionData], out_dir: str | os.PathLike, cfg: Tr
         from .baselines import fit_baselines
 
         fit_baselines(out, cfg, train_secs, val_secs, genes, device)
+    from ..models.expression import ExpressionModel
+    from .calibration import calibrate_steps
+
+    yield from calibrate_steps(ExpressionModel.load(out, cfg.device), out, list(sections), sources=sources)
     atomic_write_json(out / "training.json", summary)
     return summary
 
@@ -326,10 +332,11 @@ def train_from_manifest_steps(manifest, out_dir, cfg: TrainConfig, resume: bool 
     geometry = None
     if cfg.subspot_um:
         geometry = lambda footprint_um: subspot_geometry(cfg.subspot_um, footprint_um)  # noqa: E731
-    data, target, window = yield from prepare_sections_steps(as_sections(manifest), cfg.window_um, cfg.px,
+    sources = as_sections(manifest)
+    data, target, window = yield from prepare_sections_steps(sources, cfg.window_um, cfg.px,
                                                              cfg.min_tissue, cfg.stain_norm, cfg.pool, geometry)
     if cfg.subspot_um:
         cfg.window_um, cfg.px = window, data[0].patches.shape[1]
     if target is not None:
         cfg.extra["stain_target"] = target
-    return (yield from train_steps(data, out_dir, cfg, resume=resume))
+    return (yield from train_steps(data, out_dir, cfg, resume=resume, sources=sources))

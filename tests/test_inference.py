@@ -489,6 +489,57 @@ def test_load_button_swaps_models_in_a_worker_while_predicting(panel_on_section,
         notification_manager.notification_ready.disconnect(seen.append)
 
 
+def test_uncertainty_layers_follow_the_view_and_the_slide_is_scored(panel_on_section, qtbot):
+    viewer, panel, demo = panel_on_section
+    qtbot.waitUntil(lambda: panel.ood is not None, timeout=60_000)  # scored once the predictor was built
+    assert not panel.ood["outside"] and "like the training sections" in panel._ood_label.value
+    panel.configure(uncertainty=True)
+    _wait_idle(qtbot, panel)
+    pred, unc = panel.gene_layer("ERBB2"), panel.gene_layer("ERBB2 uncertainty")
+    assert unc is not None and unc.name == "predicted: ERBB2 uncertainty" and unc.data.shape == pred.data.shape
+    fin = np.isfinite(pred.data)
+    assert fin.sum() > 20 and np.array_equal(fin, np.isfinite(unc.data)) and np.all(unc.data[fin] > 0)
+    # the layer holds the model's uncertainty at those cells (read from each cell's own region here: the
+    # live view's regions give each cell other context at their borders, so values agree to a few %)
+    g = panel.predictor.grid
+    rr, cc = np.nonzero(fin)
+    pick = np.random.default_rng(0).choice(len(rr), min(40, len(rr)), replace=False)
+    xy = np.stack([(cc[pick] + 0.5) * g.stride, (rr[pick] + 0.5) * g.stride], 1)
+    n = len(panel.model.genes)
+    ref = panel.model.predict_centres_dense(panel.predictor.pyr, xy)[:, n + panel.model.genes.index("ERBB2")]
+    got = unc.data[rr[pick], cc[pick]]
+    assert np.median(np.abs(got - ref) / ref) < 0.1
+    panel.configure(uncertainty=False)
+    _wait_idle(qtbot, panel)
+    assert panel.predictor.channels == panel.model.genes and view_predicted(panel)
+
+
+def test_an_unrelated_slide_raises_a_warning(make_napari_viewer, qtbot, trained, shared_data):
+    from napari.utils.notifications import notification_manager
+
+    from napari_histoexpr.widgets.expression_view import ExpressionPanel
+    from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
+
+    viewer = make_napari_viewer(show=True)
+    spots = SlideSpotsWidget(viewer)
+    w = spots.open(slide=str(shared_data / "wsi" / "cmu-1-small-region.svs"))
+    with qtbot.waitSignal(w.finished, timeout=60_000):
+        pass
+    panel = ExpressionPanel(viewer)
+    viewer.window.add_dock_widget(panel)
+    panel.configure(device="cpu")
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    try:
+        panel.load_model(trained, genes=["ERBB2"])
+        qtbot.waitUntil(lambda: panel.ood is not None, timeout=120_000)
+        assert panel.ood["outside"] and "out of distribution" in panel._ood_label.value
+        qtbot.waitUntil(lambda: any("out of distribution" in str(n.message) for n in seen), timeout=10_000)
+        _wait_idle(qtbot, panel)
+    finally:
+        notification_manager.notification_ready.disconnect(seen.append)
+
+
 def test_compare_with_measured_spots(panel_on_section, qtbot):
     viewer, panel, _ = panel_on_section
     w = panel.compare_spots()

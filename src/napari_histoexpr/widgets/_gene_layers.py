@@ -18,8 +18,9 @@ REPAINT_GAP_S = 0.3
 
 class GeneLayers:
     """For a panel with ``_viewer``, ``predictor`` and ``raster`` (its live view's,
-    :class:`~napari_histoexpr.infer.live_view.LiveView`), ``selected_genes()``, ``predict_view()``,
-    ``gui_timings`` and the style widgets ``_current``, ``_cmap``, ``_opacity``, ``_lo``, ``_hi``."""
+    :class:`~napari_histoexpr.infer.live_view.LiveView`), ``shown_channels()`` (genes, uncertainties),
+    ``predict_view()``, ``gui_timings`` and the style widgets ``_current``, ``_cmap``, ``_opacity``, ``_lo``,
+    ``_hi``."""
 
     _pending_steps: list | None = None  # a new raster's layer steps not run yet (None: none under way)
     _last_repaint = 0.0  # when tiles streaming in were last drawn (0: the next tiles are drawn at once)
@@ -140,7 +141,7 @@ class GeneLayers:
         self._repaint.stop()
         if self.raster is None:  # another model is being set up: nothing of the old one to draw
             return
-        for g in self.selected_genes():
+        for g in self.shown_channels():
             layer = self._gene_layer(g)
             if layer is not None and layer.visible:  # napari refreshes a hidden layer when it is shown
                 layer.refresh(thumbnail=final, extent=False, highlight=False)

@@ -35,17 +35,19 @@ from ._common import PanelMixin, make_table, mode_choice, precision_choice, star
 from ._gene_layers import GeneLayers
 from ._session import Session
 from ._spot_compare import SpotComparison
+from ._trust_view import TrustView
 
 COLORMAPS = ("inferno", "viridis", "magma", "plasma", "turbo", "gray")
 DEBOUNCE_MS = 150  # camera events closer than this are one request
 
 
-class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
+class ExpressionPanel(GeneLayers, SpotComparison, TrustView, PanelMixin, Container):
     """Load a model; predicted gene layers follow the view; compare with the measured spots."""
 
     SETTINGS = {"model": "_model_edit", "genes": "_genes", "device": "_device", "mode": "_mode",
                 "precision": "_precision", "stride_um": "_stride", "follow": "_follow", "display_gene": "_current",
-                "opacity": "_opacity", "colormap": "_cmap", "low_percentile": "_lo", "high_percentile": "_hi"}
+                "opacity": "_opacity", "colormap": "_cmap", "low_percentile": "_lo", "high_percentile": "_hi",
+                "uncertainty": "_uncertainty"}
 
     def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
         from qtpy.QtCore import QTimer
@@ -81,7 +83,7 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         super().__init__(widgets=[
             self._model_edit, self._load_btn, self._genes, self._device, self._mode, self._precision, self._stride,
             self._follow, self._predict_btn, self._stop_btn, self._current, self._opacity, self._cmap, self._lo,
-            self._hi, self._compare_btn, self._status, self._picked,
+            self._hi, *self._init_trust(), self._compare_btn, self._status, self._picked,
         ])
         self.table = make_table(self, ["gene", "r (view)", "r (section)", "spots"])
         self._timer = QTimer(self.native)  # dies with the panel
@@ -97,11 +99,11 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         for w in (self._current, self._opacity, self._cmap, self._lo, self._hi):
             w.changed.connect(self._style_current)
         self.view.status.connect(self._show_status)
-        self.view.predictor_changed.connect(lambda *_: self._layers_then_predict(self.selected_genes()))
+        self.view.predictor_changed.connect(lambda *_: self._layers_then_predict(self.shown_channels()))
         cam = viewer.scene.camera
         cam.events.center.connect(self._on_camera)
         cam.events.zoom.connect(self._on_camera)
-        self._stop_workers_on_close("_worker", "_building", "_spot_worker")
+        self._stop_workers_on_close("_worker", "_building", "_spot_worker", "_ood_worker")
 
     model = property(lambda self: self.view.model)
     predictor = property(lambda self: self.view.predictor)
@@ -132,6 +134,7 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
     @timed
     def _use_model(self, model, genes: list[str] | None = None):
         self._halt()  # a view request of the previous model must not reach the new model's layers
+        self._apply_uncertainty(model)
         self.view.set_model(model)
         self.spot_pred = None
         g = list(model.genes)
@@ -178,6 +181,7 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
             self.predict_view()  # the model, mode, precision or grid step changed while this one was built
             return
         self.view.set_predictor(pred, raster)  # its layers are brought to the raster, then the view predicted
+        self.check_slide(pred)
 
     def _fits(self, pred) -> bool:
         """Whether ``pred`` predicts with the panel's model, mode, precision and grid step (0: any)."""
@@ -185,9 +189,10 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
 
     @property
     def busy(self) -> bool:
-        """Work in flight: building the predictor, predicting the view, a pending debounce or repaint."""
+        """Work in flight: building the predictor, predicting the view, scoring the slide, a pending
+        debounce or repaint."""
         return (self._building is not None or self._worker is not None or self._timer.isActive()
-                or self._repaint.isActive() or self._layers_pending)
+                or self._repaint.isActive() or self._layers_pending or self._ood_worker is not None)
 
     def selected_genes(self) -> list[str]:
         return list(self._genes.value or [])
@@ -198,7 +203,7 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
         if genes and self._current.value not in genes:
             self._current.value = genes[0]
         if self.predictor is not None:
-            for g in genes:
+            for g in self.shown_channels():
                 self._gene_layer(g, create=True)
             self._refresh_layers()
             self.predict_view()
@@ -231,7 +236,7 @@ class ExpressionPanel(GeneLayers, SpotComparison, PanelMixin, Container):
             return self._fail(e)
         if pred is None:
             return self._building  # predicts the view when the predictor is ready
-        genes = self.selected_genes()
+        genes = self.shown_channels()
         if not genes:
             return None
         self._bring_layers(genes)

@@ -102,3 +102,52 @@ def test_panel_opens_the_chosen_bin_size(hd, make_napari_viewer, qtbot):
     assert len(pts) == 1 and pts[0].size[0] == pytest.approx(16.0)
     assert str(pts[0].symbol[0]) == "square" and len(pts[0].data) == panel.adata.n_obs
     assert panel.session.section().bin_um == 16.0  # the other panels train/evaluate on the same bins
+
+
+@pytest.fixture(scope="module")
+def hd16(tmp_path_factory):
+    """A run whose binned_outputs/ holds only square_016um (as some Space Ranger runs are shared)."""
+    return make_visium_hd(tmp_path_factory.mktemp("hd16") / "run", size=512, mpp=1.0, seed=22, bins=(16,))
+
+
+def test_a_run_without_the_default_bins_opens_the_nearest(hd16, capsys):
+    import warnings
+
+    from napari_histoexpr.errors import SpotDataWarning
+
+    a = read_spots(hd16.spots)  # no size asked for: 8 µm is absent, so the nearest (16 µm) opens
+    info = a.uns["histoexpr"]
+    assert info["bin_um"] == 16.0 and info["bins_available"] == [16.0] and "no 8 µm bins" in info["bin_note"]
+    with pytest.raises(SpotDataError, match=r"no 8 µm bins.*16 µm"):  # a size asked for is not swapped
+        read_spots(hd16.spots, bin_um=8)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        pyr, ad = open_section(hd16.slide, hd16.spots)
+    assert any(issubclass(w.category, SpotDataWarning) and "opened its 16 µm bins" in str(w.message) for w in seen)
+    assert ad.uns["histoexpr"]["bin_um"] == 16.0
+    assert cli(["info", "--spots", str(hd16.spots)]) == 0
+    assert json.loads(capsys.readouterr().out)["spots"]["bin_um"] == 16.0
+    # the bin folder itself, or a run that has the default: no note
+    assert "bin_note" not in read_spots(hd16.spots / "binned_outputs" / "square_016um").uns["histoexpr"]
+
+
+def test_panel_lists_the_sizes_found_and_says_which_opened(hd16, make_napari_viewer, qtbot):
+    from napari.utils.notifications import notification_manager
+
+    from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
+
+    viewer = make_napari_viewer()
+    panel = SlideSpotsWidget(viewer)
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    try:
+        w = panel.open(slide=str(hd16.slide), spots=str(hd16.spots))  # the default 8 µm is chosen
+        with qtbot.waitSignal(w.finished, timeout=60_000):
+            pass
+        qtbot.waitUntil(lambda: any("opened its 16 µm bins" in str(n.message) for n in seen), timeout=10_000)
+    finally:
+        notification_manager.notification_ready.disconnect(seen.append)
+    assert panel.adata.uns["histoexpr"]["bin_um"] == 16.0
+    assert "Visium HD bins found: 16 µm; showing 16 µm" in panel.status
+    pts = [ly for ly in viewer.layers if ly.metadata.get("histoexpr", {}).get("kind") == "spots"]
+    assert len(pts) == 1 and pts[0].size[0] == pytest.approx(16.0)

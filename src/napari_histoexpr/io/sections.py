@@ -60,6 +60,8 @@ def open_steps(slide: PathLike, spots: PathLike = None, counts: PathLike = None,
         pyr = pyr or store_pyr
     elif spots:
         adata = read_spots(spots, counts=counts or None, mpp=mpp, bin_um=bin_um)
+        if adata.uns["histoexpr"].get("bin_note"):  # the CLI prints it; the panel notifies
+            warnings.warn(adata.uns["histoexpr"]["bin_note"], SpotDataWarning, stacklevel=2)
     if adata is not None and clusters:
         read_clusters(adata, clusters)
     yield "aligning"

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from ..errors import BarcodeJoinError, MissingScalefactorsError, NoTissueImageError, SpotDataError
 from .slides import pyramid_from_array
 from .spotdata import VISIUM_SPOT_UM, join_ids, spot_anndata
-from .visium_hd import binned_outputs, hd_bin_folder, hd_info
+from .visium_hd import bin_note, binned_outputs, hd_bin_folder, hd_info
 
 
 def read_10x_h5(path: Path):
@@ -189,8 +189,8 @@ def read_scalefactors(spatial: Path) -> dict:
 
 def read_visium(path: str | os.PathLike, library_id: str | None = None,
                 load_images: bool = True, in_tissue_only: bool = True, bin_um: float | None = None):
-    """Read a Space Ranger 1.x/2.x ``outs`` folder, or one bin size of a Visium HD run (``bin_um``,
-    default 8 µm; :mod:`.visium_hd`)."""
+    """Read a Space Ranger 1.x/2.x ``outs`` folder, or one bin size of a Visium HD run (``bin_um``;
+    default 8 µm, else the nearest size the run has; :mod:`.visium_hd`)."""
 
     hd = hd_bin_folder(path, bin_um)
     outs = hd if hd is not None else visium_folder(path)
@@ -235,7 +235,7 @@ def read_visium(path: str | os.PathLike, library_id: str | None = None,
         "library_id": lib,
     }
     if hd is not None:  # square bins of a known size; microns_per_pixel from Space Ranger
-        info.update(hd_info(sf, outs) or {})
+        info.update(hd_info(sf, outs) or {}, **bin_note(path, outs, bin_um))
     adata = spot_anndata(X, obs, var, xy, info)
     images, problems = {}, []
     if load_images:

@@ -40,10 +40,16 @@ def available_bins(binned: Path) -> list[int]:
     return sorted(int(m.group(1)) for d in binned.iterdir() if d.is_dir() and (m := _BIN_DIR.match(d.name)))
 
 
+def nearest_bin(have: list[int], want: float = DEFAULT_BIN_UM) -> int:
+    """The bin size of ``have`` nearest ``want`` on a log scale (the larger of two as near)."""
+    return min(have, key=lambda b: (abs(np.log(b / want)), -b))
+
+
 def hd_bin_folder(path: str | os.PathLike, bin_um: float | None = None) -> Path | None:
     """The ``square_XXXum`` folder to read for ``path`` (an HD ``outs`` folder, its parent,
-    ``binned_outputs`` or a bin folder itself), or ``None`` if ``path`` is not Visium HD. A bin size
-    that is not there is a :class:`SpotDataError` naming those that are."""
+    ``binned_outputs`` or a bin folder itself), or ``None`` if ``path`` is not Visium HD. Without
+    ``bin_um``: the default size, or the nearest the run has (:func:`bin_note` says so); a bin size
+    asked for that is not there is a :class:`SpotDataError` naming those that are."""
     p = Path(path)
     m = _BIN_DIR.match(p.name)
     if m and p.is_dir():
@@ -55,10 +61,24 @@ def hd_bin_folder(path: str | os.PathLike, bin_um: float | None = None) -> Path 
         return None
     want = int(bin_um if bin_um is not None else DEFAULT_BIN_UM)
     have = available_bins(binned)
+    if want not in have and bin_um is None and have:
+        want = nearest_bin(have)
     if want not in have:
         raise SpotDataError(f"{binned}: no {want} µm bins (square_{want:03d}um); this run has "
                             f"{', '.join(f'{b} µm' for b in have) or 'none'}")
     return binned / f"square_{want:03d}um"
+
+
+def bin_note(path: str | os.PathLike, folder: Path, bin_um: float | None) -> dict:
+    """``uns['histoexpr']`` entries saying which bin sizes the run has (``bins_available``) and, when the
+    default size was wanted but absent, which one was opened instead (``bin_note``)."""
+    have = available_bins(folder.parent)
+    out: dict = {"bins_available": [float(b) for b in have]}
+    opened = int(_BIN_DIR.match(folder.name).group(1))
+    if bin_um is None and not _BIN_DIR.match(Path(path).name) and opened != DEFAULT_BIN_UM:
+        out["bin_note"] = (f"this Visium HD run has no {DEFAULT_BIN_UM} µm bins: opened its {opened} µm bins "
+                           f"(sizes found: {', '.join(f'{b} µm' for b in have)})")
+    return out
 
 
 def hd_info(sf: dict, folder: Path) -> dict | None:

@@ -95,7 +95,9 @@ class SlideSpotsWidget(PanelMixin, Container):
             return None
         self._open_btn.enabled = False
         self._status.value = "opening…"
-        bin_um = float(self._bin.value)
+        # the default size is a preference (a run without it opens its nearest size, with a notification);
+        # another size chosen is asked for exactly
+        bin_um = None if int(self._bin.value) == DEFAULT_BIN_UM else float(self._bin.value)
         self._pending = {"image": slide, "spots": spots, "counts": counts, "mpp": mpp, "bin_um": bin_um}
         self._worker = start_worker(
             open_steps, slide, spots, counts, None, mpp, bin_um, desc="Opening slide & spots", total=N_OPEN_STEPS,
@@ -137,11 +139,16 @@ class SlideSpotsWidget(PanelMixin, Container):
                          + (f"{pyr.mpp:.3f} µm/px ({pyr.mpp_source})" if pyr.mpp else "µm/px unknown"))
         if adata is not None:
             parts.append(f"{adata.n_obs} spots x {adata.n_vars} genes")
-            if adata.uns["histoexpr"].get("warning"):
-                from napari.utils.notifications import show_warning
+            info = adata.uns["histoexpr"]
+            if info.get("bins_available"):
+                parts.append(f"Visium HD bins found: {', '.join(f'{b:g} µm' for b in info['bins_available'])}; "
+                             f"showing {info['bin_um']:g} µm")
+            for key in ("warning", "bin_note"):
+                if info.get(key):
+                    from napari.utils.notifications import show_warning
 
-                parts.append(adata.uns["histoexpr"]["warning"])
-                show_warning(adata.uns["histoexpr"]["warning"])
+                    parts.append(info[key])
+                    show_warning(info[key])
         self._status.value = "\n".join(parts)
 
     def _set_completer(self, genes: list[str]) -> None:

@@ -110,5 +110,42 @@ def test_bad_st_inputs_are_named(tmp_path):
     assert get_reader(str(other)) is None  # not ST counts: left to other readers
     (tmp_path / "st" / "alignment.txt").unlink()
     (tmp_path / "st" / "second_stdata.tsv").write_text(bad.read_text())
-    with pytest.raises(SpotDataError, match="several ST counts files"):
+    with pytest.raises(SpotDataError, match="several ST sections"):
         read_spots(tmp_path / "st")
+
+
+def test_a_folder_of_several_st_sections_opens_side_by_side(tmp_path):
+    """STUtility's layout: several sections' counts and images in one folder, paired by name; the reader
+    lays them out left to right as a manifest does, each section's spots on its own image."""
+    from napari_histoexpr.io.legacy_st import st_folder_sections
+
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "stutility"
+    folder.mkdir()
+    truth = {}
+    for name in ("A1", "B1", "B10"):  # B1 is a prefix of B10: each image goes to the longest name it holds
+        ids, xy, hot = _st_folder(tmp_path / name, rng)
+        (tmp_path / name / "sample_stdata.tsv.gz").rename(folder / f"{name}_stdata.tsv.gz")
+        (tmp_path / name / "HE.jpg").rename(folder / f"{name}_HE.jpg")
+        truth[name] = (ids, xy, hot)
+    secs = st_folder_sections(folder)
+    assert sorted((s.section, s.image.name, s.spots.name) for s in secs) == [
+        ("A1", "A1_HE.jpg", "A1_stdata.tsv.gz"), ("B1", "B1_HE.jpg", "B1_stdata.tsv.gz"),
+        ("B10", "B10_HE.jpg", "B10_stdata.tsv.gz")]
+    layers = get_reader(str(folder))(str(folder))
+    assert [k for *_, k in layers] == ["image", "points"] * 3
+    mpp = 200 / 33
+    for i, name in enumerate(s.section for s in secs):
+        ids, xy, hot = truth[name]
+        img_kw, (pts, pts_kw, _) = layers[2 * i][1], layers[2 * i + 1]
+        assert img_kw["name"] == name and pts_kw["name"].startswith(name)
+        offset = i * (W * mpp + 500.0)  # left to right, 500 µm apart
+        assert img_kw["translate"][1] == pytest.approx(offset, abs=1e-6)
+        np.testing.assert_allclose(pts, xy[:, ::-1] * mpp + [0.0, offset], atol=1e-6)
+    # one section given on its own still names the layout problem
+    with pytest.raises(SpotDataError, match="several ST sections.*side by side"):
+        open_section(None, folder)
+    # a section without its image is named
+    (folder / "B10_HE.jpg").unlink()
+    with pytest.raises(SpotDataError, match="B10.*no image"):
+        st_folder_sections(folder)

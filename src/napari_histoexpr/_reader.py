@@ -1,5 +1,6 @@
 """npe2 reader: slides, Space Ranger folders, .h5ad, legacy ST spot and counts files, ST pipeline
-folders (counts + image), SpatialData stores and section manifests.
+folders (counts + image; a folder of several ST sections side by side), SpatialData stores and section
+manifests.
 
 Every reader returns LayerData tuples in the µm world, so slide, spots and predictions overlay.
 """
@@ -10,8 +11,8 @@ import os
 from pathlib import Path
 
 from .data.gene_values import top_genes
-from .io.legacy_st import looks_like_st_counts, st_counts_in
-from .io.manifest import read_manifest
+from .io.legacy_st import looks_like_st_counts, st_counts_in, st_folder_sections
+from .io.manifest import Section, read_manifest
 from .io.sections import load_section, open_section
 from .io.slides import is_slide_path, open_slide
 from .io.spatialdata_store import is_spatialdata_store
@@ -48,7 +49,10 @@ def get_reader(path):
             return read_prediction_layers
         if is_spatialdata_store(path):  # SpatialData: image, spots and their table
             return read_section_folder_layers
-        if st_counts_in(path):  # ST pipeline / STUtility: counts + image (reading names what is amiss)
+        n_st = len(st_counts_in(path))
+        if n_st > 1:  # several ST sections (STUtility): side by side, as a manifest
+            return read_st_sections_layers
+        if n_st:  # ST pipeline / STUtility: counts + image (reading names what is amiss)
             return read_section_folder_layers
         # a Space Ranger folder, complete or not: reading an incomplete one names the missing file
         return read_section_folder_layers if is_visium_folder(path) or looks_like_space_ranger(path) else None
@@ -96,10 +100,18 @@ def read_spot_layers(path):
 
 def read_manifest_layers(path):
     """Every section of a manifest, side by side (left to right) in one world."""
+    return _side_by_side(read_manifest(_one(path)))
 
+
+def read_st_sections_layers(path):
+    """A folder of several legacy ST sections (counts + image each), side by side as a manifest."""
+    return _side_by_side(st_folder_sections(_one(path)))
+
+
+def _side_by_side(sections: list[Section]) -> list:
     out = []
     offset_um = 0.0
-    for sec in read_manifest(_one(path)):
+    for sec in sections:
         pyr, adata = load_section(sec)
         data, kwargs, kind = slide_layer_data(pyr, name=sec.section)
         t = kwargs.get("translate", (0.0, 0.0))

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import SpotDataError
+from .manifest import Section
 from .spotdata import ST_PITCH_UM, ST_SPOT_UM, counts_matrix, join_ids, numeric_columns, read_table, spot_anndata
 
 
@@ -225,8 +226,9 @@ def find_st_folder(folder: str | os.PathLike) -> STFolder:
     if not counts:
         raise SpotDataError(f"{folder.name}: no ST counts matrix (a TSV whose spot ids are 'XxY')")
     if len(counts) > 1:
-        raise SpotDataError(f"{folder.name}: several ST counts files ({', '.join(f.name for f in counts)}); "
-                            f"open one section at a time (a manifest names each)")
+        raise SpotDataError(f"{folder.name}: several ST sections ({', '.join(f.name for f in counts)}); "
+                            f"open the folder with File › Open to lay them out side by side, or one section "
+                            f"at a time (its counts file and image)")
     files = sorted(f for f in folder.iterdir() if f.is_file())
     images = [f for f in files if f.suffix.lower() in _IMAGE_SUFFIXES]
     if len(images) > 1:
@@ -235,6 +237,57 @@ def find_st_folder(folder: str | os.PathLike) -> STFolder:
     sel = [f for f in files if f.name.endswith("_selection.tsv")]
     ali = [f for f in files if "alignment" in f.name.lower() and f.suffix.lower() == ".txt"]
     return STFolder(counts[0], images[0] if images else None, sel[0] if sel else None, ali[0] if ali else None)
+
+
+_COUNT_TAILS = ("_stdata", "-stdata", "_counts", "-counts", "_count", "_matrix", "_expr")
+
+
+def section_key(counts: Path) -> str:
+    """A counts file's section name: its name without ``.tsv(.gz)`` and a tail such as ``_stdata``."""
+    name = re.sub(r"\.tsv(\.gz)?$", "", counts.name, flags=re.I)
+    for tail in _COUNT_TAILS:
+        if name.lower().endswith(tail) and len(name) > len(tail):
+            return name[: -len(tail)]
+    return name
+
+
+def st_sections_in(folder: str | os.PathLike) -> list[STFolder]:
+    """The sections of a folder holding several legacy ST sections (STUtility ships them so: e.g.
+    ``A1_stdata.tsv.gz`` + ``A1_HE.jpg`` [+ ``A1_selection.tsv``], ``B1_…``): each counts matrix with
+    the image (and selection file) whose name holds its section name — the longest such name when
+    several do. Each :class:`STFolder`'s ``alignment`` is ``None``. A counts file without exactly one
+    image is a :class:`SpotDataError` naming it."""
+    folder = Path(folder)
+    counts = st_counts_in(folder)
+    keys = {c: section_key(c).lower() for c in counts}
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f not in keys)
+
+    def owner(f: Path) -> Path | None:
+        hits = [c for c, k in keys.items() if k and k in f.name.lower()]
+        return max(hits, key=lambda c: len(keys[c])) if hits else None
+
+    out = []
+    for c in counts:
+        images = [f for f in files if f.suffix.lower() in _IMAGE_SUFFIXES and owner(f) == c]
+        sel = [f for f in files if f.name.endswith("_selection.tsv") and owner(f) == c]
+        if len(images) != 1:
+            found = "no image" if not images else "several images: " + ", ".join(f.name for f in images)
+            raise SpotDataError(f"{folder.name}: section {section_key(c)} ({c.name}) has {found}; "
+                                "name each H&E image after its counts file (e.g. A1_stdata.tsv.gz + A1_HE.jpg) "
+                                "or list the sections in a manifest")
+        out.append(STFolder(c, images[0], sel[0] if len(sel) == 1 else None, None))
+    return out
+
+
+def st_folder_sections(folder: str | os.PathLike) -> list[Section]:
+    """The sections of a folder of several legacy ST sections (:func:`st_sections_in`) as manifest
+    sections, named after their counts files."""
+    out = []
+    for st in st_sections_in(folder):
+        name = section_key(st.counts)
+        spots, counts = (st.selection, st.counts) if st.selection is not None else (st.counts, None)
+        out.append(Section(section=name, patient=name, image=st.image, spots=spots, counts=counts))
+    return out
 
 
 def read_st_folder(folder: str | os.PathLike, mpp: float | None = None):

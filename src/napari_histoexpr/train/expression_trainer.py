@@ -40,7 +40,7 @@ class TrainConfig:
     window_um: float = 150.0
     px: int = 224
     min_tissue: float = 0.3
-    epochs: int = 30
+    epochs: int = 20  # chosen for new patients: docs/benchmarks.md, "Defaults for new patients"
     batch_size: int = 32
     optimizer: str = "adamw"  # or "sgd"
     lr: float = 3e-4

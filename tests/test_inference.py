@@ -509,9 +509,14 @@ def test_uncertainty_layers_follow_the_view_and_the_slide_is_scored(panel_on_sec
     ref = panel.model.predict_centres_dense(panel.predictor.pyr, xy)[:, n + panel.model.genes.index("ERBB2")]
     got = unc.data[rr[pick], cc[pick]]
     assert np.median(np.abs(got - ref) / ref) < 0.1
+    # switched off while a new view is being predicted: that view's worker keeps its own outputs and
+    # stops; the view is predicted again without the uncertainty
+    viewer.scene.camera.center = (0, 1300.0, 1300.0)
+    qtbot.waitUntil(lambda: panel._worker is not None, timeout=10_000)
     panel.configure(uncertainty=False)
     _wait_idle(qtbot, panel)
     assert panel.predictor.channels == panel.model.genes and view_predicted(panel)
+    assert not panel.status.startswith("error") and panel.ood is not None  # the slide is not scored again
 
 
 def test_an_unrelated_slide_raises_a_warning(make_napari_viewer, qtbot, trained, shared_data):

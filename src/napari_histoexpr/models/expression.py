@@ -143,6 +143,15 @@ class ExpressionModel(DenseMapModel):
                                  "before it existed get one with `histoexpr calibrate MODEL --manifest TRAINING`")
         self.uncertainty = bool(on)
 
+    def with_uncertainty(self, on: bool) -> "ExpressionModel":
+        """This model with the uncertainty channels on or off, as a copy sharing its network and
+        calibration: a prediction running with this one keeps the outputs it started with."""
+        import copy
+
+        m = copy.copy(self)
+        m.set_uncertainty(on)
+        return m
+
     def _head(self):
         """The head the maps are read through: the network's, with the trust head beside it when on."""
         return TrustedHead(self.net.head, self.trust) if self.uncertainty else self.net.head

@@ -49,24 +49,26 @@ class TrustView:
 
     def _on_uncertainty(self, *_):
         m = self.model
-        if m is None:
+        if m is None or bool(self._uncertainty.value) == m.uncertainty:
             return
-        try:
-            m.set_uncertainty(bool(self._uncertainty.value))
+        try:  # a copy of the model with the other outputs: a view being predicted keeps its own
+            model = m.with_uncertainty(bool(self._uncertainty.value))
         except HistoExprError as e:
             self._uncertainty.value = False
             self._fail(e)
             return
-        self.predict_view()  # the predictor no longer fits the model's outputs: a new one, new layers
+        self._halt()
+        self.view.set_model(model)
+        self.predict_view()  # a new predictor for the new outputs; the layers follow its raster
 
     def check_slide(self, pred=None):
         """Score the slide of ``pred`` (default: the panel's predictor) against the model's training
         sections in a worker (once per model and slide); returns the worker."""
         pred = pred or self.predictor
         m = self.model
-        if pred is None or m is None or m.trust is None or self._ood_key == (id(m), id(pred.pyr)):
-            return None
-        self._ood_key = key = (id(m), id(pred.pyr))
+        if pred is None or m is None or m.trust is None or self._ood_key == (id(m.trust), id(pred.pyr)):
+            return None  # scored already (a copy of the model with the uncertainty on or off shares its calibration)
+        self._ood_key = key = (id(m.trust), id(pred.pyr))
         self._ood_label.value = "comparing the slide with the training sections…"
 
         def done(res):

@@ -156,7 +156,7 @@ def test_predict_writes_uncertainty_and_ood(model, cohort, tmp_path):
     assert json.loads((tmp_path / "on" / "summary.json").read_text())["ood_percentile"] == ood["ood_percentile"]
     off = drain(predict_slide_steps(model, slide, tmp_path / "off", uncertainty=False))
     assert "ood_score" not in off and "uncertainty" not in zarr.open_group(str(tmp_path / "off" / "prediction.zarr"))
-    model.set_uncertainty(True)
+    assert model.uncertainty  # the caller's model is left as it was
 
 
 def test_calibrate_cli_and_damaged_calibration(trained, cohort, tmp_path, capsys):

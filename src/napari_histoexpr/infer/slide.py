@@ -58,8 +58,8 @@ def _open_store(path: Path, attrs: dict, grid: Grid, resume: bool):
                     "uncertainty")
             old = {"precision": "auto", "uncertainty": False, **old}  # written before int8 / uncertainty existed
             if any(old.get(k) != attrs.get(k) for k in keys):
-                raise HistoExprError(f"{path} holds a prediction with another model, slide, stride, mode or "
-                                     "precision; use another --out or --no-resume")
+                raise HistoExprError(f"{path} holds a prediction with another model, slide, stride, mode, "
+                                     "precision or uncertainty setting; use another --out or --no-resume")
             return g
     g = zarr.open_group(str(path), mode="w")
     t = grid.tile_cells
@@ -122,7 +122,7 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
 
     if not hasattr(model, "predict"):
         model = ExpressionModel.load(model)
-    model.set_uncertainty(uncertainty and model.trust is not None)
+    model = model.with_uncertainty(uncertainty and model.trust is not None)  # the caller's model is left as it is
     pyr = open_slide(slide) if isinstance(slide, (str, os.PathLike)) else slide
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

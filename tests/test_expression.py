@@ -142,7 +142,8 @@ def test_training_learns_planted_genes_on_unseen_section(trained, cohort, tmp_pa
                 "--out", str(rep_dir), "--device", "cpu"]) == 0
     rep = json.loads((rep_dir / "report.json").read_text())
     assert set(rep["summary"]) == {"genes", "genes_r_pos", "genes_r_gt_0_5", "mean_r", "median_r",
-                                   "mean_r_hvg50"}
+                                   "mean_r_hvg50", "trust"}
+    assert set(rep["summary"]["trust"]) == {"ood_score", "ood_percentile", "uncertainty_error_spearman"}
     sec = rep["sections"]["s2"]
     assert sec["n_spots"] > 250 and set(sec["pearson"]) == set(PLANTED)
     for g in FIRST_MARKERS:  # the strongest planted marker of each class

@@ -148,6 +148,8 @@ class ExpressionModel(DenseMapModel):
         calibration: a prediction running with this one keeps the outputs it started with."""
         import copy
 
+        if self._int8 is None:
+            self._int8 = {}  # the copy shares the per-slide int8 bodies: a slide is calibrated once
         m = copy.copy(self)
         m.set_uncertainty(on)
         return m

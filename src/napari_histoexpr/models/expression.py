@@ -110,6 +110,7 @@ class ExpressionModel(DenseMapModel):
 
     def __init__(self, net: ExpressionNet, meta: dict, device: torch.device, trust=None):
         self.net = for_inference(net, device)
+        self._int8 = {}  # (slide path, level-0 shape) -> int8 bodies; copies (with_uncertainty) share it
         #: the :class:`~napari_histoexpr.models.trust.TrustHead` fitted on the training spots, or ``None``
         self.trust = trust.to(device) if trust is not None else None
         self.meta = meta
@@ -148,9 +149,7 @@ class ExpressionModel(DenseMapModel):
         calibration: a prediction running with this one keeps the outputs it started with."""
         import copy
 
-        if self._int8 is None:
-            self._int8 = {}  # the copy shares the per-slide int8 bodies: a slide is calibrated once
-        m = copy.copy(self)
+        m = copy.copy(self)  # shares the per-slide int8 bodies too (one dict per loaded model)
         m.set_uncertainty(on)
         return m
 

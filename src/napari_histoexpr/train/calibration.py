@@ -23,7 +23,7 @@ def head_outputs(model, F: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         y = np.concatenate([model.net.head(torch.from_numpy(F[i:i + 4096]).to(model.device)).float().cpu().numpy()
                             for i in range(0, len(F), 4096)])
-    return y * model.std + model.mean
+    return model.scale_output(y)
 
 
 def runs_dense(model) -> bool:
@@ -72,9 +72,7 @@ def calibrate_steps(model, model_dir: str | os.PathLike, sections: list[SectionD
     if dense:
         features = yield from dense_features_steps(model, sources, sections)
     elif features is None:
-        features = []
-        for s in sections:
-            features.append(model.predict(s.patches, features=True))
+        features = [model.predict(s.patches, features=True) for s in sections]
     F = np.concatenate(features).astype(np.float32)
     Y = np.concatenate([s.select(model.genes) for s in sections])
     if len(sections) > 1:

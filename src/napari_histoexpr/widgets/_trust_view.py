@@ -8,7 +8,7 @@ from __future__ import annotations
 from magicgui.widgets import CheckBox, Label
 
 from ..errors import HistoExprError
-from ..infer.slide_trust import slide_ood
+from ..infer.slide_trust import WINDOWS, slide_ood
 from ..models.trust import uncertainty_channel
 from ._common import start_worker
 
@@ -87,6 +87,8 @@ class TrustView:
             if self._ood_worker is this[0]:
                 self._ood_worker = None
 
-        self._ood_worker = start_worker(slide_ood, m, pred.pyr, returned=done, errored=self._fail, finished=ended)
+        # the predictor's tissue mask is reused: the slide is not read again for it
+        self._ood_worker = start_worker(slide_ood, m, pred.pyr, WINDOWS, (pred.mask, pred.mask_ds), returned=done,
+                                        errored=self._fail, finished=ended)
         this.append(self._ood_worker)
         return self._ood_worker

@@ -92,7 +92,7 @@ def annotation_trial(d: Path, delay: float) -> dict:
         k = len(got)
         want = regions(k)
         ok = k >= last_acked and k <= last_acked + 1 and all(
-            c == wc and np.allclose(p, wp) for (p, c), (wp, wc) in zip(got, want))
+            r.cls == wc and np.allclose(r.exterior, wp) for r, (wp, wc) in zip(got, want))
     except Exception as e:  # noqa: BLE001 - any failure to reopen is what this trial looks for
         got = repr(e)
     leftovers = sorted(p.name for p in d.glob(".*.part"))

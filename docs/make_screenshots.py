@@ -4,6 +4,7 @@
     python docs/make_screenshots.py her2st --model MODEL_DIR --data HER2ST_DIR [--section C2] [--gene ERBB2]
     python docs/make_screenshots.py segmenter --model SEG_DIR --section-dir DEMO_FOLDER
     python docs/make_screenshots.py slide-level --model SLIDE_MODEL_DIR [--map ERBB2] [--name NAME]
+    python docs/make_screenshots.py qupath --model MODEL_DIR --data HER2ST_DIR [--section C5] [--gene ERBB2]
 
 ``slide-spots``: the "Slide & spots" panel on the built-in generated section (measured spots coloured
 by a gene, colorbar). ``her2st``: a held-out HER2ST section (a folder with ``images/``, ``spots/``,
@@ -11,7 +12,10 @@ by a gene, colorbar). ``her2st``: a held-out HER2ST section (a folder with ``ima
 the measured spots of the same gene, plus the r table. ``segmenter``: the "Transcriptome segmenter"
 panel on a generated section with a segmentation, drawn ground-truth regions and the Dice table.
 ``slide-level``: the "Slide-level" panel with a HE2RNA / G-HANet / multi-task model's heatmap over a
-generated slide none of them was trained on.
+generated slide none of them was trained on. ``qupath``: on a HER2ST section the model did not see,
+a QuPath export (regions with a hole and a two-part region) imported as drawn regions; the measured |
+predicted side-by-side view; and the spots exported for QuPath, reopened as detections coloured by
+their predicted value, with a gene-set score layer.
 """
 
 from __future__ import annotations
@@ -160,6 +164,86 @@ def slide_level(args) -> Path:
     return out
 
 
+def qupath(args) -> list[Path]:
+    import json
+    import tempfile
+
+    import napari
+
+    from napari_histoexpr.segment.annotations import sidecar_path
+    from napari_histoexpr.viewer_app import wait_for, wait_until
+    from napari_histoexpr.widgets.expression_view import ExpressionPanel
+    from napari_histoexpr.widgets.qupath_panel import QuPathPanel
+    from napari_histoexpr.widgets.slide_spots import SlideSpotsWidget
+
+    d = Path(args.data)
+    work = Path(tempfile.mkdtemp(prefix="histoexpr-qupath-"))
+    image = work / f"{args.section}.jpg"  # a copy: the drawn-regions sidecar goes next to it
+    image.write_bytes((d / "images" / f"{args.section}.jpg").read_bytes())
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1600, 1000)
+    sp = SlideSpotsWidget(viewer)
+    viewer.window.add_dock_widget(sp, name="Slide & spots")
+    sp.configure(gene=args.gene)
+    wait_for(sp.open(slide=str(image), spots=str(d / "spots" / f"{args.section}_selection.tsv"),
+                     counts=str(d / "counts" / f"{args.section}.tsv.gz")))
+    pyr = sp.session.slide()
+    h, w = pyr.level0_shape
+    sidecar_path(image).unlink(missing_ok=True)
+
+    def box(x0, y0, x1, y1):
+        pts = [[x0 * w, y0 * h], [x1 * w, y0 * h], [x1 * w, y1 * h], [x0 * w, y1 * h]]
+        return pts + pts[:1]
+
+    # what QuPath's File > Export objects as GeoJSON writes: a region with a hole, a two-part region
+    export = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "a1", "geometry": {"type": "Polygon", "coordinates": [
+            box(0.30, 0.30, 0.62, 0.62), box(0.40, 0.40, 0.50, 0.50)]},
+         "properties": {"objectType": "annotation", "classification": {"name": "Tumor", "color": [200, 0, 0]}}},
+        {"type": "Feature", "id": "a2", "geometry": {"type": "MultiPolygon", "coordinates": [
+            [box(0.66, 0.30, 0.80, 0.45)], [box(0.66, 0.52, 0.80, 0.66)]]},
+         "properties": {"objectType": "annotation", "classification": {"name": "Stroma", "color": [0, 150, 0]}}}]}
+    src = work / "qupath_export.geojson"
+    src.write_text(json.dumps(export))
+    qp = QuPathPanel(viewer)
+    viewer.window.add_dock_widget(qp, name="QuPath import / export")
+    qp.configure(import_file=str(src))
+    qp.import_geojson()
+    viewer.reset_view()
+    outs = [HERE / "images" / "qupath_import.png"]
+    viewer.screenshot(str(outs[-1]), canvas_only=False, flash=False)
+
+    panel = ExpressionPanel(viewer)
+    viewer.window.add_dock_widget(panel, name="Predicted expression")
+    panel.load_model(args.model, genes=[args.gene])
+    panel.predict_view()
+    wait_until(lambda: not panel.busy, 900)
+    wait_for(panel.compare_spots())
+    wait_until(lambda: panel.spot_pred is not None, 600)
+    panel.configure(display_gene=args.gene, side_by_side=True)
+    outs.append(HERE / "images" / "side_by_side.png")
+    viewer.screenshot(str(outs[-1]), canvas_only=False, flash=False)
+    panel.configure(side_by_side=False)
+
+    panel.configure(gene_set="ERBB2 amplicon")
+    wait_until(lambda: not panel.busy, 600)
+    spots_file = work / f"{args.section}.geojson"
+    qp.export("spots: measured + predicted", spots_file)
+    for ly in list(viewer.layers):
+        if ly not in (sp.session.slide_layer, panel.score_layer()):
+            ly.visible = False
+    viewer.open(str(spots_file), plugin="napari-histoexpr")
+    det = viewer.layers[-1]
+    det.face_color = f"predicted: {args.gene}"
+    det.face_colorbar.visible = True
+    viewer.reset_view()
+    outs.append(HERE / "images" / "qupath_export.png")
+    viewer.screenshot(str(outs[-1]), canvas_only=False, flash=False)
+    print(*outs, panel.table_rows())
+    viewer.close()
+    return outs
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -179,8 +263,14 @@ def main(argv=None) -> int:
     sl.add_argument("--map", default=None, help="gene or attention map to show (default: the first)")
     sl.add_argument("--name", default="slide_level")
     sl.add_argument("--slide-dir", default="benchmark-output/slide-level-slide")
+    q = sub.add_parser("qupath")
+    q.add_argument("--model", required=True)
+    q.add_argument("--data", required=True, help="the HER2ST data folder (images/, spots/, counts/)")
+    q.add_argument("--section", default="C5")
+    q.add_argument("--gene", default="ERBB2")
     args = ap.parse_args(argv)
-    {"slide-spots": slide_spots, "her2st": her2st, "segmenter": segmenter, "slide-level": slide_level}[args.what](args)
+    {"slide-spots": slide_spots, "her2st": her2st, "segmenter": segmenter, "slide-level": slide_level,
+     "qupath": qupath}[args.what](args)
     return 0
 
 

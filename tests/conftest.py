@@ -81,3 +81,34 @@ def expression_panel_on(viewer, qtbot, demo, **settings):
     viewer.window.add_dock_widget(panel)
     panel.configure(**settings)
     return panel
+
+
+def assert_qupath_objects(path, object_type: str | None = None) -> list[dict]:
+    """Check a GeoJSON file against the layout QuPath's *Import objects* reads (0.4+): a
+    FeatureCollection of Features with an id, a Polygon/MultiPolygon of closed rings of finite numbers,
+    an objectType, a classification {name, color [r, g, b]} and measurements {name: finite number}.
+    Returns the features."""
+    import json
+    import math
+
+    doc = json.loads(Path(path).read_text())
+    assert doc["type"] == "FeatureCollection" and doc["features"]
+    for f in doc["features"]:
+        assert f["type"] == "Feature" and isinstance(f["id"], str) and f["id"]
+        g = f["geometry"]
+        polys = [g["coordinates"]] if g["type"] == "Polygon" else g["coordinates"]
+        assert g["type"] in ("Polygon", "MultiPolygon") and polys
+        for rings in polys:
+            for ring in rings:
+                assert len(ring) >= 4 and ring[0] == ring[-1]
+                assert all(len(p) == 2 and all(math.isfinite(v) for v in p) for p in ring)
+        p = f["properties"]
+        assert p["objectType"] in ("annotation", "detection")
+        assert object_type is None or p["objectType"] == object_type
+        c = p.get("classification")
+        if c is not None:
+            assert isinstance(c["name"], str) and len(c["color"]) == 3
+            assert all(isinstance(v, int) and 0 <= v <= 255 for v in c["color"])
+        for k, v in (p.get("measurements") or {}).items():
+            assert isinstance(k, str) and isinstance(v, (int, float)) and math.isfinite(v)
+    return doc["features"]

@@ -2,6 +2,7 @@
 and the "Predicted expression" panel following the camera in a real viewer."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -545,7 +546,7 @@ def test_an_unrelated_slide_raises_a_warning(make_napari_viewer, qtbot, trained,
         notification_manager.notification_ready.disconnect(seen.append)
 
 
-def test_compare_with_measured_spots(panel_on_section, qtbot):
+def test_compare_with_measured_spots(panel_on_section, qtbot, tmp_path):
     viewer, panel, _ = panel_on_section
     w = panel.compare_spots()
     with qtbot.waitSignal(w.finished, timeout=60_000):
@@ -559,6 +560,96 @@ def test_compare_with_measured_spots(panel_on_section, qtbot):
 
     picked = panel.pick(resid, tuple(resid.data[0]))  # what a click on the first spot shows
     assert "ERBB2 measured" in picked and "ERBB2 predicted" in panel.picked
+
+    # for QuPath: the comparison's spots (every gene, measured and predicted) and the view's grid cells
+    from conftest import assert_qupath_objects
+    from napari_histoexpr.io.qupath import read_geojson
+    from napari_histoexpr.widgets.qupath_panel import QuPathPanel
+
+    qp = QuPathPanel(viewer)
+    sp = panel.spot_pred
+    objs, _ = read_geojson(qp.export("spots: measured + predicted", tmp_path / "spots.geojson"))
+    assert_qupath_objects(tmp_path / "spots.geojson", "detection")
+    assert [o.name for o in objs] == list(sp.spot_ids)
+    for k, g in enumerate(sp.genes):
+        assert np.allclose([o.measurements[f"predicted: {g}"] for o in objs], sp.pred[:, k], atol=1e-6)
+        assert np.allclose([o.measurements[f"measured: {g}"] for o in objs], sp.meas[:, k], atol=1e-6)
+    objs, _ = read_geojson(qp.export("predicted view: grid cells", tmp_path / "grid"))  # .geojson added
+    plane, stride = panel.raster.plane("ERBB2"), panel.predictor.grid.stride
+    assert len(objs) == np.isfinite(plane).sum() > 0
+    for o in objs[:: max(1, len(objs) // 50)]:
+        r, c = (int(v[1:]) for v in o.name.split("_"))
+        assert o.geometry.centroid.x == pytest.approx((c + 0.5) * stride)
+        assert o.geometry.centroid.y == pytest.approx((r + 0.5) * stride)
+        assert o.measurements["predicted: ERBB2"] == pytest.approx(plane[r, c], abs=1e-6)
+
+
+def test_gene_set_score_layer_follows_the_view_and_compares_with_the_spots(panel_on_section, qtbot):
+    """A typed set: its score layer is the set mean minus the controls' mean of the predicted maps; with
+    the spots compared, the table has its r of predicted vs measured scores."""
+    viewer, panel, _ = panel_on_section
+    assert panel.add_gene_set("epithelium=ERBB2,krt8,EPCAM,CDH1") == ["epithelium"]
+    assert panel.setting("gene_set") == "epithelium" and "4 genes" in panel.status
+    _wait_idle(qtbot, panel)
+    layer, s = panel.score_layer(), panel.score_set
+    assert s.genes == ["ERBB2", "KRT8", "EPCAM", "CDH1"] and s.controls
+    names = list(panel.model.outputs)
+    raster = panel.raster.data
+    with warnings.catch_warnings():  # cells never predicted: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = (np.nanmean(raster[[names.index(g) for g in s.genes]], 0)
+                - np.nanmean(raster[[names.index(g) for g in s.controls]], 0))
+    fin = np.isfinite(layer.data)
+    assert fin.sum() > 20 and (fin == np.isfinite(want)).all()
+    np.testing.assert_allclose(layer.data[fin], want[fin], atol=1e-5)
+    assert layer.contrast_limits[0] == pytest.approx(-layer.contrast_limits[1])  # diverging around 0
+    w = panel.compare_spots()
+    with qtbot.waitSignal(w.finished, timeout=60_000):
+        pass
+    rows = {r[0]: r for r in panel.table_rows()}
+    assert rows["score: epithelium"][2] > 0.5 and panel.table.rowCount() == 3
+    # the measured spots' score, with the same controls: what the table compares against
+    measured = panel.measured_score_layer()
+    f = measured.features.set_index("spot")
+    sp = panel.spot_pred
+    meas = (sp.meas[:, [sp.genes.index(g) for g in s.genes]].mean(1)
+            - sp.meas[:, [sp.genes.index(g) for g in s.controls]].mean(1))
+    np.testing.assert_allclose(f.loc[list(sp.spot_ids), "value"], meas, atol=1e-5)
+    assert measured.face_contrast_limits[0] == pytest.approx(-measured.face_contrast_limits[1])
+    # a built-in set the model predicts none of: a named error, no layer
+    panel.configure(gene_set="proliferation")
+    assert panel.setting("gene_set") == "none" and panel.score_layer() is None and panel.measured_score_layer() is None
+    assert "none of its genes" in panel.status and panel.table.rowCount() == 2
+
+
+def test_side_by_side_shows_measured_and_predicted_with_their_own_colour_bars(panel_on_section, qtbot, tmp_path):
+    """One click: measured spots left, the predicted map right, over the slide in two linked views (one
+    camera), each with its colour bar and its name; the user's other layers come back afterwards."""
+    from napari_histoexpr.widgets.layers import find_layer
+
+    viewer, panel, _ = panel_on_section
+    extra = viewer.add_points([[10.0, 10.0]], name="user points")
+    panel.configure(display_gene="ERBB2", side_by_side=True)
+    grid = viewer.canvas.grid
+    assert grid.enabled and tuple(grid.shape) == (1, 2)
+    spots, pred = panel.session.spots_layer, panel.gene_layer("ERBB2")
+    copy = find_layer(viewer, "slide:side")
+    layers = list(viewer.layers)
+
+    def pos(ly):
+        return grid.position(layers.index(ly), layers)
+
+    assert pos(panel.session.slide_layer) == pos(spots) == (0, 0) and pos(copy) == pos(pred) == (0, 1)
+    assert copy.data[0] is panel.session.slide_layer.data[0]  # the same pyramid, not a second read
+    assert spots.metadata["histoexpr"]["gene"] == "ERBB2" and not extra.visible
+    assert spots.face_colorbar.visible and pred.colorbar.visible
+    assert spots.name_overlay.visible and pred.name_overlay.visible
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    half = shot.shape[1] // 2
+    assert shot[:, :half, :3].std() > 5 and shot[:, half:, :3].std() > 5  # both views drawn
+    panel.configure(side_by_side=False)
+    assert not grid.enabled and extra.visible and find_layer(viewer, "slide:side") is None
+    assert not pred.name_overlay.visible
 
 
 def test_a_model_on_the_same_grid_gets_its_own_layers(panel_on_section, qtbot, trained):

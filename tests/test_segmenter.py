@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import open_section
+from conftest import assert_qupath_objects, open_section
 from napari_histoexpr.cli import main as cli
 from napari_histoexpr.segment.annotations import (
     from_geojson,
@@ -80,8 +80,8 @@ def test_geojson_round_trip_and_rasterise(tmp_path):
     regions = [(sq, "tumour"), (sq + 100, "stroma")]
     p = save_regions(tmp_path / "a.geojson", regions)
     back = load_regions(p)
-    assert [c for _, c in back] == ["tumour", "stroma"] and np.allclose(back[0][0], sq)
-    assert from_geojson(to_geojson(back))[1][1] == "stroma"
+    assert [r.cls for r in back] == ["tumour", "stroma"] and np.allclose(back[0].exterior, sq)
+    assert from_geojson(to_geojson(back))[1].cls == "stroma"
     r = rasterise(back, ["bg", "tumour", "stroma"], 10.0, 20, 20)
     assert (r == 1).sum() == 16 and (r == 2).sum() == 16  # 4 x 4 cell centres inside each square
     assert sidecar_path(tmp_path / "x.svs").name == "x.svs.histoexpr.geojson"
@@ -103,7 +103,7 @@ def test_autosave_removes_parts_of_killed_writers_only(tmp_path):
     live.write_text("{being written")
     save_regions(path, [(np.array([[0.0, 0.0], [5.0, 0.0], [5.0, 5.0]]), "tumour")])
     assert not stale.exists() and live.exists()
-    assert [c for _, c in load_regions(path)] == ["tumour"]
+    assert [r.cls for r in load_regions(path)] == ["tumour"]
 
 
 @pytest.mark.parametrize("route", ["segmenter", "scratch_segmenter"])
@@ -147,7 +147,7 @@ def test_segmenter_dice_on_unseen_section(route, request, cohort, tmp_path):
     assert d["mean_dice"] > 0.8, d
 
 
-def test_panel_segments_and_dice_from_drawn_regions(make_napari_viewer, qtbot, segmenter, cohort):
+def test_panel_segments_and_dice_from_drawn_regions(make_napari_viewer, qtbot, segmenter, cohort, tmp_path):
     from napari_histoexpr.widgets.segmenter_panel import SegmenterPanel
 
     viewer = make_napari_viewer()
@@ -165,6 +165,18 @@ def test_panel_segments_and_dice_from_drawn_regions(make_napari_viewer, qtbot, s
         pass
     seg = [ly for ly in viewer.layers if ly.name == "segmentation"][0]
     assert seg.data.max() >= 2 and seg.scale[0] == pytest.approx(panel.predictor.grid.stride * 1.0)
+    # exported for QuPath (one annotation per class region, holes kept) and rasterised back: the map
+    from napari_histoexpr.widgets.qupath_panel import QuPathPanel
+
+    qp = QuPathPanel(viewer)
+    out = qp.export("segmentation", tmp_path / "seg.geojson")
+    assert_qupath_objects(out, "annotation")
+    regions = load_regions(out)
+    assert {r.cls for r in regions} <= set(panel.model.classes[1:]) and len(regions) >= 2
+    g = panel.predictor.grid
+    back = rasterise(regions, panel.model.classes, g.stride, g.rows, g.cols)
+    want = np.where(seg.data > 0, seg.data, -1)
+    assert np.mean(back == want) > 0.99, np.mean(back == want)
     # the other precision: a new predictor in it (int8 where it runs), nearly the same classes
     from napari_histoexpr.infer.region import int8_runs
 
@@ -200,8 +212,30 @@ def test_panel_segments_and_dice_from_drawn_regions(make_napari_viewer, qtbot, s
     assert panel.table.rowCount() == 2
     # autosaved: the sidecar already holds the square, with no explicit save or close
     saved = load_regions(sidecar)
-    assert len(saved) == 1 and saved[0][1] == "ERBB2 high"
-    assert np.allclose(saved[0][0].min(0), [x0, y0]) and np.allclose(saved[0][0].max(0), [x1, y1])
+    assert len(saved) == 1 and saved[0].cls == "ERBB2 high"
+    assert np.allclose(saved[0].exterior.min(0), [x0, y0]) and np.allclose(saved[0].exterior.max(0), [x1, y1])
+    # a QuPath region with a hole, imported: the hole's cells are not truth (the square stays)
+    ring = [[x0 + 20 * s, y0], [x0 + 30 * s, y0], [x0 + 30 * s, y0 + 10 * s], [x0 + 20 * s, y0 + 10 * s]]
+    hole = [[x0 + 23 * s, y0 + 3 * s], [x0 + 27 * s, y0 + 3 * s], [x0 + 27 * s, y0 + 7 * s], [x0 + 23 * s, y0 + 7 * s]]
+    qfile = tmp_path / "qupath.geojson"
+    qfile.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "id": "q1",
+        "properties": {"objectType": "annotation", "classification": {"name": "COL1A1 high"}},
+        "geometry": {"type": "Polygon", "coordinates": [ring + ring[:1], hole + hole[:1]]}}]}))
+    assert qp.import_geojson(qfile) == 1 and len(gt.data) == 3  # the square, the ring, its hole
+    assert "1 holes" in qp.status
+    dice = panel.dice()
+    assert dice["cells"]["COL1A1 high"] == 100 - 16 and dice["cells"]["ERBB2 high"] == 16
+    assert [r.cls for r in load_regions(sidecar)] == ["ERBB2 high", "COL1A1 high"]  # autosaved
+    assert len(load_regions(sidecar)[1].parts[0]) == 2
+    assert qp.import_geojson(qfile) == 0 and len(gt.data) == 3  # the same objects again: nothing new
+    # exported again for QuPath: the drawn square and the imported region with its hole, as drawn
+    drawn = qp.export("drawn regions", tmp_path / "drawn.geojson")
+    assert_qupath_objects(drawn, "annotation")
+    back = load_regions(drawn)
+    assert [r.cls for r in back] == ["ERBB2 high", "COL1A1 high"] and back[1].id == "q1"
+    want = load_regions(qfile)[0]
+    assert back[1].geometry.equals_exact(want.geometry, 1e-6)
 
 
 def test_annotations_survive_a_crash(make_napari_viewer, qtbot, cohort, segmenter):
@@ -232,9 +266,9 @@ def test_annotations_survive_a_crash(make_napari_viewer, qtbot, cohort, segmente
     _, p2 = session()
     gt2 = p2.truth_layer(create=True)
     after = p2.regions()
-    assert [c for _, c in after] == ["PTPRC high", "COL1A1 high"] == [c for _, c in before]
-    for (pa, _), (pb, _) in zip(before, after):
-        assert np.allclose(pa, pb)
+    assert [r.cls for r in after] == ["PTPRC high", "COL1A1 high"] == [r.cls for r in before]
+    for a, b in zip(before, after):
+        assert np.allclose(a.exterior, b.exterior)
     assert len(gt2.data) == 2
 
 
@@ -299,3 +333,32 @@ def test_segment_train_without_encoder_trains_one_first(cohort, tmp_path):
     assert seg.windows == [100.0] and seg.px == 32 and summary["features"]["source"] == "expression"
     assert seg.meta["features"]["encoder"] == str(tmp_path / "seg" / "encoder")
     assert seg.meta["features"]["head_l2"] in summary["features"]["head_val_bal_acc"]
+
+
+def test_cli_exports_the_segmentation_and_drawn_regions_for_qupath(segmenter, cohort, tmp_path, capsys):
+    """``export --format geojson --segmentation``: one annotation per connected class region that
+    rasterises back onto the segmenter's own label map; ``--regions FILE`` adds drawn regions as they are."""
+    from napari_histoexpr.io.slides import open_slide
+    from napari_histoexpr.models.segmenter import Segmenter
+    from napari_histoexpr.segment.maps import label_map, segment_region
+
+    d = cohort["demos"][3]
+    drawn = save_regions(tmp_path / "drawn.geojson",
+                         [(np.array([[10.0, 10.0], [400.0, 10.0], [400.0, 300.0]]), "ERBB2 high")])
+    out = tmp_path / "objects.geojson"
+    assert cli(["export", "--format", "geojson", "--slide", str(d.slide), "--segmentation", str(segmenter),
+                "--regions", str(drawn), "--device", "cpu", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert_qupath_objects(out, "annotation")
+    objs = load_regions(out)
+    assert summary["regions"] == 1 and summary["segmentation_regions"] == len(objs) - 1 >= 3
+    assert np.allclose(objs[0].exterior, [[10, 10], [400, 10], [400, 300]])
+    model = Segmenter.load(segmenter, "cpu")
+    rp, ras = drain(segment_region(model, open_slide(str(d.slide))))
+    labels = label_map(ras.data)
+    g = rp.grid
+    back = rasterise(objs[1:], model.classes, g.stride, g.rows, g.cols)
+    agree = np.mean(back == np.where(labels > 0, labels, -1))
+    assert agree > 0.99, agree
+    assert {o.cls for o in objs[1:]} <= set(model.classes[1:])
+    assert all(o.measurements["Area µm^2"] > 0 for o in objs[1:])

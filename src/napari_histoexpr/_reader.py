@@ -13,6 +13,7 @@ from pathlib import Path
 from .data.gene_values import top_genes
 from .io.legacy_st import looks_like_st_counts, st_counts_in, st_folder_sections
 from .io.manifest import Section, read_manifest
+from .io.qupath import looks_like_geojson
 from .io.sections import load_section, open_section
 from .io.slides import is_slide_path, open_slide
 from .io.spatialdata_store import is_spatialdata_store
@@ -57,6 +58,8 @@ def get_reader(path):
         # a Space Ranger folder, complete or not: reading an incomplete one names the missing file
         return read_section_folder_layers if is_visium_folder(path) or looks_like_space_ranger(path) else None
     low = path.lower()
+    if looks_like_geojson(path):
+        return read_geojson_layers
     if low.endswith(".h5ad") or low.endswith("_selection.tsv") or looks_like_st_counts(path):
         return read_spot_layers
     if _is_manifest(path):
@@ -128,3 +131,58 @@ def read_prediction_layers(path):
     """A ``histoexpr predict`` output: one aligned heatmap layer per gene (first three genes)."""
 
     return prediction_layers(_one(path))
+
+
+def read_geojson_layers(path):
+    """A QuPath GeoJSON export (or a drawn-regions sidecar) next to its slide.
+
+    Annotations become drawn regions: added to the viewer's ground-truth layer when one is open (it is
+    autosaved), otherwise merged into the slide's sidecar (saved now) and shown as the ground-truth
+    layer. Detections (spots, bins, grid cells, cells) become a Points layer with their measurements as
+    features. The slide is not opened as a layer; it gives the µm scale."""
+    from .errors import GeoJSONError
+    from .io.qupath import read_geojson, slide_next_to
+    from .layerdata import TRUTH_KEY, add_regions, detections_layer_data, regions_layer_data
+    from .segment.annotations import load_regions, save_regions, sidecar_path
+
+    p = Path(_one(path))
+    objs, skipped = read_geojson(p)
+    slide = slide_next_to(p)
+    if slide is None:
+        raise GeoJSONError(f"no slide next to {p.name}: name it after its slide (slide.svs -> slide.geojson), "
+                           "or open the slide and use the QuPath panel's Import")
+    mpp = open_slide(str(slide)).world_mpp
+    regions = [o for o in objs if o.object_type == "annotation"]
+    dets = [o for o in objs if o.object_type in ("detection", "cell", "tile")]
+    for o in regions:
+        o.cls = o.cls or "unclassified"
+    out = []
+    if regions:
+        viewer = _current_viewer()
+        layer = None if viewer is None else next(
+            (ly for ly in viewer.layers if ly.metadata.get("histoexpr", {}).get("key") == TRUTH_KEY), None)
+        if layer is not None:  # the open ground truth takes them (and autosaves)
+            add_regions(layer, regions)
+        else:
+            side = sidecar_path(slide)
+            have = load_regions(side) if side.exists() and side != p else []
+            ids = {o.id for o in have if o.id}
+            merged = have + [o for o in regions if not o.id or o.id not in ids]
+            if side != p:
+                save_regions(side, merged)
+            out.append(regions_layer_data(merged, mpp, side))
+    if dets:
+        out.append(detections_layer_data(dets, mpp, f"{p.name}: detections", p))
+    if not out and not regions:
+        what = ", ".join(f"{n} {k}" for k, n in skipped.items()) or "nothing"
+        raise GeoJSONError(f"{p.name} holds no regions or detections ({what})")
+    return out or [(None,)]
+
+
+def _current_viewer():
+    try:
+        import napari
+
+        return napari.current_viewer()
+    except Exception:  # no Qt / no viewer: a plain read
+        return None

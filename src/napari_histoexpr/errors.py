@@ -70,3 +70,11 @@ class TrainingError(HistoExprError, RuntimeError):
 class EncoderFileError(ModelFileError):
     """A pretrained encoder's weights file is missing, truncated, needs code to unpickle, or fits no
     known encoder layout; the message says what was expected."""
+
+
+class GeoJSONError(HistoExprError, ValueError):
+    """A GeoJSON file (e.g. a QuPath export) cannot be read, or holds no objects of the kind asked for."""
+
+
+class GeneSetError(HistoExprError, ValueError):
+    """A gene set is malformed, unknown, or shares too few genes with the data to be scored."""

@@ -16,6 +16,7 @@ import pandas as pd
 from .data.gene_values import find_gene, gene_values, percentile_limits
 from .infer.grid import Grid, grid_layer_geometry
 from .io.prediction_store import open_prediction, prediction_group_path
+from .io.qupath import QuPathObject, geometry_from_parts
 
 
 def visible_box(center_yx: Iterable[float], zoom: float, canvas_hw: Iterable[int], world_mpp: float,
@@ -176,3 +177,152 @@ def class_points_layer_data(adata, labels, world_mpp: float, size_um: float) -> 
     feats = pd.DataFrame({"spot": adata.obs_names.astype(str), "class": pd.Categorical(np.asarray(labels).astype(str))})
     return (xy[:, ::-1] * world_mpp, {"name": "transcriptome classes", "features": feats, "face_color": "class",
                                       "size": size_um, "border_width": 0, "units": "µm"}, "points")
+
+
+#: the key of the ground-truth (drawn regions) layer, shared by the reader and the panels
+TRUTH_KEY = "seg:truth"
+#: a drawn-regions layer's features: napari polygons have no holes, so a region is one shape per ring
+REGION_COLUMNS = ("class", "region", "part", "hole")
+
+
+def region_rows(regions) -> tuple[list[np.ndarray], list[tuple]]:
+    """The rings (level-0 (x, y)) of QuPath-object ``regions`` and a feature row ``(class, region id,
+    part, hole)`` for each: rings of one region share its id, a MultiPolygon's parts are numbered."""
+    import uuid
+
+    rings, rows = [], []
+    for o in regions:
+        rid = o.id or uuid.uuid4().hex
+        for p, part in enumerate(o.parts):
+            for h, ring in enumerate(part):
+                rings.append(ring)
+                rows.append((o.cls, rid, p, h > 0))
+    return rings, rows
+
+
+def region_features(rows, classes: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"class": pd.Categorical([r[0] for r in rows], categories=classes),
+                         "region": pd.Series([r[1] for r in rows], dtype=object),
+                         "part": pd.Series([r[2] for r in rows], dtype=np.int64),
+                         "hole": pd.Series([r[3] for r in rows], dtype=bool)})
+
+
+def regions_layer_data(regions, world_mpp: float, sidecar, classes: list[str] | None = None) -> tuple:
+    """The ground-truth Shapes LayerData of ``regions`` (one polygon per ring, edge coloured by class),
+    autosaved to ``sidecar`` by the panels (see ``widgets._annotations``)."""
+    classes = list(classes or [])
+    classes += [c for c in dict.fromkeys(o.cls for o in regions) if c not in classes]
+    classes = classes or ["region"]
+    rings, rows = region_rows(regions)
+    kwargs = {"name": "ground truth", "shape_type": "polygon", "edge_width": 4.0, "face_color": "transparent",
+              "features": region_features(rows, classes), "units": "µm",
+              "feature_defaults": {"class": classes[0], "region": "", "part": 0, "hole": False},
+              "metadata": {"histoexpr": {"key": TRUTH_KEY, "kind": "annotations", "sidecar": str(sidecar),
+                                         "world_mpp": float(world_mpp)}}}
+    if rows:
+        kwargs["edge_color"] = "class"
+    return ([r[:, ::-1] * world_mpp for r in rings], kwargs, "shapes")
+
+
+def detections_layer_data(objects, world_mpp: float, name: str, source=None) -> tuple:
+    """QuPath detections (spots, bins, grid cells, cells) as Points at their centroids, sized to their
+    area, with their measurements (and name, class) as features; coloured by the first measurement."""
+    from .io.qupath import detection_table
+
+    names, xy, table = detection_table(objects)
+    feats = table.reset_index()
+    if any(o.cls for o in objects):
+        feats["class"] = [o.cls or "" for o in objects]
+    area = np.array([o.geometry.area for o in objects], float)
+    kwargs = {"name": name, "size": 2 * np.sqrt(area / np.pi) * world_mpp, "features": feats, "border_width": 0,
+              "opacity": 0.85, "units": "µm",
+              "symbol": "square" if objects and len(objects[0].exterior) == 4 else "disc",
+              "metadata": {"histoexpr": {"kind": "qupath-detections", "source": None if source is None
+                                         else str(source)}}}
+    meas = [c for c in table.columns if np.issubdtype(table[c].dtype, np.number)]
+    if meas:
+        vals = table[meas[0]].to_numpy(float)
+        kwargs.update(face_color=meas[0], face_colormap="viridis", face_contrast_limits=percentile_limits(vals))
+    else:
+        kwargs["face_color"] = "#ffcc00"
+    return (xy[:, ::-1] * world_mpp, kwargs, "points")
+
+
+def add_regions(layer, regions: list[QuPathObject]) -> int:
+    """Append regions (e.g. a QuPath export's annotations) to a ground-truth layer, skipping those whose
+    id it holds already; new classes join its categories. Returns the number of regions added."""
+    old = layer.features.copy()
+    have = set(old["region"].astype(str)) if "region" in old else set()
+    regions = [o for o in regions if not o.id or o.id not in have]
+    cats = list(old["class"].cat.categories) if "class" in old else []
+    cats += [c for c in dict.fromkeys(o.cls for o in regions) if c not in cats]
+    rings, rows = region_rows(regions)
+    if not rings:
+        return 0
+    keep = [tuple(r) for r in old[list(REGION_COLUMNS)].itertuples(index=False)]
+    feats = pd.concat([region_features(keep, cats), region_features(rows, cats)], ignore_index=True)
+    mpp = float(layer.metadata["histoexpr"]["world_mpp"])
+    layer.add_polygons([r[:, ::-1] * mpp for r in rings])  # new rows get the defaults ...
+    layer.features = feats  # ... replaced by the regions' own (both changes autosave)
+    layer.edge_color = "class"
+    return len(regions)
+
+
+def regions_of(layer, world_mpp: float) -> list[QuPathObject]:
+    """The regions of a ground-truth layer, rings of one region id gathered back into its parts and
+    holes; a hole whose region lost its outer ring becomes a region of its own, so nothing drawn is
+    dropped."""
+    f = layer.features
+    n = len(layer.data)
+    col = {c: (f[c].tolist() if c in f else [None] * n) for c in REGION_COLUMNS}
+    groups: dict = {}
+    for k, d in enumerate(layer.data):
+        ring = np.asarray(d)[:, -2:][:, ::-1] / world_mpp
+        if len(ring) < 3:
+            continue
+        rid = col["region"][k] if isinstance(col["region"][k], str) and col["region"][k] else f"shape-{k}"
+        hole = bool(col["hole"][k]) if col["hole"][k] is not None else False
+        part = int(col["part"][k]) if col["part"][k] is not None and col["part"][k] == col["part"][k] else 0
+        g = groups.setdefault(rid, {"cls": str(col["class"][k]), "parts": {}})
+        g["parts"].setdefault(part, [None, []])
+        if hole:
+            g["parts"][part][1].append(ring)
+        elif g["parts"][part][0] is None:
+            g["parts"][part][0] = ring
+        else:  # a second outer ring of the same part: its own part
+            g["parts"][max(g["parts"]) + 1] = [ring, []]
+    out = []
+    for rid, g in groups.items():
+        parts = []
+        for ext, holes in g["parts"].values():
+            parts += [[ext, *holes]] if ext is not None else [[h] for h in holes]
+        out.append(QuPathObject(geometry_from_parts(parts), g["cls"], "annotation",
+                                id=None if rid.startswith("shape-") else rid))
+    return out
+
+
+def layer_grid(layer, world_mpp: float) -> tuple[float, tuple[float, float]]:
+    """``(stride, origin)`` in level-0 px of a grid raster layer (image or labels, µm world): its cell
+    ``(i, j)`` is centred at level-0 ``origin + ((j + 0.5) * stride, (i + 0.5) * stride)``, the inverse of
+    :func:`~napari_histoexpr.infer.grid.grid_layer_geometry`."""
+    sy, sx = (float(v) for v in layer.scale[-2:])
+    ty, tx = (float(v) for v in layer.translate[-2:])
+    stride = sx / world_mpp
+    # world centre of cell 0 = translate; its level-0 centre = world / mpp + 0.5
+    return stride, (tx / world_mpp + 0.5 - 0.5 * stride, ty / world_mpp + 0.5 - 0.5 * stride)
+
+
+def spot_values_layer_data(adata, values: np.ndarray, name: str, world_mpp: float, size_um: float,
+                           meta: dict, colormap: str = "coolwarm", symmetric: bool = True) -> tuple:
+    """The spots coloured by one value per spot (e.g. a measured gene-set score), the value in their
+    features; ``symmetric``: contrast limits centred on 0 (a diverging scale)."""
+    xy = np.asarray(adata.obsm["spatial"], float)
+    values = np.asarray(values, float)
+    feats = pd.DataFrame({"spot": adata.obs_names.astype(str), "value": values})
+    lo, hi = percentile_limits(values, 1.0, 99.0)
+    if symmetric:
+        lim = max(abs(lo), abs(hi), 1e-3)
+        lo, hi = -lim, lim
+    return (xy[:, ::-1] * world_mpp, {"name": name, "features": feats, "face_color": "value",
+                                      "face_colormap": colormap, "face_contrast_limits": (lo, hi), "size": size_um,
+                                      "border_width": 0, "units": "µm", "metadata": {"histoexpr": meta}}, "points")

@@ -27,6 +27,7 @@ from .slide_level_commands import add_parsers as add_slide_level_parsers
 
 __all__ = ["build_parser", "drain", "main", "progress"]
 
+from ..data.gene_sets import BUILTIN as BUILTIN_SETS
 from ..models.catalog import BACKBONE_NAMES as BACKBONES
 from ..models.catalog import DEVICES, HEADS, PRECISIONS
 from ..segment.classes import CLASSES_HELP
@@ -72,17 +73,31 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
 
     x = sub.add_parser("export", help="write a section (slide, spots, measured table, predicted maps) to "
-                       "another format")
-    x.add_argument("--format", required=True, choices=["spatialdata"],
+                       "another format: SpatialData, or QuPath objects (GeoJSON)")
+    x.add_argument("--format", required=True, choices=["spatialdata", "geojson"],
                    help="spatialdata: a SpatialData .zarr store (napari-spatialdata, squidpy); needs the "
-                        "spatialdata package")
+                        "spatialdata package. geojson: QuPath objects (File > Import objects) in level-0 px: "
+                        "spots or grid cells as detections with one measurement per gene, segmentation "
+                        "and drawn regions as annotations (docs/qupath.md)")
     x.add_argument("--slide", default=None, help="slide (default: a Space Ranger or ST folder's own image)")
-    x.add_argument("--spots", required=True, help="spot data, as for info")
+    x.add_argument("--spots", default=None, help="spot data, as for info (spatialdata: required; geojson: "
+                   "the measured values, one detection per spot)")
     x.add_argument("--counts", default=None, help="legacy ST counts TSV")
     x.add_argument("--mpp", type=float, default=None, help="override µm per level-0 pixel")
     x.add_argument("--bin-um", type=float, default=None, help="Visium HD bin size (default 8)")
-    x.add_argument("--prediction", default=None, help="a histoexpr predict output folder to include")
-    x.add_argument("--out", required=True, help="the store to write (e.g. section.zarr)")
+    x.add_argument("--prediction", default=None, help="a histoexpr predict output folder to include "
+                   "(geojson: its predictions at the spots, from predict --spots, or its grid cells)")
+    x.add_argument("--level", default="auto", choices=["auto", "spot", "grid"],
+                   help="geojson detections: one per spot, or one per grid cell of --prediction (default: "
+                        "spots when there are any)")
+    x.add_argument("--genes", default=None, help="geojson: comma-separated genes to write (default: the "
+                   "prediction's genes, else the 20 highest-mean measured genes)")
+    x.add_argument("--segmentation", default=None, metavar="MODEL",
+                   help="geojson: segment the slide with this segmenter and add one annotation per class region")
+    x.add_argument("--regions", nargs="?", const="sidecar", default=None, metavar="GEOJSON",
+                   help="geojson: add drawn regions (default file: the slide's .histoexpr.geojson sidecar)")
+    x.add_argument("--device", default="auto", help=DEVICE_HELP)
+    x.add_argument("--out", required=True, help="the store or file to write (section.zarr, section.geojson)")
     x.add_argument("--overwrite", action="store_true")
     x.set_defaults(func=cmd_export)
 
@@ -189,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     pr.add_argument("--no-uncertainty", action="store_true",
                     help="do not write a calibrated model's uncertainty and distance maps")
+    pr.add_argument("--score", action="append", default=None, metavar="SET",
+                    help="add a gene-set score map (scanpy score_genes: set mean minus matched controls): "
+                         "NAME=G1,G2,..., a GMT or text file of sets, or a built-in set ("
+                         + ", ".join(f"'{k}'" for k in BUILTIN_SETS) + "); repeat for several; with --spots "
+                         "the r of predicted vs measured scores is reported")
     pr.set_defaults(func=cmd_predict)
 
     sg = sub.add_parser("segment", help="transcriptome-supervised morphology segmenter")

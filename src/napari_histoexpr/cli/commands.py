@@ -56,17 +56,72 @@ def cmd_info(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """Write a section to another format (SpatialData)."""
-
+    """Write a section to another format (SpatialData, or QuPath GeoJSON objects)."""
+    if args.format == "geojson":
+        return export_geojson(args)
+    if not args.spots:
+        raise HistoExprError("export --format spatialdata needs --spots")
     pyr, adata = drain(open_steps(args.slide, args.spots, args.counts, None, args.mpp, args.bin_um), progress)
     if pyr is None:
-        from ..errors import HistoExprError
-
         raise HistoExprError("export needs an image: give --slide (the spot data has none of its own)")
     path = export_section(pyr, adata, args.out, prediction=args.prediction, overwrite=args.overwrite)
     progress(f"SpatialData store written: {path}")
     print(json.dumps({"out": str(path), "n_spots": int(adata.n_obs), "n_genes": int(adata.n_vars),
                       "prediction": args.prediction}, indent=2))
+    return 0
+
+
+def export_geojson(args) -> int:
+    """QuPath objects: spots or grid cells (detections), a segmentation and drawn regions (annotations)."""
+    from ..io.qupath import write_geojson
+    from ..segment.annotations import load_regions, sidecar_path
+    from ..segment.export import SPOTS_FILE, grid_objects, segmentation_objects_steps, spot_objects
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise HistoExprError(f"{out} exists (give --overwrite)")
+    pyr = adata = None
+    if args.slide or args.spots:
+        pyr, adata = drain(open_steps(args.slide, args.spots, args.counts, None, args.mpp, args.bin_um), progress)
+    genes = [g.strip() for g in args.genes.split(",") if g.strip()] if args.genes else None
+    objs, counts = [], {}
+    if args.regions:
+        if args.regions == "sidecar" and pyr is None:
+            raise HistoExprError("--regions without a file reads the slide's sidecar: give --slide")
+        path = sidecar_path(pyr.path) if args.regions == "sidecar" else Path(args.regions)
+        if not path.exists():
+            raise HistoExprError(f"no drawn regions at {path}")
+        objs += load_regions(path)
+        counts["regions"] = len(objs)
+    if args.segmentation:
+        from ..models.segmenter import Segmenter
+
+        if pyr is None:
+            raise HistoExprError("--segmentation needs the slide (--slide)")
+        seg = drain(segmentation_objects_steps(Segmenter.load(args.segmentation, args.device), pyr))
+        objs += seg
+        counts["segmentation_regions"] = len(seg)
+    level = args.level
+    if level == "auto":
+        has_spots = args.prediction and (Path(args.prediction) / SPOTS_FILE).exists()
+        level = "spot" if adata is not None or has_spots else "grid" if args.prediction else None
+    if level == "grid":
+        if not args.prediction:
+            raise HistoExprError("--level grid needs --prediction")
+        det = grid_objects(args.prediction, genes)
+    elif level == "spot":
+        det = spot_objects(adata, args.prediction, genes)
+    else:
+        det = []
+    objs += det
+    if det:
+        counts[f"{level}_detections"] = len(det)
+        counts["measurements"] = sorted(det[0].measurements)
+    if not objs:
+        raise HistoExprError("nothing to export: give --spots, --prediction, --segmentation or --regions")
+    write_geojson(out, objs)
+    progress(f"QuPath objects written: {out} (File > Import objects in QuPath)")
+    print(json.dumps({"out": str(out), **counts}, indent=2))
     return 0
 
 
@@ -160,12 +215,33 @@ def cmd_predict(args) -> int:
     from ..models.runtime import resolve_device
 
     check_precision(args.precision, resolve_device(args.device), args.mode)  # before a cluster starts
+    sets = gene_sets_of(args.score, args.model)  # a bad set fails now, not after the slide
     results = predict_many(args.model, args.slide, args.out, scheduler=args.scheduler, device=args.device,
                            stride_um=args.stride_um, batch_size=args.batch_size, workers=args.workers,
                            resume=not args.no_resume, spots=args.spots, progress=progress, mode=args.mode,
-                           precision=args.precision, uncertainty=not args.no_uncertainty)
+                           precision=args.precision, uncertainty=not args.no_uncertainty, scores=sets)
+    for sl, res in results.items():
+        for name, sc in (res.get("scores") or {}).items():
+            r = f", r over the spots {sc['r_spots']:.3f}" if sc.get("r_spots") is not None else ""
+            miss = f"; not in the model: {', '.join(sc['missing'])}" if sc["missing"] else ""
+            progress(f"{Path(sl).name}: score {name!r} on {len(sc['genes'])} genes, {len(sc['controls'])} "
+                     f"controls{r}{miss}")
     print(json.dumps(results, indent=2))
     return 0
+
+
+def gene_sets_of(args: list[str] | None, model_dir) -> list:
+    """The gene sets of ``--score`` arguments, checked against the model's genes (named errors)."""
+    if not args:
+        return []
+    from ..data.gene_sets import parse_set_arg, prepare
+    from ..infer.set_scores import reference_means
+
+    sets = [s for a in args for s in parse_set_arg(a)]
+    means = reference_means(model_dir)
+    for s in sets:
+        prepare(s, means)
+    return sets
 
 
 def cmd_segment_train(args) -> int:

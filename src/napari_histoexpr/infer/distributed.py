@@ -66,9 +66,11 @@ def _task(model_dir, slide, out_dir, device, kw: dict) -> dict:
 
 
 def spot_report(model_dir, slide, spots, out_dir, device: str = "auto", mode: str = "dense",
-                precision: str = "auto") -> dict:
+                precision: str = "auto", uncertainty: bool = True) -> dict:
     """Predict at the measured spots of one slide; Pearson r per gene; writes spots_prediction.h5ad
-    and spots_report.json (``precision``: of dense mode, see :mod:`..models.quantize`).
+    (``X`` predicted, ``layers["measured"]``, a calibrated model's ``layers["uncertainty"]``, the spot
+    size in ``uns["histoexpr"]``) and spots_report.json (``precision``: of dense mode, see
+    :mod:`..models.quantize`).
     ``model_dir`` may be a loaded model (e.g. the one that just predicted the slide: its int8 bodies
     are already calibrated on it)."""
     import anndata as ad
@@ -77,6 +79,8 @@ def spot_report(model_dir, slide, spots, out_dir, device: str = "auto", mode: st
 
     model = _expression_model(model_dir, device)
     model.set_precision(precision, mode)
+    if model.trust is not None:  # a calibrated model: each spot's uncertainty too (a copy: same int8 bodies)
+        model = model.with_uncertainty(uncertainty)
     pyr, adata = open_section(slide, spots)
     sp = predict_at_spots(model, pyr, adata, Path(slide).stem, mode=mode)
     per = sp.pearson_by_gene()
@@ -84,22 +88,28 @@ def spot_report(model_dir, slide, spots, out_dir, device: str = "auto", mode: st
     out = ad.AnnData(X=sp.pred.astype(np.float32), obs=pd.DataFrame(index=sp.spot_ids),
                      var=pd.DataFrame(index=sp.genes), layers={"measured": sp.meas})
     out.obsm["spatial"] = sp.xy
+    if sp.uncertainty is not None:
+        out.layers["uncertainty"] = sp.uncertainty.astype(np.float32)
+    out.uns["histoexpr"] = {"spot_diameter_px": float(sp.spot_um or 0) / pyr.world_mpp, "square": bool(sp.square),
+                            "scale": sp.scale, "world_mpp": float(pyr.world_mpp)}
     tmp = Path(out_dir) / ".spots_prediction.h5ad.part"
     out.write_h5ad(tmp)
     os.replace(tmp, Path(out_dir) / "spots_prediction.h5ad")
     rep = {"n_spots": len(sp.spot_ids), "mode": sp.mode, "precision": precision if sp.mode == "dense" else "auto",
-           "scale": sp.scale, "pearson": per, "summary": summary}
+           "scale": sp.scale, "pearson": per, "summary": summary,
+           "uncertainty_error_spearman": sp.uncertainty_error_spearman()}
     atomic_write_json(Path(out_dir) / "spots_report.json", rep)
     return rep
 
 
 def predict_many(model_dir, slides: list, out, scheduler: str | None = None, device: str = "auto",
-                 spots=None, progress: Callable[[str], None] | None = None, **kw) -> dict:
+                 spots=None, progress: Callable[[str], None] | None = None, scores=None, **kw) -> dict:
     """Predict ``slides``: one slide in-process; several on a dask.distributed cluster.
 
     ``scheduler``: the address of an existing cluster; without it a ``LocalCluster`` is started
-    with one single-threaded worker process per GPU (one when there is none).
-    Returns ``{slide: summary}``.
+    with one single-threaded worker process per GPU (one when there is none). ``scores``: gene sets
+    (:class:`~napari_histoexpr.data.gene_sets.GeneSet`) scored on every output (see
+    :mod:`.set_scores`). Returns ``{slide: summary}``.
     """
 
     load_artifact(model_dir, kind="expression")  # fail fast on a bad model
@@ -123,7 +133,16 @@ def predict_many(model_dir, slides: list, out, scheduler: str | None = None, dev
         if progress:
             progress("predicting at the measured spots")
         res[slides[0]]["spots"] = spot_report(model, slides[0], spots, outs[slides[0]], device,
-                                              kw.get("mode", "dense"), kw.get("precision", "auto"))["summary"]
+                                              kw.get("mode", "dense"), kw.get("precision", "auto"),
+                                              kw.get("uncertainty", True))["summary"]
+    if scores:
+        from .set_scores import reference_means, score_prediction
+
+        means = reference_means(model)
+        for sl in slides:
+            if progress:
+                progress(f"scoring {len(scores)} gene set(s) on {Path(sl).name}")
+            res[sl]["scores"] = score_prediction(outs[sl], scores, means)
     (out / "predict.json").write_text(json.dumps(res, indent=2, default=str))
     return res
 

@@ -71,14 +71,18 @@ def classes_from_column(adata, column: str = "cluster") -> pd.Series:
     return pd.Series(s.to_numpy(), index=adata.obs_names, name="seg_class")
 
 
-def apply_regions(labels: pd.Series, xy: np.ndarray, regions: list[tuple[np.ndarray, str]]) -> pd.Series:
-    """Assign the class of each drawn region (polygon ``(K, 2)`` level-0 ``(x, y)``) to spots inside."""
-    from matplotlib.path import Path as MPath
+def apply_regions(labels: pd.Series, xy: np.ndarray, regions) -> pd.Series:
+    """Assign the class of each drawn region (QuPath objects or ``(polygon (K, 2) level-0 (x, y), class)``
+    pairs; holes excluded, later regions win) to the spots inside it."""
+    from ..io.qupath import as_object
+    from .annotations import inside_regions
 
+    regions = [as_object(r) for r in regions]
+    xy = np.asarray(xy, float)
+    k = inside_regions(regions, xy[:, 0], xy[:, 1])
     out = labels.copy().astype(object)
-    for poly, cls in regions:
-        inside = MPath(np.asarray(poly, float)).contains_points(np.asarray(xy, float))
-        out[inside] = cls
+    names = np.array([r.cls for r in regions] + [None], dtype=object)
+    out[k >= 0] = names[k[k >= 0]]
     return out
 
 

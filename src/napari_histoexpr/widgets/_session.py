@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import HistoExprError
 from ..io.manifest import Section
 from ..layerdata import slide_layer_data
+from ._annotations import watch_viewer
 from .layers import find_layer, upsert_layer
 
 SLIDE_KEY = "slide"
@@ -35,6 +36,7 @@ class Session:
 
     def __init__(self, viewer):
         self.viewer = viewer
+        watch_viewer(viewer)  # drawn regions are autosaved whichever panel or reader made their layer
 
     @property
     def slide_layer(self):

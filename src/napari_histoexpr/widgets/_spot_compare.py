@@ -10,6 +10,7 @@ from ..infer.spot_prediction import predict_at_spots
 from ..layerdata import residual_layer_data
 from ..metrics import pearson_columns
 from ._common import fill_table, fmt, start_worker
+from ._session import attach_core
 from .layers import find_layer, upsert_layer
 
 
@@ -44,6 +45,7 @@ class SpotComparison:
         for g in [g for g in self.selected_genes() or sp.genes[:1] if g in sp.genes]:
             layer = upsert_layer(self._viewer, residual_layer_data(sp, g, self.selected_genes(), mpp, size),
                                  f"resid:{g}")
+            attach_core(layer, sp)  # the whole comparison (every gene), e.g. for a QuPath export
             if self._on_click not in layer.mouse_drag_callbacks:
                 layer.mouse_drag_callbacks.append(self._on_click)
             layer.face_colorbar.visible = True
@@ -67,7 +69,8 @@ class SpotComparison:
         return str(self._picked.value)
 
     def table_rows(self) -> list[tuple[str, float, float, int]]:
-        """``(gene, r over spots in view, r over the section, spots in view)`` per selected gene."""
+        """``(gene, r over spots in view, r over the section, spots in view)`` per selected gene, then the
+        gene-set score's row when a set is chosen."""
 
         sp = self.spot_pred
         if sp is None:
@@ -81,7 +84,10 @@ class SpotComparison:
         r_view = (pearson_columns(sp.pred[inside], sp.meas[inside]) if inside.sum() > 2
                   else np.full(len(sp.genes), np.nan))
         return [(g, float(r_view[sp.genes.index(g)]), float(r_all[sp.genes.index(g)]), int(inside.sum()))
-                for g in (self.selected_genes() or sp.genes) if g in sp.genes]
+                for g in (self.selected_genes() or sp.genes) if g in sp.genes] + self.score_rows(inside)
+
+    def score_rows(self, inside) -> list[tuple]:  # a gene-set score's row (SetScores)
+        return []
 
     def update_table(self):
         if not self._closed:

@@ -34,6 +34,8 @@ from ..models.catalog import DEVICES
 from ._common import PanelMixin, make_table, mode_choice, precision_choice, start_worker, timed
 from ._gene_layers import GeneLayers
 from ._session import Session
+from ._set_scores import SetScores
+from ._side_by_side import SideBySide
 from ._spot_compare import SpotComparison
 from ._trust_view import TrustView
 
@@ -41,13 +43,13 @@ COLORMAPS = ("inferno", "viridis", "magma", "plasma", "turbo", "gray")
 DEBOUNCE_MS = 150  # camera events closer than this are one request
 
 
-class ExpressionPanel(GeneLayers, SpotComparison, TrustView, PanelMixin, Container):
+class ExpressionPanel(SetScores, SideBySide, GeneLayers, SpotComparison, TrustView, PanelMixin, Container):
     """Load a model; predicted gene layers follow the view; compare with the measured spots."""
 
     SETTINGS = {"model": "_model_edit", "genes": "_genes", "device": "_device", "mode": "_mode",
                 "precision": "_precision", "stride_um": "_stride", "follow": "_follow", "display_gene": "_current",
                 "opacity": "_opacity", "colormap": "_cmap", "low_percentile": "_lo", "high_percentile": "_hi",
-                "uncertainty": "_uncertainty"}
+                "uncertainty": "_uncertainty", "gene_set": "_set_pick", "add_set": "_set_text", "side_by_side": "_side"}
 
     def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
         from qtpy.QtCore import QTimer
@@ -83,7 +85,8 @@ class ExpressionPanel(GeneLayers, SpotComparison, TrustView, PanelMixin, Contain
         super().__init__(widgets=[
             self._model_edit, self._load_btn, self._genes, self._device, self._mode, self._precision, self._stride,
             self._follow, self._predict_btn, self._stop_btn, self._current, self._opacity, self._cmap, self._lo,
-            self._hi, *self._init_trust(), self._compare_btn, self._status, self._picked,
+            self._hi, *self._init_trust(), *self._init_scores(), *self._init_side(), self._compare_btn, self._status,
+            self._picked,
         ])
         self.table = make_table(self, ["gene", "r (view)", "r (section)", "spots"])
         self._timer = QTimer(self.native)  # dies with the panel
@@ -98,7 +101,7 @@ class ExpressionPanel(GeneLayers, SpotComparison, TrustView, PanelMixin, Contain
         self._genes.changed.connect(self._on_genes)
         for w in (self._current, self._opacity, self._cmap, self._lo, self._hi):
             w.changed.connect(self._style_current)
-        self.view.status.connect(self._show_status)
+        self.view.status.connect(lambda text: setattr(self._status, "value", text))
         self.view.predictor_changed.connect(lambda *_: self._layers_then_predict(self.shown_channels()))
         cam = viewer.scene.camera
         cam.events.center.connect(self._on_camera)
@@ -109,9 +112,6 @@ class ExpressionPanel(GeneLayers, SpotComparison, TrustView, PanelMixin, Contain
     predictor = property(lambda self: self.view.predictor)
     raster = property(lambda self: self.view.raster)
     last_request_tiles = property(lambda self: self.view.last_request_tiles)
-
-    def _show_status(self, text: str):
-        self._status.value = text
 
     def reset_choices(self, *_):
         """napari calls this on docked magicgui containers whenever layers change; our choices are

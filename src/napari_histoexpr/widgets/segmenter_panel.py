@@ -231,8 +231,9 @@ class SegmenterPanel(PanelMixin, Container):
             grid = self.predictor.grid
             self.seg_labels = np.zeros((grid.rows, grid.cols), np.int32)
             geo = grid_layer_geometry(grid, self.predictor.pyr.world_mpp)
-            upsert_layer(self._viewer, (self.seg_labels, dict(name="segmentation", opacity=0.5, units="µm", **geo),
-                                        "labels"), MAP_KEY).data = self.seg_labels
+            meta = {"histoexpr": {"kind": "segmentation", "classes": list(self.model.classes)}}
+            upsert_layer(self._viewer, (self.seg_labels, dict(name="segmentation", opacity=0.5, units="µm", **geo,
+                                                              metadata=meta), "labels"), MAP_KEY).data = self.seg_labels
         elif ev["stage"] in ("tile", "smoothed"):  # a new tile, or the whole map after spatial smoothing
             if ev["stage"] == "tile":
                 self.raster.put(ev["tile"], ev["values"])
@@ -249,33 +250,30 @@ class SegmenterPanel(PanelMixin, Container):
     # -- ground truth and Dice -----------------------------------------------------------------------
     def truth_layer(self, create: bool = False):
         layer = find_layer(self._viewer, gt.GT_KEY)
-        if layer is not None or not create:
-            return layer
-        pyr = self.session.slide()
-        if pyr is None:
-            notify_error(HistoExprError("open a slide first: annotations belong to a slide"))
-            return None
-        layer, classes, restored, path = gt.truth_layer(self._viewer, pyr, list(self._gt_class.choices))
-        self._gt_class.choices = classes
-        self._set_draw_class()
-        layer.events.data.connect(self._on_truth_changed)
-        layer.events.features.connect(self._on_truth_changed)
-        self._status.value = (f"restored {restored} regions from {path.name}" if restored else
-                              f"draw regions; they are saved to {path}")
+        if layer is None and create:
+            pyr = self.session.slide()
+            if pyr is None:
+                notify_error(HistoExprError("open a slide first: annotations belong to a slide"))
+                return None
+            layer, classes, restored, path = gt.truth_layer(self._viewer, pyr, list(self._gt_class.choices))
+            self._gt_class.choices = classes
+            self._set_draw_class()
+            self._status.value = (f"restored {restored} regions from {path.name}" if restored else
+                                  f"draw regions; they are saved to {path}")
+        if layer is not None and getattr(self, "_gt_watched", None) is not layer:  # e.g. a QuPath import's
+            self._gt_watched = layer
+            layer.events.data.connect(self.update_dice)
+            layer.events.features.connect(self.update_dice)
         return layer
 
     def _set_draw_class(self, *_):
         layer = find_layer(self._viewer, gt.GT_KEY)
         if layer is not None and self._gt_class.value:
-            layer.feature_defaults = {"class": self._gt_class.value}
+            gt.set_draw_class(layer, self._gt_class.value)
 
     def regions(self) -> list:
         """Drawn regions as ``(polygon level-0 (x, y), class)``."""
         return gt.drawn_regions(self._viewer, self.session.slide())
-
-    def _on_truth_changed(self, *_):
-        gt.autosave(self._viewer, self.session.slide())  # atomic
-        self.update_dice()
 
     def dice(self) -> dict | None:
         regions = self.regions()
@@ -287,7 +285,7 @@ class SegmenterPanel(PanelMixin, Container):
         d["cells"] = {c: int((truth == i).sum()) for i, c in enumerate(self.model.classes)}
         return d
 
-    def update_dice(self):
+    def update_dice(self, *_):
         d = self.dice()
         rows = [] if d is None else [(c, f"{v:.3f}", d["cells"].get(c, 0)) for c, v in d["per_class"].items()] + \
             [("mean", f"{d['mean_dice']:.3f}", sum(d["cells"].values()))]

@@ -183,7 +183,7 @@ def qupath(args) -> list[Path]:
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1600, 1000)
     sp = SlideSpotsWidget(viewer)
-    viewer.window.add_dock_widget(sp, name="Slide & spots")
+    sp_dock = viewer.window.add_dock_widget(sp, name="Slide & spots")
     sp.configure(gene=args.gene)
     wait_for(sp.open(slide=str(image), spots=str(d / "spots" / f"{args.section}_selection.tsv"),
                      counts=str(d / "counts" / f"{args.section}.tsv.gz")))
@@ -206,13 +206,19 @@ def qupath(args) -> list[Path]:
     src = work / "qupath_export.geojson"
     src.write_text(json.dumps(export))
     qp = QuPathPanel(viewer)
-    viewer.window.add_dock_widget(qp, name="QuPath import / export")
+    qp_dock = viewer.window.add_dock_widget(qp, name="QuPath import / export")
     qp.configure(import_file=str(src))
     qp.import_geojson()
+    sp.session.spots_layer.visible = False
+    truth = viewer.layers["ground truth"]
+    truth.edge_width = 40.0  # µm: visible at the whole-section zoom
+    viewer.layers.selection.active = truth
     viewer.reset_view()
     outs = [HERE / "images" / "qupath_import.png"]
     viewer.screenshot(str(outs[-1]), canvas_only=False, flash=False)
 
+    truth.visible = False
+    sp.session.spots_layer.visible = True
     panel = ExpressionPanel(viewer)
     viewer.window.add_dock_widget(panel, name="Predicted expression")
     panel.load_model(args.model, genes=[args.gene])
@@ -220,7 +226,12 @@ def qupath(args) -> list[Path]:
     wait_until(lambda: not panel.busy, 900)
     wait_for(panel.compare_spots())
     wait_until(lambda: panel.spot_pred is not None, 600)
+    for dock in (sp_dock, qp_dock):  # a wide canvas for the two views
+        viewer.window.remove_dock_widget(dock)
+    viewer.window.resize(1800, 1000)
     panel.configure(display_gene=args.gene, side_by_side=True)
+    viewer.reset_view()
+    wait_until(lambda: not panel.busy, 600)
     outs.append(HERE / "images" / "side_by_side.png")
     viewer.screenshot(str(outs[-1]), canvas_only=False, flash=False)
     panel.configure(side_by_side=False)
@@ -228,10 +239,10 @@ def qupath(args) -> list[Path]:
     panel.configure(gene_set="ERBB2 amplicon")
     wait_until(lambda: not panel.busy, 600)
     spots_file = work / f"{args.section}.geojson"
-    qp.export("spots: measured + predicted", spots_file)
     for ly in list(viewer.layers):
         if ly not in (sp.session.slide_layer, panel.score_layer()):
             ly.visible = False
+    qp.export("spots: measured + predicted", spots_file)
     viewer.open(str(spots_file), plugin="napari-histoexpr")
     det = viewer.layers[-1]
     det.face_color = f"predicted: {args.gene}"

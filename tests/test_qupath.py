@@ -234,6 +234,8 @@ def test_reader_opens_a_qupath_export_next_to_its_slide_as_drawn_regions(make_na
     folder gets a named error and the viewer keeps working."""
     import shutil
 
+    from napari_histoexpr.io.slides import open_slide
+    from napari_histoexpr.layerdata import slide_layer_data
     from napari_histoexpr.segment.annotations import sidecar_path
     from napari_histoexpr.widgets.qupath_panel import QuPathPanel
 
@@ -246,10 +248,14 @@ def test_reader_opens_a_qupath_export_next_to_its_slide_as_drawn_regions(make_na
     src.write_text(json.dumps(qupath_export()))
     viewer = make_napari_viewer()
     panel = QuPathPanel(viewer)  # noqa: F841 (a panel's session autosaves the ground truth)
+    # the slide is open at 0.5 µm/px (e.g. a JPEG scaled by its spots), not the file's 1.0: the regions follow it
+    data, kw, kind = slide_layer_data(open_slide(str(slide), mpp=0.5))
+    viewer.add_image(data, **kw)
     viewer.open(str(src), plugin="napari-histoexpr")
     truth = [ly for ly in viewer.layers if ly.metadata.get("histoexpr", {}).get("key") == "seg:truth"]
     assert len(truth) == 1 and len(truth[0].data) == 7  # 3 regions: 1 + 2 + (2 + 1) + 1 rings
     assert int(truth[0].features["hole"].sum()) == 3
+    np.testing.assert_allclose(truth[0].data[0][:, ::-1] / 0.5, np.asarray(TUMOUR[:-1]))
     side = sidecar_path(slide)
     saved = load_regions(side)
     want = load_regions(src)
@@ -270,4 +276,5 @@ def test_reader_opens_a_qupath_export_next_to_its_slide_as_drawn_regions(make_na
         viewer.open(str(lonely), plugin="napari-histoexpr")
     # the export's one detection: a Points layer with its measurement
     dets = [ly for ly in viewer.layers if ly.metadata.get("histoexpr", {}).get("kind") == "qupath-detections"]
-    assert len(viewer.layers) == 2 and len(dets) == 1 and dets[0].features["Nucleus: Area"].tolist() == [31.0]
+    assert len(viewer.layers) == 3 and len(dets) == 1 and dets[0].features["Nucleus: Area"].tolist() == [31.0]
+    np.testing.assert_allclose(dets[0].data[0][::-1] / 0.5, [5.0, 5.0])  # the detection's centroid

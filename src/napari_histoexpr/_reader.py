@@ -139,7 +139,8 @@ def read_geojson_layers(path):
     Annotations become drawn regions: added to the viewer's ground-truth layer when one is open (it is
     autosaved), otherwise merged into the slide's sidecar (saved now) and shown as the ground-truth
     layer. Detections (spots, bins, grid cells, cells) become a Points layer with their measurements as
-    features. The slide is not opened as a layer; it gives the µm scale."""
+    features. The slide is not opened as a layer; it gives the µm scale (as the viewer shows it when
+    it is open there: a JPEG's scale may come from its spots)."""
     from .errors import GeoJSONError
     from .io.qupath import read_geojson, slide_next_to
     from .layerdata import TRUTH_KEY, add_regions, detections_layer_data, regions_layer_data
@@ -151,14 +152,14 @@ def read_geojson_layers(path):
     if slide is None:
         raise GeoJSONError(f"no slide next to {p.name}: name it after its slide (slide.svs -> slide.geojson), "
                            "or open the slide and use the QuPath panel's Import")
-    mpp = open_slide(str(slide)).world_mpp
+    viewer = _current_viewer()
+    mpp = _open_slide_mpp(viewer, slide) or open_slide(str(slide)).world_mpp
     regions = [o for o in objs if o.object_type == "annotation"]
     dets = [o for o in objs if o.object_type in ("detection", "cell", "tile")]
     for o in regions:
         o.cls = o.cls or "unclassified"
     out = []
     if regions:
-        viewer = _current_viewer()
         layer = None if viewer is None else next(
             (ly for ly in viewer.layers if ly.metadata.get("histoexpr", {}).get("key") == TRUTH_KEY), None)
         if layer is not None:  # the open ground truth takes them (and autosaves)
@@ -177,6 +178,16 @@ def read_geojson_layers(path):
         what = ", ".join(f"{n} {k}" for k, n in skipped.items()) or "nothing"
         raise GeoJSONError(f"{p.name} holds no regions or detections ({what})")
     return out or [(None,)]
+
+
+def _open_slide_mpp(viewer, slide: Path) -> float | None:
+    """µm per level-0 pixel of ``slide`` as the viewer shows it, if it is open there (its scale may come
+    from the spots, e.g. a JPEG placed by the ST spot pitch, which the file alone does not know)."""
+    for ly in [] if viewer is None else viewer.layers:
+        info = ly.metadata.get("histoexpr", {})
+        if info.get("kind") == "slide" and info.get("path") and Path(info["path"]).resolve() == slide.resolve():
+            return float(ly.scale[-1]) / float((info.get("downsamples") or [1.0])[0])
+    return None
 
 
 def _current_viewer():

@@ -23,7 +23,7 @@ import numpy as np
 
 
 def fold(model_dir: Path, test_manifest: Path, sets, device: str) -> dict:
-    from napari_histoexpr.data.gene_sets import SetScore, prepare
+    from napari_histoexpr.data.gene_sets import prepare
     from napari_histoexpr.errors import GeneSetError
     from napari_histoexpr.infer.set_scores import reference_means
     from napari_histoexpr.infer.spot_prediction import predict_at_spots
@@ -46,7 +46,7 @@ def fold(model_dir: Path, test_manifest: Path, sets, device: str) -> dict:
         except GeneSetError as e:
             out["sets"][s.name] = {"error": str(e)}
             continue
-        use = SetScore(ss.name, [g for g in ss.genes if g in sp.genes], [g for g in ss.controls if g in sp.genes])
+        use = ss.within(sp.genes)
         p, m = use.of(sp.pred, sp.genes), use.of(sp.meas, sp.genes)
         out["sets"][s.name] = {
             "genes": use.genes, "n_controls": len(use.controls),

@@ -142,9 +142,9 @@ def read_geojson_layers(path):
     features. The slide is not opened as a layer; it gives the µm scale (as the viewer shows it when
     it is open there: a JPEG's scale may come from its spots)."""
     from .errors import GeoJSONError
-    from .io.qupath import read_geojson, slide_next_to
+    from .io.qupath import DETECTION_TYPES, describe_skipped, new_objects, read_geojson, slide_next_to
     from .layerdata import TRUTH_KEY, add_regions, detections_layer_data, regions_layer_data
-    from .segment.annotations import load_regions, save_regions, sidecar_path
+    from .segment.annotations import as_regions, load_regions, save_regions, sidecar_path
 
     p = Path(_one(path))
     objs, skipped = read_geojson(p)
@@ -154,10 +154,8 @@ def read_geojson_layers(path):
                            "or open the slide and use the QuPath panel's Import")
     viewer = _current_viewer()
     mpp = _open_slide_mpp(viewer, slide) or open_slide(str(slide)).world_mpp
-    regions = [o for o in objs if o.object_type == "annotation"]
-    dets = [o for o in objs if o.object_type in ("detection", "cell", "tile")]
-    for o in regions:
-        o.cls = o.cls or "unclassified"
+    regions = as_regions(objs)
+    dets = [o for o in objs if o.object_type in DETECTION_TYPES]
     out = []
     if regions:
         layer = None if viewer is None else next(
@@ -167,15 +165,14 @@ def read_geojson_layers(path):
         else:
             side = sidecar_path(slide)
             have = load_regions(side) if side.exists() and side != p else []
-            ids = {o.id for o in have if o.id}
-            merged = have + [o for o in regions if not o.id or o.id not in ids]
+            merged = have + new_objects(regions, (o.id for o in have))
             if side != p:
                 save_regions(side, merged)
             out.append(regions_layer_data(merged, mpp, side))
     if dets:
         out.append(detections_layer_data(dets, mpp, f"{p.name}: detections", p))
     if not out and not regions:
-        what = ", ".join(f"{n} {k}" for k, n in skipped.items()) or "nothing"
+        what = describe_skipped(skipped) or "nothing"
         raise GeoJSONError(f"{p.name} holds no regions or detections ({what})")
     return out or [(None,)]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import HistoExprError
-from .files import atomic_write_json
+from .files import atomic_write_h5ad, atomic_write_json
 from .infer.slide_trust import slide_ood
 from .infer.spot_prediction import SpotPrediction, predict_at_spots
 from .io.manifest import as_sections
@@ -114,9 +114,7 @@ def section_trust(model, pyr, sp: SpotPrediction, out: Path) -> dict | None:
                                     "uncertainty": sp.uncertainty.astype(np.float32)})
     table.obsm["spatial"] = np.asarray(sp.xy, float)
     (out / "spots").mkdir(exist_ok=True)
-    part = out / "spots" / f".{sp.section}.h5ad.part"
-    table.write_h5ad(part)
-    part.replace(out / "spots" / f"{sp.section}.h5ad")
+    atomic_write_h5ad(out / "spots" / f"{sp.section}.h5ad", table)
     return {"ood_score": ood["ood_score"], "ood_percentile": ood["ood_percentile"],
             "uncertainty_error_spearman": sp.uncertainty_error_spearman(), "outside": ood["outside"],
             "message": ood["message"], "risk_coverage": risk_coverage(order, sp.pred, sp.meas)}

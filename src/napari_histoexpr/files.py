@@ -51,6 +51,15 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=False).encode())
 
 
+def atomic_write_h5ad(path: Path, adata) -> None:
+    """``adata.write_h5ad`` to a temporary name, then rename: a reader never sees half a table."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    adata.write_h5ad(tmp)
+    os.replace(tmp, path)
+    remove_dead_parts(path)
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     """``torch.save`` to a temporary name, then rename: an interrupted save leaves the old file."""
     import torch

@@ -16,7 +16,7 @@ import pandas as pd
 from .data.gene_values import find_gene, gene_values, percentile_limits
 from .infer.grid import Grid, grid_layer_geometry
 from .io.prediction_store import open_prediction, prediction_group_path
-from .io.qupath import QuPathObject, geometry_from_parts
+from .io.qupath import QuPathObject, geometry_from_parts, new_objects
 
 
 def visible_box(center_yx: Iterable[float], zoom: float, canvas_hw: Iterable[int], world_mpp: float,
@@ -252,8 +252,7 @@ def add_regions(layer, regions: list[QuPathObject]) -> int:
     """Append regions (e.g. a QuPath export's annotations) to a ground-truth layer, skipping those whose
     id it holds already; new classes join its categories. Returns the number of regions added."""
     old = layer.features.copy()
-    have = set(old["region"].astype(str)) if "region" in old else set()
-    regions = [o for o in regions if not o.id or o.id not in have]
+    regions = new_objects(regions, old["region"].astype(str) if "region" in old else ())
     cats = list(old["class"].cat.categories) if "class" in old else []
     cats += [c for c in dict.fromkeys(o.cls for o in regions) if c not in cats]
     rings, rows = region_rows(regions)

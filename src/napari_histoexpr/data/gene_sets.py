@@ -122,6 +122,13 @@ class SetScore:
             b = np.nanmean(np.take(v, ci, axis=axis).astype(np.float64), axis=axis)
         return a - b
 
+    def within(self, names) -> "SetScore | None":
+        """This set restricted to the genes of ``names`` (e.g. those the measured spots have too): the
+        same controls, less any the data lacks; ``None`` when no set gene or no control is left."""
+        have = set(names)
+        genes, controls = [g for g in self.genes if g in have], [g for g in self.controls if g in have]
+        return SetScore(self.name, genes, controls, self.missing, self.source) if genes and controls else None
+
     def describe(self) -> dict:
         return {"genes": self.genes, "missing": self.missing, "controls": self.controls, "source": self.source}
 

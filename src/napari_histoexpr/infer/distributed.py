@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HistoExprError
-from ..files import atomic_write_json
+from ..files import atomic_write_h5ad, atomic_write_json
 from ..io.sections import open_section
 from ..metrics import summarise_pearson
 from ..models.artifact import load_artifact
@@ -92,9 +92,7 @@ def spot_report(model_dir, slide, spots, out_dir, device: str = "auto", mode: st
         out.layers["uncertainty"] = sp.uncertainty.astype(np.float32)
     out.uns["histoexpr"] = {"spot_diameter_px": float(sp.spot_um or 0) / pyr.world_mpp, "square": bool(sp.square),
                             "scale": sp.scale, "world_mpp": float(pyr.world_mpp)}
-    tmp = Path(out_dir) / ".spots_prediction.h5ad.part"
-    out.write_h5ad(tmp)
-    os.replace(tmp, Path(out_dir) / "spots_prediction.h5ad")
+    atomic_write_h5ad(Path(out_dir) / "spots_prediction.h5ad", out)
     rep = {"n_spots": len(sp.spot_ids), "mode": sp.mode, "precision": precision if sp.mode == "dense" else "auto",
            "scale": sp.scale, "pearson": per, "summary": summary,
            "uncertainty_error_spearman": sp.uncertainty_error_spearman()}

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.gene_sets import GeneSet, SetScore, prepare
-from ..files import atomic_write_json
+from ..files import atomic_write_h5ad, atomic_write_json
 from ..io.prediction_store import open_prediction, prediction_group_path
 
 SCORES_ATTR = "histoexpr_scores"
@@ -39,15 +39,11 @@ def reference_means(model):
     return pd.Series(np.asarray(model.mean, np.float64), index=list(model.genes))
 
 
-def _rewrite_h5ad(path: Path, columns: dict) -> None:
-    import anndata as ad
-
-    t = ad.read_h5ad(path)
+def _rewrite_h5ad(path: Path, t, columns: dict) -> None:
+    """Write ``t`` (read from ``path``) back with ``columns`` added to its obs, atomically."""
     for k, v in columns.items():
         t.obs[k] = np.asarray(v, np.float32)
-    tmp = path.with_name(f".{path.name}.part")
-    t.write_h5ad(tmp)
-    os.replace(tmp, path)
+    atomic_write_h5ad(path, t)
 
 
 def score_prediction(out_dir, sets: list[GeneSet], means) -> dict:
@@ -81,15 +77,15 @@ def score_prediction(out_dir, sets: list[GeneSet], means) -> dict:
     if table.exists():
         t = ad.read_h5ad(table)
         x = np.asarray(t.X, np.float64)
-        _rewrite_h5ad(table, {f"score: {s.name}": s.of(x, list(t.var_names)) for s in prepared})
+        _rewrite_h5ad(table, t, {f"score: {s.name}": s.of(x, list(t.var_names)) for s in prepared})
     spots = out / "spots_prediction.h5ad"
     if spots.exists():
         t = ad.read_h5ad(spots)
         have = list(t.var_names)
         cols_ = {}
         for s in prepared:
-            use = SetScore(s.name, [x for x in s.genes if x in have], [x for x in s.controls if x in have])
-            if not use.genes or not use.controls:
+            use = s.within(have)
+            if use is None:
                 continue
             p = use.of(np.asarray(t.X, np.float64), have)
             m = use.of(np.asarray(t.layers["measured"], np.float64), have)
@@ -99,7 +95,7 @@ def score_prediction(out_dir, sets: list[GeneSet], means) -> dict:
                 else None
             block[s.name]["r_spots"] = r
             block[s.name]["n_spots"] = int(ok.sum())
-        _rewrite_h5ad(spots, cols_)
+        _rewrite_h5ad(spots, t, cols_)
         rep = out / "spots_report.json"
         if rep.exists():
             d = json.loads(rep.read_text())

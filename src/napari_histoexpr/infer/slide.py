@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HistoExprError
-from ..files import atomic_write_json
+from ..files import atomic_write_h5ad, atomic_write_json
 from ..io.prediction_store import PREDICTION_ATTR as ATTR
 from ..io.slides import open_slide
 from ..models.trust import ood_summary
@@ -196,9 +196,7 @@ def predict_slide_steps(model, slide, out_dir, stride_um: float | None = None, t
         if ood["outside"]:
             yield {"stage": "warning", "msg": f"{Path(str(pyr.path)).name}: {ood['message']}"}
     table.uns["histoexpr"] = {k: v for k, v in attrs.items() if v is not None and k != "genes"}
-    tmp = out / ".prediction.h5ad.part"
-    table.write_h5ad(tmp)
-    os.replace(tmp, out / "prediction.h5ad")
+    atomic_write_h5ad(out / "prediction.h5ad", table)
     g.attrs[ATTR] = dict(attrs, complete=True, levels=n_levels)
     summary = {"slide": str(pyr.path), "tiles": len(tiles), "tiles_computed": len(todo),
                "cells": int(len(rows)), "patches": n_patches, "mode": rp.mode, "precision": rp.precision,

@@ -31,7 +31,8 @@ import numpy as np
 from ..errors import GeoJSONError
 from ..files import atomic_write_bytes
 
-OBJECT_TYPES = ("annotation", "detection", "tile", "cell", "root")
+#: object types shown as detections (points with measurements) rather than taken as drawn regions
+DETECTION_TYPES = ("detection", "cell", "tile")
 
 
 @dataclass
@@ -168,6 +169,18 @@ def parse_geojson(obj, object_types: tuple[str, ...] | None = None) -> tuple[lis
                                 _color(cl) if isinstance(cl, dict) else None,
                                 _measurements(props.get("measurements")), f.get("id")))
     return out, skipped
+
+
+def describe_skipped(skipped: dict) -> str:
+    """``skipped`` of :func:`parse_geojson` in words ("1 detection, 1 LineString geometry")."""
+    return ", ".join(f"{n} {k}" for k, n in skipped.items())
+
+
+def new_objects(objects, ids) -> list:
+    """The objects whose id is not among ``ids`` (an object without an id is new): importing the same
+    export twice adds nothing."""
+    ids = set(ids)
+    return [o for o in objects if not o.id or o.id not in ids]
 
 
 def read_geojson(path, object_types: tuple[str, ...] | None = None) -> tuple[list[QuPathObject], dict]:

@@ -18,8 +18,8 @@ import numpy as np
 
 from ..io.qupath import QuPathObject, as_object, parse_geojson, read_geojson, to_geojson, write_geojson
 
-__all__ = ["sidecar_path", "to_geojson", "from_geojson", "save_regions", "load_regions", "rasterise",
-           "inside_regions", "QuPathObject"]
+__all__ = ["sidecar_path", "to_geojson", "from_geojson", "save_regions", "load_regions", "read_regions",
+           "as_regions", "rasterise", "inside_regions", "QuPathObject"]
 
 
 def sidecar_path(slide_path: str | os.PathLike) -> Path:
@@ -32,25 +32,40 @@ def sidecar_path(slide_path: str | os.PathLike) -> Path:
     return Path(base) / "annotations" / f"{p.name}.{h}.geojson"
 
 
-def _regions(objs: list[QuPathObject]) -> list[QuPathObject]:
-    for o in objs:
+def as_regions(objects: list[QuPathObject]) -> list[QuPathObject]:
+    """The annotations among QuPath objects, as drawn regions (an unclassified one is "unclassified")."""
+    regions = [o for o in objects if o.object_type == "annotation"]
+    for o in regions:
         o.cls = o.cls or "unclassified"
-    return objs
+    return regions
 
 
 def from_geojson(obj: dict) -> list[QuPathObject]:
-    """The annotations of a GeoJSON document as regions (unclassified ones named so)."""
-    return _regions(parse_geojson(obj, ("annotation",))[0])
+    """The annotations of a GeoJSON document as regions."""
+    return as_regions(parse_geojson(obj, ("annotation",))[0])
 
 
 def save_regions(path: str | os.PathLike, regions) -> Path:
-    return write_geojson(path, [as_object(r) for r in regions])
+    return write_geojson(path, regions)
+
+
+def read_regions(path: str | os.PathLike) -> tuple[list[QuPathObject], dict]:
+    """``(regions, skipped)``: the annotations of a GeoJSON file (a sidecar or a QuPath export) and the
+    counts of what else it held; :class:`GeoJSONError` when unreadable."""
+    objects, skipped = read_geojson(path, ("annotation",))
+    return as_regions(objects), skipped
 
 
 def load_regions(path: str | os.PathLike) -> list[QuPathObject]:
-    """The annotations of a GeoJSON file (a sidecar or a QuPath export); :class:`GeoJSONError` when
-    unreadable."""
-    return _regions(read_geojson(path, ("annotation",))[0])
+    """The annotations of a GeoJSON file as regions (see :func:`read_regions`)."""
+    return read_regions(path)[0]
+
+
+def _valid(geometry):
+    """A self-intersecting polygon (hand-drawn) made valid, so that point tests are defined."""
+    import shapely
+
+    return geometry if geometry.is_valid else shapely.make_valid(geometry)
 
 
 def inside_regions(regions, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -60,10 +75,7 @@ def inside_regions(regions, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     x, y = np.asarray(x, float), np.asarray(y, float)
     out = np.full(x.shape, -1, np.int64)
     for k, r in enumerate(regions):
-        g = as_object(r).geometry
-        if not g.is_valid:
-            g = shapely.make_valid(g)
-        out[shapely.contains_xy(g, x, y)] = k
+        out[shapely.contains_xy(_valid(as_object(r).geometry), x, y)] = k
     return out
 
 
@@ -78,7 +90,7 @@ def rasterise(regions, classes: list[str], stride: float, rows: int, cols: int) 
         o = as_object(r)
         if o.cls not in cidx:
             continue
-        g = o.geometry if o.geometry.is_valid else shapely.make_valid(o.geometry)
+        g = _valid(o.geometry)
         x0, y0, x1, y1 = g.bounds
         c0, c1 = max(0, int(x0 / stride)), min(cols - 1, int(x1 / stride))
         r0, r1 = max(0, int(y0 / stride)), min(rows - 1, int(y1 / stride))

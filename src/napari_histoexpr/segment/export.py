@@ -31,27 +31,18 @@ def _folder(prediction) -> Path:
     return p.parent if p.suffix == ".zarr" else p
 
 
-def _pick(genes_have: list[str], genes: list[str] | None) -> list[str]:
-    """``genes`` as ``genes_have`` spells them (case-insensitive), all of them when None."""
-    if not genes:
-        return list(genes_have)
-    import difflib
-
-    from ..errors import UnknownGeneError
-
-    lower = {g.lower(): g for g in genes_have}
-    out = []
-    for g in genes:
-        if g.lower() not in lower:
-            raise UnknownGeneError(g, difflib.get_close_matches(g, genes_have, 3))
-        out.append(lower[g.lower()])
-    return out
+def _pick(table, genes: list[str] | None) -> list[str]:
+    """``genes`` as ``table`` spells them (:func:`find_gene`: a named error with the nearest names), all
+    of its genes when None."""
+    return [find_gene(table, g) for g in genes] if genes else list(table.var_names)
 
 
-def _measure(cols: dict, prefix: str, table, genes: list[str], index=None) -> None:
-    """Add ``prefix: GENE`` columns from an AnnData (``X`` or a layer via ``prefix``'s table)."""
-    pos = table.var_names.get_indexer(genes)
-    x = np.asarray(table.X[:, pos] if not hasattr(table.X, "toarray") else table.X[:, pos].toarray(), float)
+def _measure(cols: dict, prefix: str, table, genes: list[str], index=None, layer: str | None = None) -> None:
+    """Add ``prefix: GENE`` columns from an AnnData's ``X`` (or ``layer``); with ``index``, one row per
+    name of it (the rows the table lacks: NaN)."""
+    m = table.layers[layer] if layer else table.X
+    sub = m[:, table.var_names.get_indexer(genes)]
+    x = np.asarray(sub.toarray() if hasattr(sub, "toarray") else sub, float)
     if index is not None:  # rows of the output that the table has (others: missing)
         full = np.full((len(index), len(genes)), np.nan)
         at = table.obs_names.get_indexer(index)
@@ -87,9 +78,8 @@ def spot_objects(adata=None, prediction=None, genes: list[str] | None = None) ->
         size, square = float(info.get("spot_diameter_px") or 0), bool(info.get("square", False))
         if not size:
             raise HistoExprError("the prediction at spots does not record the spot size: give --spots too")
-    have = list(pred.var_names) if pred is not None else None
     if pred is not None:
-        genes = _pick(have, genes)
+        genes = _pick(pred, genes)
         if adata is not None:
             genes = [g for g in genes if g in set(adata.var_names)] or genes
     else:
@@ -100,12 +90,11 @@ def spot_objects(adata=None, prediction=None, genes: list[str] | None = None) ->
         x = log1p_normalised(adata, meas)
         cols.update({f"measured: {g}": x[:, k] for k, g in enumerate(meas)})
     elif "measured" in pred.layers:
-        cols.update({f"measured: {g}": np.asarray(pred[:, g].layers["measured"], float).ravel() for g in genes})
+        _measure(cols, "measured", pred, genes, layer="measured")
     if pred is not None:
         _measure(cols, "predicted", pred, genes, ids)
         if "uncertainty" in pred.layers:
-            _measure(cols, "uncertainty", ad.AnnData(X=pred.layers["uncertainty"], obs=pred.obs, var=pred.var),
-                     genes, ids)
+            _measure(cols, "uncertainty", pred, genes, ids, layer="uncertainty")
     return point_detections(xy, size, cols, names=ids, square=square, cls="spot")
 
 
@@ -118,11 +107,11 @@ def grid_objects(prediction, genes: list[str] | None = None) -> list[QuPathObjec
     if not f.exists():
         raise HistoExprError(f"{_folder(prediction)} is not a finished histoexpr predict output (no {GRID_FILE})")
     t = ad.read_h5ad(f)
-    genes = _pick(list(t.var_names), genes)
+    genes = _pick(t, genes)
     cols: dict = {}
     _measure(cols, "predicted", t, genes)
     if "uncertainty" in t.layers:
-        _measure(cols, "uncertainty", ad.AnnData(X=t.layers["uncertainty"], obs=t.obs, var=t.var), genes)
+        _measure(cols, "uncertainty", t, genes, layer="uncertainty")
     if "distance" in t.obs:
         cols["distance"] = t.obs["distance"].to_numpy(float)
     stride = float(t.uns["histoexpr"]["stride_px"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import ComboBox, LineEdit, PushButton
 
-from ..data.gene_sets import BUILTIN, SetScore, parse_set_arg, prepare
+from ..data.gene_sets import BUILTIN, parse_set_arg, prepare
 from ..data.gene_values import log1p_normalised
 from ..errors import HistoExprError
 from ..infer.set_scores import reference_means
@@ -85,9 +85,8 @@ class SetScores:
         adata, pyr, s = self.session.spots(), self.session.slide(), self.score_set
         if adata is None or pyr is None or s is None:
             return None
-        have = set(map(str, adata.var_names))
-        use = SetScore(s.name, [g for g in s.genes if g in have], [g for g in s.controls if g in have])
-        if not use.genes or not use.controls:
+        use = s.within(map(str, adata.var_names))
+        if use is None:
             return None
         names = use.genes + use.controls
         vals = use.of(log1p_normalised(adata, names), names)
@@ -105,14 +104,13 @@ class SetScores:
                                0.6, {"kind": "score", "set": self.score_set.name, **self.score_set.describe()})
         layer = upsert_layer(self._viewer, (data, kw, "image"), SCORE_KEY)
         layer.data = data
-        self._score_data = data
         self._refresh_score(final=True, whole=True)
         return layer
 
     def _refresh_score(self, final: bool = True, whole: bool = False):
         """Score the cells in view (all cells with ``whole``) from the raster; redraw the layer."""
         layer, s = self.score_layer(), self.score_set
-        if layer is None or s is None or self.raster is None or layer.data is not getattr(self, "_score_data", None):
+        if layer is None or s is None or self.raster is None:
             return
         if layer.data.shape != self.raster.data.shape[1:]:
             self._score_to_raster()
@@ -142,8 +140,8 @@ class SetScores:
         sp, s = self.spot_pred, self.score_set
         if sp is None or s is None:
             return []
-        use = SetScore(s.name, [g for g in s.genes if g in sp.genes], [g for g in s.controls if g in sp.genes])
-        if not use.genes or not use.controls:
+        use = s.within(sp.genes)
+        if use is None:
             return []
         p, m = use.of(sp.pred, sp.genes), use.of(sp.meas, sp.genes)
         r_all = float(pearson_columns(p[:, None], m[:, None])[0])

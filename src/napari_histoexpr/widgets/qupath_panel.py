@@ -10,17 +10,18 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 
 from ..errors import GeoJSONError, HistoExprError
 from ..infer.spot_prediction import SpotPrediction
-from ..io.qupath import label_map_objects, read_geojson, write_geojson
+from ..io.qupath import describe_skipped, label_map_objects, write_geojson
 from ..layerdata import layer_grid
 from ..models.trust import uncertainty_channel
+from ..segment.annotations import read_regions
 from ..segment.export import raster_objects, spot_objects, spot_prediction_objects
 from . import _annotations as gt
 from ._common import PanelMixin, notify_error
 from ._session import Session, core_of
 from .layers import find_layer
+from .segmenter_panel import MAP_KEY
 
 EXPORTS = ("drawn regions", "segmentation", "spots: measured + predicted", "predicted view: grid cells")
-SEG_KEY = "seg:map"  # the segmenter panel's label map
 
 
 def _measurement(channel: str) -> str:
@@ -58,12 +59,10 @@ class QuPathPanel(PanelMixin, Container):
             if not path.is_file():
                 raise GeoJSONError(f"choose a QuPath GeoJSON file to import (got {str(path) or 'none'})")
             pyr = self.session.require_slide()
-            objs, skipped = read_geojson(path, ("annotation",))
+            objs, skipped = read_regions(path)
             if not objs:
-                what = ", ".join(f"{n} {k}" for k, n in skipped.items()) or "no objects"
+                what = describe_skipped(skipped) or "no objects"
                 raise GeoJSONError(f"{path.name} has no annotations to import ({what})")
-            for o in objs:
-                o.cls = o.cls or "unclassified"
             layer, *_ = gt.truth_layer(self._viewer, pyr, [])
             n = gt.add_regions(layer, objs)
         except HistoExprError as e:
@@ -71,7 +70,7 @@ class QuPathPanel(PanelMixin, Container):
             return 0
         holes = sum(len(p) - 1 for o in objs for p in o.parts)
         multi = sum(len(o.parts) > 1 for o in objs)
-        extra = f"; left out {', '.join(f'{v} {k}' for k, v in skipped.items())}" if skipped else ""
+        extra = f"; left out {describe_skipped(skipped)}" if skipped else ""
         self._status.value = (f"imported {n} regions ({holes} holes, {multi} with several parts) from {path.name}; "
                               f"saved to {Path(layer.metadata['histoexpr']['sidecar']).name}{extra}")
         return n
@@ -86,7 +85,7 @@ class QuPathPanel(PanelMixin, Container):
                 raise HistoExprError("no drawn regions (draw or import them first)")
             return objs
         if what == EXPORTS[1]:
-            layer = find_layer(self._viewer, SEG_KEY)
+            layer = find_layer(self._viewer, MAP_KEY)  # the segmenter panel's label map
             if layer is None:
                 raise HistoExprError("no segmentation: segment the view or the slide in the segmenter panel first")
             stride, origin = layer_grid(layer, pyr.world_mpp)
